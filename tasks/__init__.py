@@ -1,0 +1,1 @@
+"""tweetflow stages, one module each, and the plumbing they share."""

@@ -1,0 +1,109 @@
+"""Cache keys and retry rules shared by every stage task.
+
+A stage's cache key is its name, a hash of its code, and the canonical JSON of
+its inputs (artifact references by content hash, configuration models). Prefect
+never hashes frames or models here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+TRANSIENT_HTTP_STATUS = {408, 429, 500, 502, 503, 504}
+TRANSIENT_AWS_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "ServiceUnavailable",
+    "InternalError",
+    "TooManyRequestsException",
+}
+
+
+class TransientStorageError(OSError):
+    """A storage or network failure worth retrying (timeout, throttling, 5xx)."""
+
+
+@cache
+def code_version(*module_names: str) -> str:
+    """sha256 over the source files of the named modules (the code version)."""
+    digest = hashlib.sha256()
+    for name in sorted(module_names):
+        module = sys.modules.get(name)
+        if module is None or not getattr(module, "__file__", None):
+            raise RuntimeError(f"module {name!r} must be imported to version it")
+        digest.update(name.encode())
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def canonical(value: Any) -> Any:
+    """Turn parameters into plain JSON-able values with a stable layout."""
+    if isinstance(value, BaseModel):
+        return canonical(value.model_dump(mode="json"))
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(
+        f"cannot build a cache key from {type(value).__name__}; pass refs or configs"
+    )
+
+
+def stage_key(stage: str, code: str, inputs: dict[str, Any]) -> str:
+    """The cache key of one stage run."""
+    payload = json.dumps(
+        {"stage": stage, "code": code, "inputs": canonical(inputs)},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return f"{stage}-{hashlib.sha256(payload.encode()).hexdigest()}"
+
+
+def stage_cache_key_fn(
+    stage: str, modules: Iterable[str]
+) -> Callable[[Any, dict[str, Any]], str]:
+    """A Prefect ``cache_key_fn`` keyed on content, config and code of ``stage``."""
+    module_names = tuple(sorted(set(modules) | {"tasks.caching", "tasks.store"}))
+
+    def key_fn(_context: Any, parameters: dict[str, Any]) -> str:
+        return stage_key(stage, code_version(*module_names), parameters)
+
+    key_fn.__name__ = f"{stage}_cache_key"
+    return key_fn
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an exception is a transient storage/network failure."""
+    if isinstance(exc, (TransientStorageError, TimeoutError, ConnectionError)):
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        code = response.get("Error", {}).get("Code", "")
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in TRANSIENT_AWS_CODES or status in TRANSIENT_HTTP_STATUS
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+    return status in TRANSIENT_HTTP_STATUS
+
+
+def retry_only_transient(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed run only on transient errors."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - we classify, then decide
+        return is_transient(exc)
+    return False

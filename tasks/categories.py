@@ -1,0 +1,224 @@
+"""Category names for discovered clusters, stable across retrains.
+
+Precedence: the human-curated category map (YAML under version control), then
+the previous run's category for the same tweets, then the cluster's own top
+words. Matching is one-to-one (Hungarian assignment) in both cases.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scipy.optimize import linear_sum_assignment
+
+from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.clustering import CLUSTERS_FILE, NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
+from tasks.store import ArtifactRef, ArtifactStore
+
+STAGE = "categories"
+
+
+class CategoryMapError(Exception):
+    """The curated category map cannot be read."""
+
+
+class CuratedCategory(BaseModel):
+    """One human-named category and the words that identify it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="The category's name.")
+    terms: list[str] = Field(min_length=1, description="Words that identify it.")
+
+
+class CategoryMap(BaseModel):
+    """The curated category map file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_hits: int = Field(
+        2, ge=1, description="Identifying words a cluster's top words must contain."
+    )
+    categories: list[CuratedCategory] = Field(default_factory=list)
+
+
+def load_category_map(path: str | None) -> CategoryMap | None:
+    """Read and validate a category map YAML file (None when no path is given)."""
+    if not path:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise CategoryMapError(f"category map {path} does not exist")
+    try:
+        return CategoryMap.model_validate(yaml.safe_load(file.read_text()) or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise CategoryMapError(f"category map {path} is invalid: {first}") from None
+
+
+class Category(BaseModel):
+    """The name given to one cluster, and where the name came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cluster_id: int
+    category: str
+    origin: Literal["curated", "previous", "terms", "none"]
+    is_new: bool
+    top_terms: list[str]
+
+
+def term_name(terms: list[str], width: int = 3) -> str:
+    """A readable name from a cluster's most distinctive words."""
+    return " / ".join(terms[:width]) if terms else "misc"
+
+
+def curated_match(clusters: list[dict], cmap: CategoryMap) -> dict[int, str]:
+    """Assign curated names to clusters whose top words contain their terms."""
+    if not cmap.categories or not clusters:
+        return {}
+    scores = np.zeros((len(clusters), len(cmap.categories)))
+    hits = np.zeros_like(scores, dtype=np.int64)
+    for i, cluster in enumerate(clusters):
+        weight = dict(zip(cluster["top_terms"], cluster["term_scores"]))
+        for j, entry in enumerate(cmap.categories):
+            found = [t for t in entry.terms if t.lower() in weight]
+            hits[i, j] = len(found)
+            scores[i, j] = sum(weight[t.lower()] for t in found)
+    rows, cols = linear_sum_assignment(-scores)
+    return {
+        int(clusters[i]["cluster_id"]): cmap.categories[j].name
+        for i, j in zip(rows, cols)
+        if hits[i, j] >= cmap.min_hits
+    }
+
+
+def carried_match(
+    assignments: pd.DataFrame, previous: pd.DataFrame, share: float
+) -> dict[int, str]:
+    """Carry previous categories over to clusters that hold mostly the same tweets."""
+    joined = assignments[assignments["cluster_id"] >= 0].merge(
+        previous[previous["cluster_id"] >= 0][["tweet_id", "category"]], on="tweet_id"
+    )
+    if joined.empty:
+        return {}
+    table = pd.crosstab(joined["cluster_id"], joined["category"])
+    rows, cols = linear_sum_assignment(-table.to_numpy())
+    totals = table.sum(axis=1).to_numpy()
+    return {
+        int(table.index[i]): str(table.columns[j])
+        for i, j in zip(rows, cols)
+        if table.iat[i, j] >= share * totals[i]
+    }
+
+
+def name_clusters(
+    clusters: list[dict],
+    assignments: pd.DataFrame,
+    cmap: CategoryMap | None,
+    previous: pd.DataFrame | None,
+    share: float,
+) -> list[Category]:
+    """Name every cluster (plus the no-known-words bucket), names unique."""
+    curated = curated_match(clusters, cmap) if cmap else {}
+    carried = (
+        carried_match(assignments, previous, share) if previous is not None else {}
+    )
+    previous_names = (
+        set(previous["category"].unique()) if previous is not None else set()
+    )
+    used: set[str] = set(curated.values())
+    result = []
+    for cluster in clusters:
+        cid = int(cluster["cluster_id"])
+        terms = list(cluster["top_terms"])
+        if cid in curated:
+            name, origin = curated[cid], "curated"
+        elif cid in carried and carried[cid] not in used:
+            name, origin = carried[cid], "previous"
+        else:
+            name, origin = term_name(terms), "terms"
+            width = 3
+            while name in used and width < len(terms):
+                width += 1
+                name = term_name(terms, width)
+            if name in used:
+                name = f"{name} ({cid})"
+        used.add(name)
+        is_new = previous is not None and name not in previous_names
+        result.append(
+            Category(
+                cluster_id=cid,
+                category=name,
+                origin=origin,
+                is_new=is_new,
+                top_terms=terms,
+            )
+        )
+    result.append(
+        Category(
+            cluster_id=NO_WORDS_CLUSTER,
+            category=NO_WORDS_CATEGORY,
+            origin="none",
+            is_new=False,
+            top_terms=[],
+        )
+    )
+    return result
+
+
+@task(
+    name="categories",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_only_transient,
+    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.categories"]),
+    persist_result=True,
+)
+def name_categories(
+    clustering_model: ArtifactRef,
+    assignments: ArtifactRef,
+    category_map: CategoryMap | None,
+    previous_labels: ArtifactRef | None,
+    carry_over_share: float,
+    artifacts_dir: str,
+) -> list[Category]:
+    """Give each discovered cluster a category name."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    store = ArtifactStore(artifacts_dir)
+    clusters = json.loads((store.get_dir(clustering_model) / CLUSTERS_FILE).read_text())
+    previous = store.get_frame(previous_labels) if previous_labels else None
+    names = name_clusters(
+        clusters["clusters"],
+        store.get_frame(assignments, columns=["tweet_id", "cluster_id"]),
+        category_map,
+        previous,
+        carry_over_share,
+    )
+    for c in names:
+        if c.cluster_id >= 0:
+            logger.info(
+                "categories: cluster %d -> %r (%s%s); top words: %s",
+                c.cluster_id,
+                c.category,
+                c.origin,
+                ", new" if c.is_new else "",
+                ", ".join(c.top_terms[:6]),
+            )
+    logger.info(
+        "categories: named %d clusters (%.2fs)",
+        len(names) - 1,
+        time.perf_counter() - started,
+    )
+    return names

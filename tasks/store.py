@@ -1,0 +1,203 @@
+"""The artifact store: content-addressed files under one root directory.
+
+Stages pass small ``ArtifactRef`` records between each other; the data itself
+lives here as Parquet frames or as directories of model files. Every write goes
+to a temporary name first and is moved into place when complete, so a crash
+never leaves a half-written artifact where a complete one is expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+CHUNK = 1 << 20
+
+
+class ArtifactRef(BaseModel):
+    """A reference to an artifact in the store: where it is and what it holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str
+    sha256: str
+    rows: int = 0
+    contract: str | None = None
+    kind: Literal["frame", "dir"] = "frame"
+
+
+class ArtifactMissing(Exception):
+    """A referenced artifact is absent or does not match its recorded hash."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def frame_to_parquet_bytes(df: pd.DataFrame) -> bytes:
+    """Serialise a frame to Parquet bytes (deterministic for equal frames)."""
+    buffer = io.BytesIO()
+    df.reset_index(drop=True).to_parquet(buffer, index=False, compression="zstd")
+    return buffer.getvalue()
+
+
+def manifest_for(directory: Path) -> dict[str, str]:
+    """Map each file under ``directory`` (relative path) to its sha256."""
+    return {
+        str(p.relative_to(directory)): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
+def verify_manifest(directory: Path) -> dict[str, str]:
+    """Check every file listed in ``directory/manifest.json`` against its sha256.
+
+    Raises ArtifactMissing naming the first file that is missing, unlisted or
+    altered. Returns the manifest's file map.
+    """
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise ArtifactMissing(f"no manifest.json in {directory}")
+    listed: dict[str, str] = json.loads(manifest_path.read_text())["files"]
+    actual = manifest_for(directory)
+    for name, digest in listed.items():
+        if name not in actual:
+            raise ArtifactMissing(f"{directory}: {name} is listed but missing")
+        if actual[name] != digest:
+            raise ArtifactMissing(
+                f"{directory}: {name} does not match its sha256 in manifest.json"
+            )
+    extra = sorted(set(actual) - set(listed))
+    if extra:
+        raise ArtifactMissing(f"{directory}: files not in manifest.json: {extra}")
+    return listed
+
+
+def write_manifest(directory: Path, extra: dict | None = None) -> str:
+    """Write ``manifest.json`` for ``directory``; return the manifest's own sha256."""
+    files = manifest_for(directory)
+    body = json.dumps({"files": files, **(extra or {})}, indent=2, sort_keys=True)
+    atomic_write_text(directory / "manifest.json", body + "\n")
+    return sha256_bytes(json.dumps(files, sort_keys=True).encode())
+
+
+class ArtifactStore:
+    """A content-addressed store rooted at a local directory."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+
+    def path_of(self, ref: ArtifactRef) -> Path:
+        """Local path of a referenced artifact."""
+        return Path(ref.uri.removeprefix("file://"))
+
+    # Frames ----------------------------------------------------------------
+    def put_frame(
+        self, df: pd.DataFrame, stage: str, contract: str | None = None
+    ) -> ArtifactRef:
+        """Store a frame as ``data/<stage>/<sha256>.parquet`` and return its ref."""
+        data = frame_to_parquet_bytes(df)
+        digest = sha256_bytes(data)
+        path = self.root / "data" / stage / f"{digest}.parquet"
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        return ArtifactRef(
+            uri=path.as_uri(), sha256=digest, rows=len(df), contract=contract
+        )
+
+    def get_frame(
+        self, ref: ArtifactRef, columns: list[str] | None = None
+    ) -> pd.DataFrame:
+        """Read a stored frame, checking that its content still has the recorded hash."""
+        path = self.path_of(ref)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactMissing(f"artifact {path} is missing") from None
+        if sha256_bytes(data) != ref.sha256:
+            raise ArtifactMissing(f"artifact {path} does not match its sha256")
+        return pd.read_parquet(io.BytesIO(data), columns=columns)
+
+    # Directories of model files --------------------------------------------
+    def staging_dir(self, stage: str) -> Path:
+        """A fresh temporary directory to assemble a directory artifact in."""
+        base = self.root / "tmp"
+        base.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=base, prefix=f"{stage}-"))
+
+    def commit_dir(
+        self, staging: Path, stage: str, extra: dict | None = None
+    ) -> ArtifactRef:
+        """Write the manifest and move a staged directory to ``models/<stage>/<sha>``."""
+        digest = write_manifest(staging, extra)
+        final = self.root / "models" / stage / digest
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, final)
+        return ArtifactRef(uri=final.as_uri(), sha256=digest, kind="dir")
+
+    def get_dir(self, ref: ArtifactRef) -> Path:
+        """Path of a directory artifact after verifying every file's sha256."""
+        path = self.path_of(ref)
+        if not path.is_dir():
+            raise ArtifactMissing(f"artifact {path} is missing")
+        verify_manifest(path)
+        return path
+
+    # Validation markers ----------------------------------------------------
+    def is_validated(self, ref: ArtifactRef, contract_version: str) -> bool:
+        """Whether this exact content already passed this contract version."""
+        return self._marker(ref, contract_version).exists()
+
+    def mark_validated(self, ref: ArtifactRef, contract_version: str) -> None:
+        """Record that this exact content passed this contract version."""
+        atomic_write_text(self._marker(ref, contract_version), "ok\n")
+
+    def _marker(self, ref: ArtifactRef, contract_version: str) -> Path:
+        return (
+            self.root
+            / "validated"
+            / f"{ref.contract}-{contract_version[:16]}-{ref.sha256}"
+        )
