@@ -1,0 +1,44 @@
+# tweetflow: `make run` retrains on the bundled corpus, `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+QUIET_PIP := { grep -v "^WARNING: Location" || true; }
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tweetflow needs Python 3.11+")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install --quiet -r requirements-dev.txt 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip check
+	touch $(STAMP)
+
+run: install
+	$(PY) -m flows.retrain
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/black --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/black .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) -m bench.retrain_bench
+
+clean:
+	rm -rf artifacts .pytest_cache .ruff_cache

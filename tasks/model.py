@@ -1,0 +1,85 @@
+"""Load a published model bundle (verified against its manifest) and classify tweets.
+
+Nothing is unpickled before every file's sha256 matches ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from tasks.clustering import NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
+from tasks.embedding import DocumentEmbedder
+from tasks.store import verify_manifest
+from tasks.text import tokenise
+from tasks.training import CLASSIFIER_FILE
+
+
+@dataclass
+class TweetClassifier:
+    """Everything needed to turn raw tweet texts into categories."""
+
+    embedder: DocumentEmbedder
+    classifier: object
+    categories: dict[int, str]
+    preprocessing: dict
+    version: str
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TweetClassifier:
+        """Verify the bundle's manifest, then load it."""
+        path = Path(directory)
+        verify_manifest(path)
+        manifest = json.loads((path / "manifest.json").read_text())
+        categories = {
+            int(c["cluster_id"]): str(c["category"])
+            for c in json.loads((path / "categories.json").read_text())
+        }
+        return cls(
+            embedder=DocumentEmbedder.load(path),
+            classifier=joblib.load(path / CLASSIFIER_FILE),
+            categories=categories,
+            preprocessing=json.loads((path / "preprocessing.json").read_text()),
+            version=str(manifest.get("run_id", "unknown")),
+        )
+
+    def predict(self, texts: pd.Series) -> pd.DataFrame:
+        """Category, cluster id and confidence for each text (index preserved)."""
+        tokens = tokenise(
+            texts,
+            keep_mentions=self.preprocessing.get("keep_mentions", True),
+            remove_stop_words=self.preprocessing.get("remove_stop_words", True),
+        )
+        vectors, n_known = self.embedder.embed(tokens)
+        cluster_id = np.full(len(texts), NO_WORDS_CLUSTER, dtype=np.int64)
+        confidence = np.zeros(len(texts), dtype=np.float64)
+        known = n_known > 0
+        if known.any():
+            scores = self._scores(vectors[known])
+            classes = np.asarray(self.classifier.classes_, dtype=np.int64)
+            cluster_id[known] = classes[scores.argmax(axis=1)]
+            confidence[known] = scores.max(axis=1)
+        return pd.DataFrame(
+            {
+                "category": pd.Series(cluster_id)
+                .map(lambda c: self.categories.get(int(c), NO_WORDS_CATEGORY))
+                .astype("str")
+                .to_numpy(),
+                "cluster_id": cluster_id,
+                "confidence": confidence,
+                "n_known": n_known,
+            },
+            index=texts.index,
+        )
+
+    def _scores(self, vectors: np.ndarray) -> np.ndarray:
+        if hasattr(self.classifier, "predict_proba"):
+            return self.classifier.predict_proba(vectors)
+        decision = np.atleast_2d(self.classifier.decision_function(vectors))
+        exp = np.exp(decision - decision.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)

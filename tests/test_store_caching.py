@@ -1,0 +1,124 @@
+"""Unit tests of the artifact store, manifests, cache keys and retry rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.caching import (
+    TransientStorageError,
+    is_transient,
+    stage_cache_key_fn,
+    stage_key,
+)
+from tasks.embedding import DocumentEmbedder
+from tasks.features import FeaturesConfig, fit_embedder
+from tasks.store import ArtifactMissing, ArtifactStore, verify_manifest
+from tasks.training import TrainingConfig
+
+
+def test_frames_are_content_addressed(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    first = store.put_frame(frame, "stage", "c")
+    again = store.put_frame(frame.copy(), "stage", "c")
+    assert first == again
+    assert first.uri.endswith(f"/data/stage/{first.sha256}.parquet")
+    assert store.get_frame(first).equals(frame)
+    other = store.put_frame(frame.assign(a=[1, 3]), "stage", "c")
+    assert other.sha256 != first.sha256
+
+
+def test_tampered_or_missing_frames_are_refused(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    ref = store.put_frame(pd.DataFrame({"a": [1]}), "stage")
+    path = store.path_of(ref)
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(ArtifactMissing, match="sha256"):
+        store.get_frame(ref)
+    path.unlink()
+    with pytest.raises(ArtifactMissing, match="missing"):
+        store.get_frame(ref)
+
+
+def test_directory_artifacts_verify_their_manifest(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    staging = store.staging_dir("model")
+    (staging / "weights.npy").write_bytes(b"abc")
+    ref = store.commit_dir(staging, "model")
+    path = store.get_dir(ref)
+    assert json.loads((path / "manifest.json").read_text())["files"]
+    (path / "weights.npy").write_bytes(b"abd")
+    with pytest.raises(ArtifactMissing, match="does not match"):
+        verify_manifest(path)
+    (path / "weights.npy").write_bytes(b"abc")
+    (path / "intruder.pkl").write_bytes(b"x")
+    with pytest.raises(ArtifactMissing, match="not in manifest"):
+        verify_manifest(path)
+
+
+def test_cache_key_depends_on_inputs_config_and_code() -> None:
+    base = {"ref": {"sha256": "a"}, "config": TrainingConfig(), "seed": 1}
+    key = stage_key("training", "code1", base)
+    assert key == stage_key("training", "code1", dict(base))
+    assert key != stage_key("training", "code2", base)
+    assert key != stage_key("training", "code1", {**base, "seed": 2})
+    assert key != stage_key(
+        "training", "code1", {**base, "config": TrainingConfig(C=2.0)}
+    )
+    assert key != stage_key("training", "code1", {**base, "ref": {"sha256": "b"}})
+    with pytest.raises(TypeError, match="cache key"):
+        stage_key("training", "code1", {"frame": pd.DataFrame()})
+
+
+def test_cache_key_fn_hashes_the_stage_source() -> None:
+    import tasks.training  # noqa: F401 - the module must be imported to be versioned
+
+    key_fn = stage_cache_key_fn("training", ["tasks.training"])
+    assert key_fn(None, {"seed": 1}) == key_fn(None, {"seed": 1})
+    assert key_fn(None, {"seed": 1}).startswith("training-")
+
+
+def test_transient_errors_are_classified() -> None:
+    class ClientError(Exception):
+        def __init__(self, code: str, status: int) -> None:
+            self.response = {
+                "Error": {"Code": code},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            }
+
+    assert is_transient(TransientStorageError("flaky"))
+    assert is_transient(TimeoutError())
+    assert is_transient(ConnectionResetError())
+    assert is_transient(ClientError("SlowDown", 503))
+    assert is_transient(ClientError("InternalError", 500))
+    assert not is_transient(ClientError("NoSuchKey", 404))
+    assert not is_transient(ValueError("bad config"))
+    assert not is_transient(FileNotFoundError("gone"))
+
+
+def test_embedder_round_trips_without_pickle(tmp_path: Path) -> None:
+    tokens = pd.Series(
+        ["flight delayed gate", "claritin allergy sneeze", "flight gate bag"] * 20
+    )
+    embedder = fit_embedder(tokens, FeaturesConfig(min_count=1, epochs=2), seed=3)
+    embedder.save(tmp_path, {"note": "test"})
+    loaded = DocumentEmbedder.load(tmp_path)
+    assert list(loaded.vocab) == list(embedder.vocab)
+    original, _ = embedder.embed(tokens)
+    again, n_known = loaded.embed(tokens)
+    np.testing.assert_allclose(original, again, atol=1e-6)
+    assert (n_known == 3).all()
+    assert np.allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-5)
+
+
+def test_word_vectors_are_reproducible_with_one_worker() -> None:
+    tokens = pd.Series(["flight delayed gate bag", "claritin allergy sneeze"] * 30)
+    config = FeaturesConfig(min_count=1, epochs=3, workers=1)
+    first, _ = fit_embedder(tokens, config, seed=5).embed(tokens)
+    second, _ = fit_embedder(tokens, config, seed=5).embed(tokens)
+    np.testing.assert_array_equal(first, second)
