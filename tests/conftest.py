@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory, corpus: pd.DataFrame) ->
     """A few hundred real tweets (shuffled: the corpus is sorted) as a generic CSV."""
     sample = corpus.sample(SMALL_SAMPLE, random_state=7)
     path = tmp_path_factory.mktemp("data") / "tweets.csv"
-    sample[["tweet_id", "text"]].to_csv(path, index=False)
+    sample[["tweet_id", "text"]].to_csv(path, index=False, quoting=csv.QUOTE_ALL)
     return path
 
 
@@ -37,9 +38,11 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     from prefect.testing.utilities import prefect_test_harness
 
     results = tmp_path_factory.mktemp("prefect-results")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}):
-        with prefect_test_harness(server_startup_timeout=60):
-            yield
+    with (
+        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}),
+        prefect_test_harness(server_startup_timeout=60),
+    ):
+        yield
 
 
 def task_states(flow_run_id) -> dict[str, str]:  # noqa: ANN001 - UUID

@@ -1,0 +1,75 @@
+"""The command line: bad input gives one clear error line and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.retrain", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("make_source", "expected"),
+    [
+        (lambda d: d / "nope.csv", "does not exist"),
+        (
+            lambda d: (d / "t.xlsx").write_text("x") and d / "t.xlsx",
+            "unsupported format",
+        ),
+        (
+            lambda d: (d / "c.parquet").write_bytes(b"garbage") and d / "c.parquet",
+            "cannot read",
+        ),
+        (
+            lambda d: (d / "h.csv").write_text("id,note\n1,hi\n") and d / "h.csv",
+            "no text column",
+        ),
+    ],
+)
+def test_bad_source_is_one_line_and_nonzero(
+    tmp_path: Path, make_source, expected: str
+) -> None:  # noqa: ANN001
+    result = cli(
+        "--source", str(make_source(tmp_path)), "--artifacts-dir", str(tmp_path / "a")
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "a" / "LATEST").exists()
+
+
+def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
+    result = cli("--n-clusters", "many", "--artifacts-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "--n-clusters must be 'auto' or a number" in result.stderr
+
+
+def test_text_column_option_is_honoured(tmp_path: Path) -> None:
+    source = tmp_path / "h.csv"
+    source.write_text("id,body\n1,hi\n")
+    result = cli(
+        "--source",
+        str(source),
+        "--text-column",
+        "missing",
+        "--artifacts-dir",
+        str(tmp_path),
+    )
+    assert result.returncode != 0
+    assert "no text column 'missing'" in result.stderr

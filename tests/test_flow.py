@@ -1,0 +1,271 @@
+"""Flow tests: the real retrain flow on a few hundred real tweets, against a
+temporary Prefect API, checking caching, retries, quarantine and outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import task_states
+
+pytestmark = pytest.mark.flow
+
+STAGES = {
+    "ingestion",
+    "preparation",
+    "preprocessing",
+    "features",
+    "clustering",
+    "categories",
+    "training",
+}
+
+
+def small_params(source: Path, artifacts: Path, **changes):  # noqa: ANN003, ANN201
+    from flows.retrain import RetrainParameters
+
+    base = {
+        "source": str(source),
+        "artifacts_dir": str(artifacts),
+        "features": {"min_count": 2, "epochs": 5},
+        "clustering": {"k_min": 2, "k_max": 5, "selection_sample": 300, "n_init": 2},
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            base[key] = {**base.get(key, {}), **value}
+        else:
+            base[key] = value
+    return RetrainParameters.model_validate(base)
+
+
+def run(params):  # noqa: ANN001, ANN201
+    from flows.retrain import retrain
+
+    state = retrain(params, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), task_states(state.state_details.flow_run_id)
+
+
+@pytest.fixture(scope="module")
+def first_run(
+    prefect_api, small_csv: Path, tmp_path_factory: pytest.TempPathFactory
+):  # noqa: ANN001, ANN201
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    result, states = run(small_params(small_csv, artifacts))
+    return artifacts, result, states
+
+
+def test_first_run_executes_every_stage_and_writes_outputs(
+    first_run,
+) -> None:  # noqa: ANN001
+    artifacts, result, states = first_run
+    assert set(states) == STAGES
+    assert set(states.values()) == {"Completed"}
+    run_dir = artifacts / "runs" / result["run_id"]
+    assert (artifacts / "LATEST").read_text().strip() == result["run_id"]
+    for name in [
+        "pseudo_labels.parquet",
+        "metrics.json",
+        "report.md",
+        "quarantine.parquet",
+        "clusters_2d.png",
+        "confusion_matrix.png",
+        "model/manifest.json",
+    ]:
+        assert (run_dir / name).is_file(), name
+    labels = pd.read_parquet(run_dir / "pseudo_labels.parquet")
+    assert list(labels.columns) == [
+        "tweet_id",
+        "split",
+        "text",
+        "cluster_id",
+        "category",
+    ]
+    assert len(labels) == result["counts"]["accepted"]
+    assert labels["tweet_id"].is_unique
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["k"] == result["k"] >= 2
+    assert 0.0 <= metrics["evaluation_accuracy"] <= 1.0
+    assert "## Categories" in (run_dir / "report.md").read_text()
+
+
+def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:  # noqa: ANN001
+    artifacts, first, _ = first_run
+    result, states = run(small_params(small_csv, artifacts))
+    assert set(states) == STAGES
+    assert set(states.values()) == {"Cached"}, states
+    assert result["metrics"] == first["metrics"]
+    assert result["categories"] == first["categories"]
+    assert result["run_id"] != first["run_id"]
+
+
+def test_changed_training_parameter_reruns_only_training(
+    first_run, small_csv: Path
+) -> None:  # noqa: ANN001
+    artifacts, _, _ = first_run
+    _, states = run(small_params(small_csv, artifacts, training={"C": 0.25}))
+    rerun = {name for name, state in states.items() if state != "Cached"}
+    assert rerun == {"training"}, states
+
+
+def test_changed_clustering_reruns_clustering_and_downstream(
+    first_run, small_csv: Path
+) -> None:  # noqa: ANN001
+    artifacts, _, _ = first_run
+    _, states = run(small_params(small_csv, artifacts, clustering={"n_clusters": 3}))
+    rerun = {name for name, state in states.items() if state != "Cached"}
+    assert rerun == {"clustering", "categories", "training"}, states
+
+
+def test_transient_storage_error_is_retried(
+    prefect_api, small_csv: Path, tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    from tasks.caching import TransientStorageError
+    from tasks.store import ArtifactStore
+
+    original = ArtifactStore.put_frame
+    failures = {"preprocessing": 1}
+
+    def flaky(self, df, stage, contract=None):  # noqa: ANN001, ANN202
+        if failures.get(stage):
+            failures[stage] -= 1
+            raise TransientStorageError(f"simulated 503 writing {stage}")
+        return original(self, df, stage, contract)
+
+    monkeypatch.setattr(ArtifactStore, "put_frame", flaky)
+    from flows.retrain import retrain
+
+    state = retrain(small_params(small_csv, tmp_path), return_state=True)
+    assert state.is_completed(), state.message
+    assert failures["preprocessing"] == 0
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    attempts = {r.name.rsplit("-", 1)[0]: r.run_count for r in runs}
+    assert attempts["preprocessing"] == 2
+    assert attempts["preparation"] == 1
+
+
+def test_programming_errors_are_not_retried(
+    prefect_api, small_csv: Path, tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    import tasks.training as training
+
+    calls = {"n": 0}
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        raise ValueError("a bug, not a flaky disk")
+
+    monkeypatch.setattr(training, "train_and_evaluate", broken)
+    from flows.retrain import retrain
+
+    state = retrain(small_params(small_csv, tmp_path), return_state=True)
+    assert state.is_failed()
+    assert calls["n"] == 1
+    assert not (tmp_path / "LATEST").exists()
+
+
+def test_quarantine_counts_add_up(
+    prefect_api, corpus: pd.DataFrame, tmp_path: Path
+) -> None:  # noqa: ANN001
+    tweets = corpus.sample(300, random_state=11)[["tweet_id", "text"]].reset_index(
+        drop=True
+    )
+    bad = pd.DataFrame(
+        {
+            "tweet_id": ["e1", "e2", "d1", tweets.loc[0, "tweet_id"], "long"],
+            "text": [
+                "",
+                "   ",
+                tweets.loc[1, "text"],
+                "a different text for a known id",
+                "x" * 2500,
+            ],
+        }
+    )
+    source = tmp_path / "mixed.csv"
+    pd.concat([tweets, bad], ignore_index=True).to_csv(
+        source, index=False, quoting=csv.QUOTE_ALL
+    )
+    result, _ = run(small_params(source, tmp_path / "artifacts"))
+    counts = result["counts"]
+    assert counts["rows_read"] == 305
+    assert (
+        counts["accepted"] + counts["quarantined"] + counts["duplicates_removed"] == 305
+    )
+    quarantine = pd.read_parquet(Path(result["run_dir"]) / "quarantine.parquet")
+    assert len(quarantine) == counts["quarantined"] == 5
+    assert quarantine["reason"].value_counts().to_dict() == {
+        "tweet_id repeated with a different text": 2,
+        "text: not_nullable": 1,  # an empty CSV field reads as missing
+        "text is empty after cleaning": 1,
+        "text longer than 2000 characters": 1,
+    }
+    assert set(quarantine["stage"]) == {"ingestion", "preparation"}
+    duplicated_in_sample = int(tweets["text"].duplicated().sum())
+    assert counts["duplicates_removed"] == 1 + duplicated_in_sample
+
+
+def test_model_bundle_is_invariant_to_swapped_urls_and_mentions(
+    first_run,
+) -> None:  # noqa: ANN001
+    from tasks.model import TweetClassifier
+
+    artifacts, result, _ = first_run
+    model = TweetClassifier.load(Path(result["run_dir"]) / "model")
+    labels = pd.read_parquet(Path(result["run_dir"]) / "pseudo_labels.parquet")
+    texts = labels["text"].head(100)
+    swapped = texts.str.replace(r"https?://\S+", "http://t.co/Zz9Yy8Xx", regex=True)
+    swapped = swapped.str.replace(
+        r"@(?!united|americanair|usairways|southwestair|jetblue|virginamerica|apple)\w+",
+        "@someone_else",
+        regex=True,
+    )
+    before = model.predict(texts)["category"]
+    after = model.predict(swapped)["category"]
+    assert (before == after).mean() >= 0.97
+
+
+def test_contract_violation_fails_the_flow_with_a_readable_message(
+    prefect_api, small_csv: Path, tmp_path: Path, monkeypatch  # noqa: ANN001
+) -> None:
+    import tasks.preprocessing as preprocessing
+    from data_contracts import ContractViolation
+
+    original = preprocessing.preprocess_frame
+
+    def broken(prepared, config):  # noqa: ANN001, ANN202
+        frame = original(prepared, config)
+        frame.loc[frame.index[:3], "split"] = "training"
+        return frame
+
+    monkeypatch.setattr(preprocessing, "preprocess_frame", broken)
+    from flows.retrain import retrain
+
+    state = retrain(small_params(small_csv, tmp_path), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ContractViolation) as info:
+        state.result()
+    message = str(info.value)
+    assert (
+        "'preprocessing'" in message
+        and "'split'" in message
+        and "'training'" in message
+    )
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+    keys = {a.key for a in artifact}
+    assert "contract-violation-preprocessing" in keys
