@@ -29,9 +29,13 @@ def discovery_quality(labels: pd.DataFrame) -> dict[str, float]:
     known = subjects.notna() & labels["cluster_id"].ge(0)
     return {
         "nmi": float(
-            normalized_mutual_info_score(subjects[known], labels.loc[known, "cluster_id"])
+            normalized_mutual_info_score(
+                subjects[known], labels.loc[known, "cluster_id"]
+            )
         ),
-        "ari": float(adjusted_rand_score(subjects[known], labels.loc[known, "cluster_id"])),
+        "ari": float(
+            adjusted_rand_score(subjects[known], labels.loc[known, "cluster_id"])
+        ),
         "labelled_share": float(known.mean()),
     }
 
@@ -48,14 +52,18 @@ def timed_run(params) -> tuple[dict, float]:  # noqa: ANN001 - RetrainParameters
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--artifacts-dir", default=None, help="default: a temporary dir")
+    parser.add_argument(
+        "--artifacts-dir", default=None, help="default: a temporary dir"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the artifacts dir")
     args = parser.parse_args(argv)
     from flows.retrain import RetrainParameters
 
     artifacts = Path(args.artifacts_dir or tempfile.mkdtemp(prefix="tweetflow-bench-"))
     if artifacts.exists() and any(artifacts.iterdir()):
-        raise SystemExit(f"{artifacts} is not empty; a cold run needs an empty directory")
+        raise SystemExit(
+            f"{artifacts} is not empty; a cold run needs an empty directory"
+        )
     params = RetrainParameters(artifacts_dir=str(artifacts), log_level="WARNING")
     try:
         cold, cold_s = timed_run(params)

@@ -1,12 +1,23 @@
 """Keyword-rule subject labeller for the tweetflow corpus (six collection subjects)."""
+
 import re
+
 import numpy as np
 import pandas as pd
 
-SUBJECTS = ["airline", "deflategate", "self_driving_car", "coachella", "apple", "claritin"]
+SUBJECTS = [
+    "airline",
+    "deflategate",
+    "self_driving_car",
+    "coachella",
+    "apple",
+    "claritin",
+]
 
-_AIR_HANDLES = (r"united|americanair|usairways|southwestair|jetblue|virginamerica|"
-                r"delta|deltaassist|alaskaair|spiritairlines|aa")
+_AIR_HANDLES = (
+    r"united|americanair|usairways|southwestair|jetblue|virginamerica|"
+    r"delta|deltaassist|alaskaair|spiritairlines|aa"
+)
 # strong (collection-defining) patterns
 STRONG = {
     "airline": rf"@(?:{_AIR_HANDLES})\b",
@@ -31,7 +42,9 @@ _HASHTAGS = re.compile(r"#\w+")
 
 
 def _match(texts, pats):
-    return np.column_stack([texts.str.contains(p, regex=True).to_numpy(bool) for p in pats.values()])
+    return np.column_stack(
+        [texts.str.contains(p, regex=True).to_numpy(bool) for p in pats.values()]
+    )
 
 
 def label_subjects(texts: pd.Series) -> pd.Series:
@@ -47,22 +60,34 @@ def label_subjects(texts: pd.Series) -> pd.Series:
     out = np.full(len(t), None, dtype=object)
 
     # (2) strong patterns on full text: earliest-position match wins
-    pos = np.column_stack([
-        t.str.extract(f"(?i)^(.*?)(?:{STRONG[k]})", expand=False).str.len().fillna(1e9).to_numpy(float)
-        for k in SUBJECTS])
+    pos = np.column_stack(
+        [
+            t.str.extract(f"(?i)^(.*?)(?:{STRONG[k]})", expand=False)
+            .str.len()
+            .fillna(1e9)
+            .to_numpy(float)
+            for k in SUBJECTS
+        ]
+    )
     has = pos < 1e9
     first = pos.argmin(1)
     out[has.any(1)] = names[first[has.any(1)]]
 
     # (1) hashtags override when exactly one subject fires on the hashtags
-    H = _match(tags, {k: STRONG[k] for k in SUBJECTS}) | _match(tags, {k: r"#(?:" + v + r")" for k, v in {
-        "airline": r"united|americanair|usairways|southwestair|jetblue|virginamerica",
-        "deflategate": r"patriots|pats|nfl|superbowl\w*|sb49|brady|deflat\w*",
-        "self_driving_car": r"driverless|selfdriving|autonomous\w*|googlecar",
-        "coachella": r"coachella\w*",
-        "apple": r"apple\w*|iphone\w*|ipad\w*|mac\w*|ios\w*|aapl",
-        "claritin": r"claritin\w*|allerg\w*",
-    }.items()})
+    H = _match(tags, {k: STRONG[k] for k in SUBJECTS}) | _match(
+        tags,
+        {
+            k: r"#(?:" + v + r")"
+            for k, v in {
+                "airline": r"united|americanair|usairways|southwestair|jetblue|virginamerica",
+                "deflategate": r"patriots|pats|nfl|superbowl\w*|sb49|brady|deflat\w*",
+                "self_driving_car": r"driverless|selfdriving|autonomous\w*|googlecar",
+                "coachella": r"coachella\w*",
+                "apple": r"apple\w*|iphone\w*|ipad\w*|mac\w*|ios\w*|aapl",
+                "claritin": r"claritin\w*|allerg\w*",
+            }.items()
+        },
+    )
     one = H.sum(1) == 1
     out[one] = names[H[one].argmax(1)]
 

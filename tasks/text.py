@@ -43,12 +43,36 @@ TOKEN = re.compile(r"@?[a-z][a-z0-9_]+|xx[a-z]+")
 APOSTROPHE = re.compile(r"['\u2019`]")
 
 
+def trie_pattern(words: set[str]) -> str:
+    """A regex alternation of ``words`` factored as a trie.
+
+    Python's regex engine tries alternatives one by one; sharing prefixes
+    (``a(?:bout|bove|...)``) makes matching several times faster.
+    """
+    trie: dict = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def build(node: dict) -> str:
+        branches = [
+            re.escape(c) + build(child) for c, child in sorted(node.items()) if c
+        ]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(trie)
+
+
 @lru_cache(maxsize=4)
 def stop_word_pattern(extra: frozenset[str] = EXTRA_STOP_WORDS) -> re.Pattern[str]:
     """One compiled regex matching any stop word as a whole token."""
     words = {w.replace("'", "") for w in ENGLISH_STOP_WORDS} | set(extra)
-    alternation = "|".join(sorted(map(re.escape, words), key=len, reverse=True))
-    return re.compile(rf"(?<![\w@])(?:{alternation})(?![\w])")
+    return re.compile(rf"(?<![\w@])(?:{trie_pattern(words)})(?![\w])")
 
 
 def normalise(text: pd.Series, keep_mentions: bool = True) -> pd.Series:

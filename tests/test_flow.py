@@ -269,3 +269,49 @@ def test_contract_violation_fails_the_flow_with_a_readable_message(
         artifact = client.read_latest_artifacts()
     keys = {a.key for a in artifact}
     assert "contract-violation-preprocessing" in keys
+
+
+def flow_run_logs(flow_run_id) -> list[tuple[int, str]]:  # noqa: ANN001
+    """(level, message) of every log line the API holds for one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return [(log.level, log.message) for log in logs]
+
+
+def test_log_level_sets_the_run_verbosity(
+    prefect_api, small_csv: Path, tmp_path: Path
+) -> None:  # noqa: ANN001
+    from flows.retrain import retrain
+
+    verbose = retrain(
+        small_params(small_csv, tmp_path, log_level="DEBUG"), return_state=True
+    )
+    logs = flow_run_logs(verbose.state_details.flow_run_id)
+    messages = " ".join(m for _, m in logs)
+    for stage in [
+        "ingestion: read",
+        "preparation:",
+        "preprocessing:",
+        "features:",
+        "clustering:",
+        "training:",
+    ]:
+        assert stage in messages, stage
+    assert "rows in" in messages and "accepted" in messages
+    assert any(level == 10 and "silhouette per k" in m for level, m in logs)
+
+    quiet = retrain(
+        small_params(small_csv, tmp_path, log_level="WARNING"), return_state=True
+    )
+    quiet_logs = flow_run_logs(quiet.state_details.flow_run_id)
+    # Only the engine's lines from before the flow body applied the level remain.
+    below_warning = [m for level, m in quiet_logs if level < 30]
+    assert not [m for m in below_warning if ":" in m and "rows" in m], below_warning
+    assert len(below_warning) <= 3, below_warning
