@@ -49,7 +49,7 @@ from tasks.publishing import (
     pseudo_label_frame,
     publish_run,
 )
-from tasks.store import ArtifactRef, ArtifactStore
+from tasks.store import ArtifactRef, ArtifactStore, missing_artifacts
 from tasks.training import TrainingConfig, train
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -182,6 +182,14 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
     def timed(name: str, fn, *args):  # noqa: ANN001, ANN202 - local helper
         t0 = time.perf_counter()
         out = fn.with_options(**opts)(*args)
+        missing = missing_artifacts(out)
+        if missing:
+            logger.warning(
+                "%s: cached result points at deleted artifacts (%s); re-running",
+                name,
+                ", ".join(missing),
+            )
+            out = fn.with_options(**opts, refresh_cache=True)(*args)
         timings[name] = round(time.perf_counter() - t0, 3)
         return out
 

@@ -182,7 +182,7 @@ def name_clusters(
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.categories"]),
+    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.categories", "tasks.clustering"]),
     persist_result=True,
 )
 def name_categories(

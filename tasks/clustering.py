@@ -230,7 +230,9 @@ class ClusteringOutput(BaseModel):
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.clustering", "tasks.embedding"]),
+    cache_key_fn=stage_cache_key_fn(
+        STAGE, ["tasks.clustering", "tasks.embedding", "tasks.features"]
+    ),
     persist_result=True,
 )
 def cluster(

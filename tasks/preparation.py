@@ -178,7 +178,12 @@ class PreparationOutput(BaseModel):
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_only_transient,
     cache_key_fn=stage_cache_key_fn(
-        STAGE, ["tasks.preparation", "data_contracts.schemas"]
+        STAGE,
+        [
+            "tasks.preparation",
+            "data_contracts.schemas",
+            "data_contracts.validation",
+        ],
     ),
     persist_result=True,
 )

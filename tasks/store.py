@@ -201,3 +201,22 @@ class ArtifactStore:
             / "validated"
             / f"{ref.contract}-{contract_version[:16]}-{ref.sha256}"
         )
+
+
+def missing_artifacts(output: object) -> list[str]:
+    """URIs of artifacts referenced by a stage output that no longer exist.
+
+    A cached stage result is only as good as the files it points at; the flow
+    re-runs a stage whose cached output references a deleted artifact.
+    """
+    refs: list[ArtifactRef] = []
+    if isinstance(output, ArtifactRef):
+        refs.append(output)
+    elif isinstance(output, BaseModel):
+        for name in type(output).model_fields:
+            value = getattr(output, name)
+            if isinstance(value, ArtifactRef):
+                refs.append(value)
+    elif isinstance(output, list):
+        return [uri for item in output for uri in missing_artifacts(item)]
+    return [r.uri for r in refs if not Path(r.uri.removeprefix("file://")).exists()]

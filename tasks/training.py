@@ -159,7 +159,7 @@ class TrainingOutput(BaseModel):
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.training"]),
+    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.training", "tasks.features"]),
     persist_result=True,
 )
 def train(

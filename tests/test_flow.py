@@ -315,3 +315,16 @@ def test_log_level_sets_the_run_verbosity(
     below_warning = [m for level, m in quiet_logs if level < 30]
     assert not [m for m in below_warning if ":" in m and "rows" in m], below_warning
     assert len(below_warning) <= 3, below_warning
+
+
+def test_deleted_artifacts_are_rebuilt_not_served_stale(
+    prefect_api, small_csv: Path, tmp_path: Path
+) -> None:  # noqa: ANN001
+    import shutil
+
+    run(small_params(small_csv, tmp_path))
+    shutil.rmtree(tmp_path / "data" / "features")
+    result, states = run(small_params(small_csv, tmp_path))
+    assert states["features"] == "Completed"
+    assert states["preprocessing"] == "Cached"
+    assert Path(result["run_dir"], "pseudo_labels.parquet").is_file()
