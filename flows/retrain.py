@@ -140,6 +140,19 @@ def check_contract(store: ArtifactStore, ref: ArtifactRef, stage: str) -> None:
     store.mark_validated(ref, version)
 
 
+def contract_checker(store: ArtifactStore, timings: dict[str, float]):  # noqa: ANN201
+    """``check_contract`` bound to a store, adding its time to ``contract_checks``."""
+
+    def check(ref: ArtifactRef, stage: str) -> None:
+        started = time.perf_counter()
+        check_contract(store, ref, stage)
+        timings["contract_checks"] = round(
+            timings.get("contract_checks", 0.0) + time.perf_counter() - started, 3
+        )
+
+    return check
+
+
 def run_id_now() -> str:
     """A sortable run id: UTC time plus the flow run id's first characters."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -167,7 +180,12 @@ def naming_basis(previous: dict | None, clustering_sha: str) -> ArtifactRef | No
 
 @flow(name="retrain", log_prints=False)
 def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B008
-    """Retrain the tweet classifier from scratch, reusing every unchanged stage."""
+    """Retrain the tweet classifier from scratch, reusing every unchanged stage.
+
+    Args:
+        params: Source, artifact store, seed, log level, category map and one
+            settings group per stage.
+    """
     apply_log_level(params.log_level)
     logger = get_run_logger()
     started = time.perf_counter()
@@ -201,13 +219,14 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
         source_fingerprint(params.source),
         root_str,
     )
-    check_contract(store, ing.raw, "ingestion")
+    check = contract_checker(store, timings)
+    check(ing.raw, "ingestion")
     prep = timed("preparation", prepare, ing.raw, params.preparation, root_str)
-    check_contract(store, prep.prepared, "preparation")
+    check(prep.prepared, "preparation")
     pre = timed(
         "preprocessing", preprocess, prep.prepared, params.preprocessing, root_str
     )
-    check_contract(store, pre.preprocessed, "preprocessing")
+    check(pre.preprocessed, "preprocessing")
     feats = timed(
         "features",
         build_features,
@@ -216,7 +235,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
         params.seed,
         root_str,
     )
-    check_contract(store, feats.features, "features")
+    check(feats.features, "features")
     clus = timed(
         "clustering",
         cluster,
@@ -226,7 +245,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
         params.seed,
         root_str,
     )
-    check_contract(store, clus.assignments, "clustering")
+    check(clus.assignments, "clustering")
     previous = previous_run(root)
     basis = naming_basis(previous, clus.model.sha256)
     cats = timed(
@@ -250,6 +269,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
     )
 
     # Publishing: the run directory, LATEST and the Prefect artifacts.
+    publish_started = time.perf_counter()
     run_id = run_id_now()
     prepared = store.get_frame(prep.prepared)
     assignments = store.get_frame(clus.assignments)
@@ -323,6 +343,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
         table=[{"metric": k, "value": round(v, 4)} for k, v in sorted(metrics.items())],
     )
     create_table_artifact(key="retrain-clusters", table=table)
+    timings["publishing"] = round(time.perf_counter() - publish_started, 3)
     logger.info(
         "retrain %s: %d read, %d accepted, %d quarantined, %d duplicates; k=%d; "
         "evaluation accuracy %.3f; outputs in %s (%.1fs)",

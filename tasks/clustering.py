@@ -22,6 +22,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
+from threadpoolctl import threadpool_limits
 
 from tasks.caching import retry_only_transient, stage_cache_key_fn
 from tasks.embedding import doc_term_matrix
@@ -46,15 +47,26 @@ class ClusteringConfig(BaseModel):
         description="Number of categories, or 'auto' to choose it by silhouette "
         "between k_min and k_max.",
     )
-    k_min: int = Field(3, ge=2, le=50, description="Smallest k tried when automatic.")
+    k_min: int = Field(2, ge=2, le=50, description="Smallest k tried when automatic.")
     k_max: int = Field(12, ge=2, le=50, description="Largest k tried when automatic.")
     selection_sample: int = Field(
         6000,
-        ge=200,
-        description="Discovery tweets sampled to choose k (silhouette is quadratic).",
+        ge=50,
+        description="Discovery tweets sampled to fit each candidate k.",
+    )
+    silhouette_sample: int = Field(
+        4000,
+        ge=50,
+        description="Tweets of that sample scored by silhouette (quadratic cost).",
     )
     n_init: int = Field(
-        4, ge=1, le=50, description="KMeans restarts; the best is kept."
+        10, ge=1, le=50, description="KMeans restarts; the best is kept."
+    )
+    threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="BLAS/OpenMP threads for KMeans; on small fits one is fastest.",
     )
     top_terms: int = Field(
         10, ge=1, le=50, description="Distinctive words kept per cluster."
@@ -79,18 +91,32 @@ class ClusteringConfig(BaseModel):
 
 def choose_k(
     vectors: np.ndarray, config: ClusteringConfig, seed: int
-) -> tuple[int, dict[int, float]]:
-    """Pick k by the best silhouette on a sample; returns (k, score per k)."""
+) -> tuple[int, dict[int, float], dict[int, np.ndarray], np.ndarray]:
+    """Pick k by the best silhouette, fitting each candidate on a sample.
+
+    Returns (k, silhouette per k, centroids per k, sample row indices). Each
+    candidate gets ``n_init`` restarts: with few restarts KMeans sometimes
+    settles in a poor partition at the right k and the choice goes astray.
+    """
     rng = np.random.default_rng(seed)
     n = len(vectors)
-    sample = vectors[rng.choice(n, size=min(n, config.selection_sample), replace=False)]
+    rows = rng.choice(n, size=min(n, config.selection_sample), replace=False)
+    sample = vectors[rows]
+    scored = rng.choice(
+        len(sample), size=min(len(sample), config.silhouette_sample), replace=False
+    )
     scores: dict[int, float] = {}
+    centroids: dict[int, np.ndarray] = {}
     for k in range(config.k_min, min(config.k_max, len(sample) - 1) + 1):
-        labels = KMeans(k, n_init=config.n_init, random_state=seed).fit_predict(sample)
-        scores[k] = float(silhouette_score(sample, labels, random_state=seed))
+        model = KMeans(k, n_init=config.n_init, random_state=seed).fit(sample)
+        labels = model.labels_[scored]
+        if len(np.unique(labels)) < 2:
+            continue
+        scores[k] = float(silhouette_score(sample[scored], labels))
+        centroids[k] = model.cluster_centers_
     if not scores:
-        raise ValueError(f"clustering: too few tweets ({n}) to choose k")
-    return max(scores, key=scores.__getitem__), scores
+        raise ValueError(f"clustering: too few distinct tweets ({n}) to choose k")
+    return max(scores, key=scores.__getitem__), scores, centroids, rows
 
 
 def distinctive_terms(
@@ -133,27 +159,35 @@ def fit_clusters(
             f"clustering: only {len(train)} discovery tweets have known words; "
             "at least 10 are needed"
         )
-    if config.n_clusters == "auto":
-        k, scores = choose_k(train, config, seed)
-    else:
-        k, scores = int(config.n_clusters), {}
-        if k > len(train):
-            raise ValueError(f"clustering: k={k} exceeds {len(train)} discovery tweets")
-    model = KMeans(k, n_init=config.n_init, random_state=seed).fit(train)
-    labels = np.full(len(features), NO_WORDS_CLUSTER, dtype=np.int64)
-    distance = np.full(len(features), np.nan)
-    all_distances = model.transform(vectors[has_words])
-    labels[has_words] = all_distances.argmin(axis=1)
-    distance[has_words] = all_distances.min(axis=1)
-    rng = np.random.default_rng(seed)
-    sample = rng.choice(
-        len(train), size=min(len(train), config.selection_sample), replace=False
-    )
-    silhouette = float(
-        silhouette_score(train[sample], model.labels_[sample], random_state=seed)
-    )
-    rerun = KMeans(k, n_init=config.n_init, random_state=seed + 1).fit_predict(train)
-    stability = float(adjusted_rand_score(model.labels_, rerun))
+    with threadpool_limits(config.threads):
+        if config.n_clusters == "auto":
+            k, scores, centroids, rows = choose_k(train, config, seed)
+            # Refine the sample's partition on every discovery tweet.
+            model = KMeans(k, init=centroids[k], n_init=1, random_state=seed).fit(train)
+        else:
+            k, scores = int(config.n_clusters), {}
+            if k > len(train):
+                raise ValueError(
+                    f"clustering: k={k} exceeds {len(train)} discovery tweets"
+                )
+            rows = np.random.default_rng(seed).choice(
+                len(train), size=min(len(train), config.selection_sample), replace=False
+            )
+            model = KMeans(k, n_init=config.n_init, random_state=seed).fit(train)
+        labels = np.full(len(features), NO_WORDS_CLUSTER, dtype=np.int64)
+        distance = np.full(len(features), np.nan)
+        all_distances = model.transform(vectors[has_words])
+        labels[has_words] = all_distances.argmin(axis=1)
+        distance[has_words] = all_distances.min(axis=1)
+        scored = rows[: config.silhouette_sample]
+        silhouette = float(silhouette_score(train[scored], model.labels_[scored]))
+        # Stability: an independent KMeans (other seed, other sample) at the same
+        # k, compared with this partition on every discovery tweet.
+        other = np.random.default_rng(seed + 1).choice(
+            len(train), size=len(rows), replace=False
+        )
+        rerun = KMeans(k, n_init=config.n_init, random_state=seed + 1).fit(train[other])
+        stability = float(adjusted_rand_score(model.labels_, rerun.predict(train)))
     terms = distinctive_terms(
         tokens[discovery].reset_index(drop=True),
         model.labels_,

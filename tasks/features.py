@@ -34,13 +34,19 @@ class FeaturesConfig(BaseModel):
     min_count: int = Field(
         3, ge=1, description="Words seen fewer times in discovery are ignored."
     )
-    skip_gram: bool = Field(True, description="Skip-gram (True) or CBOW (False).")
+    skip_gram: bool = Field(
+        False, description="Skip-gram (True) or CBOW (False, faster and as good here)."
+    )
     epochs: int = Field(
         10, ge=1, le=200, description="Passes over the discovery split."
     )
     negative: int = Field(5, ge=1, le=50, description="Negative samples per word.")
     sample: float = Field(
-        1e-3, ge=0.0, le=1.0, description="Down-sampling threshold for frequent words."
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Down-sampling threshold for frequent words; 0 keeps them all "
+        "(in tweets the most frequent words often name the subject).",
     )
     workers: int = Field(
         1,
@@ -48,11 +54,16 @@ class FeaturesConfig(BaseModel):
         le=32,
         description="Training threads; 1 makes training reproducible bit for bit.",
     )
+    weighting: Literal["mean", "sif"] = Field(
+        "mean",
+        description="Tweet vector = plain mean of word vectors, or SIF-weighted "
+        "(a/(a+p(w))), which down-weights frequent words.",
+    )
     sif_a: float = Field(
-        1e-3, gt=0.0, description="SIF smoothing a in a/(a+p(w)) for word weights."
+        1e-3, gt=0.0, description="SIF smoothing a in a/(a+p(w)) (weighting=sif)."
     )
     remove_components: int = Field(
-        1, ge=0, le=10, description="Common components removed from tweet vectors."
+        0, ge=0, le=10, description="Common components removed from tweet vectors."
     )
 
 
@@ -95,7 +106,11 @@ def fit_embedder(
     embedder = DocumentEmbedder(
         vocab=pd.Index(vocab),
         vectors=vectors,
-        weights=sif_weights(counts, config.sif_a),
+        weights=(
+            sif_weights(counts, config.sif_a)
+            if config.weighting == "sif"
+            else np.ones(len(vocab), dtype=np.float32)
+        ),
         components=np.zeros((0, vectors.shape[1]), dtype=np.float32),
     )
     means, n_known = embedder.weighted_means(tokens)

@@ -23,7 +23,51 @@ SPECIAL_TOKENS = frozenset(
     {URL_TOKEN, USER_TOKEN, NUMBER_TOKEN, EMOJI_TOKEN, SMILE_TOKEN, SAD_TOKEN}
 )
 # Twitter noise words that carry no subject, on top of English stop words.
-EXTRA_STOP_WORDS = frozenset({"rt", "amp", "via", "im", "dont", "ive", "u", "ur"})
+EXTRA_STOP_WORDS = frozenset(
+    {
+        "rt",
+        "amp",
+        "gt",
+        "lt",
+        "via",
+        "just",
+        "got",
+        "like",
+        "u",
+        "ur",
+        "im",
+        "ive",
+        "id",
+        "ill",
+        "dont",
+        "doesnt",
+        "didnt",
+        "isnt",
+        "wasnt",
+        "arent",
+        "werent",
+        "wont",
+        "wouldnt",
+        "shouldnt",
+        "havent",
+        "hadnt",
+        "youre",
+        "youll",
+        "youve",
+        "theyre",
+        "thats",
+        "whats",
+        "theres",
+        "lets",
+        "don",
+        "doesn",
+        "didn",
+        "isn",
+        "wasn",
+        "ll",
+        "ve",
+    }
+)
 
 URL = re.compile(r"(?:https?://|www\.)\S+")
 # Kept apart from letters so that "äóì" style mojibake never glues to a word.
@@ -34,7 +78,11 @@ SADEY = re.compile(r"(?<!\w)(?:[:;=8][\-o\*']?[\(\[/\\|]|:'\()(?!\w)")
 EMOJI = re.compile(
     "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f\u200d]+", re.UNICODE
 )
-CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+# Double-encoded text leaves runs of non-ASCII characters glued with "_"
+# ("äó_", "Õ¢_\x8aÎ_"); no ASCII token can come out of them.
+MOJIBAKE_RUN = re.compile(r"_*[^\x00-\x7f](?:[^\x00-\x7f]|_)*")
+# Year or counter glued to a word, mostly in hashtags: coachella2015 -> coachella.
+TRAILING_DIGITS = re.compile(r"(?<=[a-z])\d+\b")
 ELONGATED = re.compile(r"([a-z])\1{2,}")
 NUMBER = re.compile(
     r"(?<![a-z0-9])\d+(?:[.,:]\d+)*(?:st|nd|rd|th|s|am|pm|k|m)?(?![a-z])"
@@ -87,6 +135,7 @@ def normalise(text: pd.Series, keep_mentions: bool = True) -> pd.Series:
     s = s.str.replace(SMILEY, f" {SMILE_TOKEN} ", regex=True)
     s = s.str.replace(SADEY, f" {SAD_TOKEN} ", regex=True)
     s = s.str.replace(EMOJI, f" {EMOJI_TOKEN} ", regex=True)
+    s = s.str.replace(MOJIBAKE_RUN, " ", regex=True)
     mention = r" @\1 " if keep_mentions else f" {USER_TOKEN} "
     s = s.str.replace(MENTION, mention, regex=True)
     # #DeflateGate -> deflategate; camel case inside hashtags is common but the
@@ -95,6 +144,7 @@ def normalise(text: pd.Series, keep_mentions: bool = True) -> pd.Series:
     s = s.str.lower()
     s = s.str.replace(APOSTROPHE, "", regex=True)
     s = s.str.replace(ELONGATED, r"\1\1", regex=True)
+    s = s.str.replace(TRAILING_DIGITS, "", regex=True)
     s = s.str.replace(NUMBER, f" {NUMBER_TOKEN} ", regex=True)
     return s
 
