@@ -16,11 +16,15 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from bench.subjects import label_subjects
+
+if TYPE_CHECKING:
+    from flows.retrain import RetrainParameters
 
 
 def discovery_quality(labels: pd.DataFrame) -> dict[str, float]:
@@ -50,7 +54,7 @@ def start_api() -> float:
     return time.perf_counter() - started
 
 
-def timed_run(params) -> tuple[dict, float]:  # noqa: ANN001 - RetrainParameters
+def timed_run(params: RetrainParameters) -> tuple[dict, float]:
     """Run the flow once; return its result and wall time."""
     from flows.retrain import retrain
 

@@ -41,7 +41,7 @@ _W = {k: re.compile(v, re.I) for k, v in WEAK.items()}
 _HASHTAGS = re.compile(r"#\w+")
 
 
-def _match(texts, pats):
+def _match(texts: pd.Series, pats: dict[str, str]) -> np.ndarray:
     return np.column_stack(
         [texts.str.contains(p, regex=True).to_numpy(bool) for p in pats.values()]
     )

@@ -12,7 +12,7 @@ QUARANTINE_COLUMNS = ["tweet_id", "text", "source", "source_row", "stage", "reas
 class ContractViolation(Exception):
     """A frame broke its contract in a way that no quarantine can absorb."""
 
-    def __init__(self, stage: str, contract: str, failure_cases: pd.DataFrame):
+    def __init__(self, stage: str, contract: str, failure_cases: pd.DataFrame) -> None:
         self.stage = stage
         self.contract = contract
         self.failure_cases = failure_cases.reset_index(drop=True)

@@ -9,12 +9,14 @@ Run locally: ``python -m flows.retrain [--source URI] [--artifacts-dir DIR]
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -140,7 +142,9 @@ def check_contract(store: ArtifactStore, ref: ArtifactRef, stage: str) -> None:
     store.mark_validated(ref, version)
 
 
-def contract_checker(store: ArtifactStore, timings: dict[str, float]):  # noqa: ANN201
+def contract_checker(
+    store: ArtifactStore, timings: dict[str, float]
+) -> Callable[[ArtifactRef, str], None]:
     """``check_contract`` bound to a store, adding its time to ``contract_checks``."""
 
     def check(ref: ArtifactRef, stage: str) -> None:
@@ -158,7 +162,7 @@ def run_id_now() -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
         suffix = str(get_run_context().flow_run.id)[:8]
-    except Exception:  # noqa: BLE001 - outside a flow run
+    except Exception:  # outside a flow run there is no run id
         suffix = "local"
     return f"{stamp}-{suffix}"
 
@@ -197,7 +201,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
     opts = {"result_storage": root / "prefect-results"}
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn, *args):  # noqa: ANN001, ANN202 - local helper
+    def timed(name: str, fn: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
         out = fn.with_options(**opts)(*args)
         missing = missing_artifacts(out)
@@ -293,9 +297,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
         != counts["rows_read"]
     ):
         raise RuntimeError(f"row accounting does not add up: {counts}")
-    import json as _json
-
-    clusters = _json.loads((store.get_dir(clus.model) / CLUSTERS_FILE).read_text())
+    clusters = json.loads((store.get_dir(clus.model) / CLUSTERS_FILE).read_text())
     metrics = {
         "silhouette": clus.silhouette,
         "stability_ari": clus.stability_ari,

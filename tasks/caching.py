@@ -87,6 +87,29 @@ def stage_cache_key_fn(
     return key_fn
 
 
+def stage_task(
+    stage: str, modules: Iterable[str], retries: int = 2
+) -> Callable[[Callable[..., Any]], Any]:
+    """The ``@task`` every stage uses.
+
+    Named after the stage, cached on content, config and code (results persisted
+    so they survive across flow runs), retried with exponential backoff and
+    jitter, but only when the failure is transient.
+    """
+    from prefect import task
+    from prefect.tasks import exponential_backoff
+
+    return task(
+        name=stage,
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=2),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_only_transient,
+        cache_key_fn=stage_cache_key_fn(stage, modules),
+        persist_result=True,
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether an exception is a transient storage/network failure."""
     if isinstance(exc, (TransientStorageError, TimeoutError, ConnectionError)):
@@ -104,6 +127,6 @@ def retry_only_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     """Prefect ``retry_condition_fn``: retry a failed run only on transient errors."""
     try:
         state.result()
-    except Exception as exc:  # noqa: BLE001 - we classify, then decide
+    except Exception as exc:  # classify any failure, then decide
         return is_transient(exc)
     return False

@@ -15,12 +15,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import yaml
-from prefect import get_run_logger, task
-from prefect.tasks import exponential_backoff
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy.optimize import linear_sum_assignment
 
-from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.caching import stage_task
 from tasks.clustering import CLUSTERS_FILE, NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
 from tasks.store import ArtifactRef, ArtifactStore
 
@@ -176,15 +175,7 @@ def name_clusters(
     return result
 
 
-@task(
-    name="categories",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.categories", "tasks.clustering"]),
-    persist_result=True,
-)
+@stage_task(STAGE, ["tasks.categories", "tasks.clustering"])
 def name_categories(
     clustering_model: ArtifactRef,
     assignments: ArtifactRef,

@@ -17,14 +17,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.tasks import exponential_backoff
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
-from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.caching import stage_task
 from tasks.embedding import doc_term_matrix
 from tasks.features import vectors_of
 from tasks.store import ArtifactRef, ArtifactStore
@@ -258,17 +257,7 @@ class ClusteringOutput(BaseModel):
     stability_ari: float
 
 
-@task(
-    name="clustering",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(
-        STAGE, ["tasks.clustering", "tasks.embedding", "tasks.features"]
-    ),
-    persist_result=True,
-)
+@stage_task(STAGE, ["tasks.clustering", "tasks.embedding", "tasks.features"])
 def cluster(
     features: ArtifactRef,
     preprocessed: ArtifactRef,

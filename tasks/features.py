@@ -8,11 +8,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from gensim.models import FastText, Word2Vec
-from prefect import get_run_logger, task
-from prefect.tasks import exponential_backoff
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.caching import stage_task
 from tasks.embedding import DocumentEmbedder, common_components, sif_weights
 from tasks.store import ArtifactRef, ArtifactStore
 
@@ -157,15 +156,7 @@ class FeaturesOutput(BaseModel):
     no_known_words: int
 
 
-@task(
-    name="features",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.features", "tasks.embedding"]),
-    persist_result=True,
-)
+@stage_task(STAGE, ["tasks.features", "tasks.embedding"])
 def build_features(
     preprocessed: ArtifactRef, config: FeaturesConfig, seed: int, artifacts_dir: str
 ) -> FeaturesOutput:

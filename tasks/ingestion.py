@@ -17,13 +17,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.tasks import exponential_backoff
+from prefect import get_run_logger
 from pyarrow import ArrowException
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import get_contract, split_quarantine
-from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.caching import stage_task
 from tasks.store import ArtifactRef, ArtifactStore
 
 STAGE = "ingestion"
@@ -281,17 +280,10 @@ class IngestionOutput(BaseModel):
     outbound_skipped: int
 
 
-@task(
-    name="ingestion",
+@stage_task(
+    STAGE,
+    ["tasks.ingestion", "data_contracts.schemas", "data_contracts.validation"],
     retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(
-        STAGE,
-        ["tasks.ingestion", "data_contracts.schemas", "data_contracts.validation"],
-    ),
-    persist_result=True,
 )
 def ingest(
     source: str, config: IngestionConfig, fingerprint: str, artifacts_dir: str

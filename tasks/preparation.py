@@ -15,13 +15,12 @@ from dataclasses import dataclass
 import ftfy
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.tasks import exponential_backoff
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_contracts import get_contract, make_quarantine, split_quarantine
 from data_contracts.schemas import MAX_TEXT_CHARS
-from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.caching import stage_task
 from tasks.store import ArtifactRef, ArtifactStore
 
 STAGE = "preparation"
@@ -171,21 +170,8 @@ class PreparationOutput(BaseModel):
     split_counts: dict[str, int]
 
 
-@task(
-    name="preparation",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(
-        STAGE,
-        [
-            "tasks.preparation",
-            "data_contracts.schemas",
-            "data_contracts.validation",
-        ],
-    ),
-    persist_result=True,
+@stage_task(
+    STAGE, ["tasks.preparation", "data_contracts.schemas", "data_contracts.validation"]
 )
 def prepare(
     raw: ArtifactRef, config: PreparationConfig, artifacts_dir: str

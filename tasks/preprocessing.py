@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.tasks import exponential_backoff
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.caching import stage_task
 from tasks.store import ArtifactRef, ArtifactStore
 from tasks.text import token_counts, tokenise
 
@@ -60,15 +59,7 @@ class PreprocessingOutput(BaseModel):
     mean_tokens: float
 
 
-@task(
-    name="preprocessing",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.preprocessing", "tasks.text"]),
-    persist_result=True,
-)
+@stage_task(STAGE, ["tasks.preprocessing", "tasks.text"])
 def preprocess(
     prepared: ArtifactRef, config: PreprocessingConfig, artifacts_dir: str
 ) -> PreprocessingOutput:

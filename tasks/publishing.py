@@ -23,7 +23,7 @@ from tasks.embedding import (
     EMBEDDING_INFO_FILE,
     WORD_VECTORS_FILE,
 )
-from tasks.store import ArtifactStore, atomic_write_text, write_manifest
+from tasks.store import ArtifactRef, ArtifactStore, atomic_write_text, write_manifest
 from tasks.training import CLASSIFIER_FILE, CONFUSION_PLOT, REPORT_FILE
 
 LATEST_FILE = "LATEST"
@@ -207,13 +207,7 @@ def publish_run(
     quarantine.to_parquet(partial / "quarantine.parquet", index=False)
     (partial / "metrics.json").write_text(
         json.dumps(
-            {
-                **record.counts,
-                **record.metrics,
-                **{
-                    "k": record.clusters["k"],
-                },
-            },
+            {**record.counts, **record.metrics, "k": record.clusters["k"]},
             indent=2,
             sort_keys=True,
         )
@@ -252,10 +246,8 @@ def publish_run(
     return final
 
 
-def record_ref(record: RunRecord, name: str):  # noqa: ANN201 - ArtifactRef
+def record_ref(record: RunRecord, name: str) -> ArtifactRef:
     """The named artifact reference of a run record."""
-    from tasks.store import ArtifactRef
-
     return ArtifactRef.model_validate(record.refs[name])
 
 

@@ -124,7 +124,7 @@ def write_manifest(directory: Path, extra: dict | None = None) -> str:
 class ArtifactStore:
     """A content-addressed store rooted at a local directory."""
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
 
     def path_of(self, ref: ArtifactRef) -> Path:

@@ -16,9 +16,9 @@ from typing import Literal
 import joblib
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.tasks import exponential_backoff
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
+from sklearn.base import ClassifierMixin
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
@@ -29,7 +29,7 @@ from sklearn.metrics import (
 )
 from sklearn.svm import LinearSVC
 
-from tasks.caching import retry_only_transient, stage_cache_key_fn
+from tasks.caching import stage_task
 from tasks.features import vectors_of
 from tasks.store import ArtifactRef, ArtifactStore
 
@@ -58,7 +58,7 @@ class TrainingConfig(BaseModel):
     n_estimators: int = Field(200, ge=1, description="Trees (random forest only).")
 
 
-def make_classifier(config: TrainingConfig, seed: int):  # noqa: ANN201 - sklearn type
+def make_classifier(config: TrainingConfig, seed: int) -> ClassifierMixin:
     """Build the configured, unfitted estimator."""
     weight = None if config.class_weight == "none" else "balanced"
     if config.classifier == "linear_svc":
@@ -79,7 +79,7 @@ def make_classifier(config: TrainingConfig, seed: int):  # noqa: ANN201 - sklear
 
 def train_and_evaluate(
     features: pd.DataFrame, assignments: pd.DataFrame, config: TrainingConfig, seed: int
-) -> tuple[object, dict, str, np.ndarray, list[int]]:
+) -> tuple[ClassifierMixin, dict, str, np.ndarray, list[int]]:
     """Fit on discovery, score validation and evaluation.
 
     Returns (model, metrics, text report, evaluation confusion matrix, labels).
@@ -153,15 +153,7 @@ class TrainingOutput(BaseModel):
     metrics: dict[str, float]
 
 
-@task(
-    name="training",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_key_fn=stage_cache_key_fn(STAGE, ["tasks.training", "tasks.features"]),
-    persist_result=True,
-)
+@stage_task(STAGE, ["tasks.training", "tasks.features"])
 def train(
     features: ArtifactRef,
     assignments: ArtifactRef,
