@@ -91,6 +91,11 @@ def test_first_run_executes_every_stage_and_writes_outputs(
     assert metrics["k"] == result["k"] >= 2
     assert 0.0 <= metrics["evaluation_accuracy"] <= 1.0
     assert "## Categories" in (run_dir / "report.md").read_text()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_latest_artifacts()}
+    assert {"retrain-report", "retrain-metrics", "retrain-clusters"} <= keys
 
 
 def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:  # noqa: ANN001

@@ -122,3 +122,13 @@ def test_word_vectors_are_reproducible_with_one_worker() -> None:
     first, _ = fit_embedder(tokens, config, seed=5).embed(tokens)
     second, _ = fit_embedder(tokens, config, seed=5).embed(tokens)
     np.testing.assert_array_equal(first, second)
+
+
+def test_fasttext_is_a_drop_in_alternative(tmp_path: Path) -> None:
+    tokens = pd.Series(["flight delayed gate bag", "claritin allergy sneeze"] * 30)
+    embedder = fit_embedder(
+        tokens, FeaturesConfig(algorithm="fasttext", min_count=1, epochs=2), seed=1
+    )
+    embedder.save(tmp_path, {})
+    vectors, n_known = DocumentEmbedder.load(tmp_path).embed(tokens)
+    assert vectors.shape == (60, 100) and (n_known == 4).sum() == 30
