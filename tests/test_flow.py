@@ -333,3 +333,20 @@ def test_deleted_artifacts_are_rebuilt_not_served_stale(
     assert states["features"] == "Completed"
     assert states["preprocessing"] == "Cached"
     assert Path(result["run_dir"], "pseudo_labels.parquet").is_file()
+
+
+def test_tampered_model_bundle_is_refused_before_unpickling(
+    first_run, tmp_path: Path
+) -> None:
+    import shutil
+
+    from tasks.model import TweetClassifier
+    from tasks.store import ArtifactMissing
+
+    _, result, _ = first_run
+    bundle = tmp_path / "model"
+    shutil.copytree(Path(result["run_dir"]) / "model", bundle)
+    with open(bundle / "classifier.joblib", "ab") as fh:
+        fh.write(b"\x00")
+    with pytest.raises(ArtifactMissing, match="classifier.joblib"):
+        TweetClassifier.load(bundle)

@@ -1,0 +1,75 @@
+"""The flow's parameter model: what the Prefect UI form and the CLI are built from."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+
+def walk(schema: dict, definitions: dict, path: str = "") -> list[str]:
+    """Paths of properties without a description, following $refs."""
+    missing = []
+    for name, prop in schema.get("properties", {}).items():
+        where = f"{path}.{name}" if path else name
+        if "$ref" in prop:
+            target = definitions[prop["$ref"].rsplit("/", 1)[-1]]
+            missing += walk(target, definitions, where)
+        if not prop.get("description"):
+            missing.append(where)
+    return missing
+
+
+def test_every_parameter_has_a_description() -> None:
+    from flows.retrain import retrain
+
+    schema = retrain.parameters.model_dump()
+    definitions = schema["definitions"]
+    params = definitions["RetrainParameters"]
+    assert walk(params, definitions) == []
+    assert schema["properties"]["params"]["description"]
+    assert "log_level" in params["properties"]
+
+
+def test_cli_arguments_map_onto_the_parameter_model() -> None:
+    from flows.retrain import parse_args
+
+    params = parse_args(
+        [
+            "--source",
+            "x.csv",
+            "--n-clusters",
+            "7",
+            "--seed",
+            "3",
+            "--text-column",
+            "body",
+            "--id-column",
+            "key",
+            "--log-level",
+            "DEBUG",
+            "--artifacts-dir",
+            "out",
+        ]
+    )
+    assert params.source == "x.csv" and params.artifacts_dir == "out"
+    assert params.clustering.n_clusters == 7 and params.seed == 3
+    assert (
+        params.ingestion.text_column == "body" and params.ingestion.id_column == "key"
+    )
+    assert params.log_level == "DEBUG"
+    assert parse_args([]).clustering.n_clusters == "auto"
+
+
+def test_invalid_settings_are_rejected() -> None:
+    from flows.retrain import RetrainParameters
+
+    with pytest.raises(ValidationError):
+        RetrainParameters.model_validate({"clustering": {"k_min": 9, "k_max": 3}})
+    with pytest.raises(ValidationError):
+        RetrainParameters.model_validate({"training": {"classifier": "xgboost"}})
+    with pytest.raises(ValidationError):
+        RetrainParameters.model_validate(
+            {"preparation": {"validation_fraction": 0.4, "evaluation_fraction": 0.4}}
+        )
+    with pytest.raises(ValidationError):
+        RetrainParameters.model_validate({"unknown": 1})
