@@ -224,7 +224,11 @@ def fit_clusters(
 
 
 def projection_plot(
-    vectors: np.ndarray, labels: np.ndarray, path: Path, seed: int
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    path: Path,
+    seed: int,
+    names: dict[int, str] | None = None,
 ) -> None:
     """Save a 2-D PCA projection of a sample of tweets, coloured by cluster."""
     import matplotlib
@@ -237,8 +241,13 @@ def projection_plot(
     idx = rng.choice(len(vectors), size=min(len(vectors), 4000), replace=False)
     points = PCA(2, random_state=seed).fit_transform(vectors[idx])
     fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
-    scatter = ax.scatter(points[:, 0], points[:, 1], c=labels[idx], s=4, cmap="tab20")
-    ax.legend(*scatter.legend_elements(), title="cluster", loc="best", fontsize=7)
+    present = np.unique(labels[idx])
+    palette = plt.get_cmap("tab10" if len(present) <= 10 else "tab20")
+    for i, cluster_id in enumerate(present):
+        members = labels[idx] == cluster_id
+        label = f"{cluster_id}: {(names or {}).get(int(cluster_id), '')}".rstrip(": ")
+        ax.scatter(*points[members].T, s=4, color=palette(i % palette.N), label=label)
+    ax.legend(title="cluster: top words", loc="best", fontsize=7, markerscale=3)
     ax.set_title("Tweets by discovered cluster (PCA of document vectors)")
     fig.tight_layout()
     fig.savefig(path)
@@ -285,6 +294,10 @@ def cluster(
         assignments["cluster_id"].to_numpy()[has_words],
         staging / PROJECTION_PLOT,
         seed,
+        {
+            c["cluster_id"]: " / ".join(c["top_terms"][:3])
+            for c in description["clusters"]
+        },
     )
     model = store.commit_dir(staging, STAGE)
     ref = store.put_frame(assignments, STAGE, "cluster_assignments")
