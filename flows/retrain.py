@@ -26,17 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import ContractViolation, get_contract, validate_frame
 from tasks.caching import code_version
-from tasks.categories import (
-    CategoryMap,
-    CategoryMapError,
-    load_category_map,
-    name_categories,
-)
+from tasks.categories import CategoryMap, load_category_map, name_categories
 from tasks.clustering import CLUSTERS_FILE, ClusteringConfig, cluster
+from tasks.errors import InputError, InsufficientDataError
 from tasks.features import FeaturesConfig, build_features
 from tasks.ingestion import (
     IngestionConfig,
-    SourceError,
     check_source,
     ingest,
     source_fingerprint,
@@ -71,7 +66,7 @@ CODE_MODULES = (
     "tasks.text",
     "tasks.training",
 )
-USER_ERRORS = (SourceError, ContractViolation, CategoryMapError)
+USER_ERRORS = (InputError, ContractViolation)
 
 
 class RetrainParameters(BaseModel):
@@ -157,6 +152,27 @@ def contract_checker(
     return check
 
 
+def quarantine_reasons(store: ArtifactStore, ref: ArtifactRef) -> str:
+    """The quarantine's reasons with their counts, most common first."""
+    counts = store.get_frame(ref, columns=["reason"])["reason"].value_counts()
+    return ", ".join(f"{reason}: {n}" for reason, n in counts.items()) or "none"
+
+
+class QuietInputErrors(logging.Filter):
+    """Drop the traceback from log records about input errors (command line only).
+
+    People get one readable line for bad input; a programming error keeps its
+    traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Strip ``exc_info`` when the logged exception is an input error."""
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def run_id_now() -> str:
     """A sortable run id: UTC time plus the flow run id's first characters."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -226,6 +242,12 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
     check = contract_checker(store, timings)
     check(ing.raw, "ingestion")
     prep = timed("preparation", prepare, ing.raw, params.preparation, root_str)
+    if prep.prepared.rows == 0:
+        raise InsufficientDataError(
+            f"preparation: none of the {ing.raw.rows} tweets is usable "
+            f"({prep.duplicates_removed} duplicates; quarantine reasons: "
+            f"{quarantine_reasons(store, prep.quarantine)})"
+        )
     check(prep.prepared, "preparation")
     pre = timed(
         "preprocessing", preprocess, prep.prepared, params.preprocessing, root_str
@@ -439,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    quiet = QuietInputErrors()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(quiet)
     try:
         result = retrain(params)
     except USER_ERRORS as exc:

@@ -21,12 +21,13 @@ from scipy.optimize import linear_sum_assignment
 
 from tasks.caching import stage_task
 from tasks.clustering import CLUSTERS_FILE, NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
+from tasks.errors import InputError
 from tasks.store import ArtifactRef, ArtifactStore
 
 STAGE = "categories"
 
 
-class CategoryMapError(Exception):
+class CategoryMapError(InputError):
     """The curated category map cannot be read."""
 
 

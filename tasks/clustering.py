@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from tasks.caching import stage_task
 from tasks.embedding import doc_term_matrix
+from tasks.errors import InsufficientDataError
 from tasks.features import vectors_of
 from tasks.store import ArtifactRef, ArtifactStore
 
@@ -114,7 +115,9 @@ def choose_k(
         scores[k] = float(silhouette_score(sample[scored], labels))
         centroids[k] = model.cluster_centers_
     if not scores:
-        raise ValueError(f"clustering: too few distinct tweets ({n}) to choose k")
+        raise InsufficientDataError(
+            f"clustering: too few distinct tweets ({n}) to choose k"
+        )
     return max(scores, key=scores.__getitem__), scores, centroids, rows
 
 
@@ -154,7 +157,7 @@ def fit_clusters(
     discovery = features["split"].eq("discovery").to_numpy() & has_words
     train = vectors[discovery]
     if len(train) < 10:
-        raise ValueError(
+        raise InsufficientDataError(
             f"clustering: only {len(train)} discovery tweets have known words; "
             "at least 10 are needed"
         )
@@ -166,7 +169,7 @@ def fit_clusters(
         else:
             k, scores = int(config.n_clusters), {}
             if k > len(train):
-                raise ValueError(
+                raise InsufficientDataError(
                     f"clustering: k={k} exceeds {len(train)} discovery tweets"
                 )
             rows = np.random.default_rng(seed).choice(

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.caching import stage_task
 from tasks.embedding import DocumentEmbedder, common_components, sif_weights
+from tasks.errors import InsufficientDataError
 from tasks.store import ArtifactRef, ArtifactStore
 
 STAGE = "features"
@@ -94,14 +95,18 @@ def fit_embedder(
 ) -> DocumentEmbedder:
     """Fit word vectors and embedding weights on the discovery tweets' tokens."""
     token_lists = [t.split() for t in tokens[tokens.str.len() > 0]]
-    if not token_lists:
-        raise ValueError("features: the discovery split has no tokens to learn from")
-    vocab, vectors, counts = train_word_vectors(token_lists, config, seed)
-    if not vocab:
-        raise ValueError(
-            f"features: no word occurs {config.min_count}+ times in discovery; "
-            "lower min_count or provide more tweets"
+    frequent = (
+        tokens.str.split(" ").explode().value_counts().ge(config.min_count).sum()
+        if token_lists
+        else 0
+    )
+    if frequent < 2:
+        raise InsufficientDataError(
+            f"features: {len(token_lists)} discovery tweets hold {frequent} distinct "
+            f"words seen {config.min_count}+ times; word vectors need more tweets "
+            "(or a lower features.min_count)"
         )
+    vocab, vectors, counts = train_word_vectors(token_lists, config, seed)
     embedder = DocumentEmbedder(
         vocab=pd.Index(vocab),
         vectors=vectors,

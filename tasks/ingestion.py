@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import get_contract, split_quarantine
 from tasks.caching import stage_task
+from tasks.errors import InputError
 from tasks.store import ArtifactRef, ArtifactStore
 
 STAGE = "ingestion"
@@ -35,7 +36,7 @@ SAMPLES = {
 }
 
 
-class SourceError(Exception):
+class SourceError(InputError):
     """The source cannot be read as tweets (missing, unreadable, wrong columns)."""
 
 

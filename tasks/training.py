@@ -30,6 +30,7 @@ from sklearn.metrics import (
 from sklearn.svm import LinearSVC
 
 from tasks.caching import stage_task
+from tasks.errors import InsufficientDataError
 from tasks.features import vectors_of
 from tasks.store import ArtifactRef, ArtifactStore
 
@@ -93,7 +94,9 @@ def train_and_evaluate(
     usable = labels >= 0
     train = usable & (split == "discovery")
     if len(np.unique(labels[train])) < 2:
-        raise ValueError("training: fewer than two categories in the discovery split")
+        raise InsufficientDataError(
+            "training: fewer than two categories in the discovery split"
+        )
     model = make_classifier(config, seed).fit(vectors[train], labels[train])
     classes = sorted(int(c) for c in np.unique(labels[train]))
     metrics: dict = {"train_rows": int(train.sum())}

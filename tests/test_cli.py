@@ -73,3 +73,16 @@ def test_text_column_option_is_honoured(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "no text column 'missing'" in result.stderr
+
+
+def test_too_little_data_fails_in_the_flow_with_one_error_line(tmp_path: Path) -> None:
+    source = tmp_path / "blank.csv"
+    source.write_text('text\n" "\n"\t"\n"&nbsp;"\n')
+    result = cli("--source", str(source), "--artifacts-dir", str(tmp_path / "a"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "preparation: none of the 3 tweets is usable" in errors[0]
+    assert "text is empty after cleaning: 3" in errors[0]
+    assert not (tmp_path / "a" / "LATEST").exists()
