@@ -350,3 +350,47 @@ def test_tampered_model_bundle_is_refused_before_unpickling(
         fh.write(b"\x00")
     with pytest.raises(ArtifactMissing, match="classifier.joblib"):
         TweetClassifier.load(bundle)
+
+
+def test_two_cold_runs_produce_identical_artifacts(
+    prefect_api, small_csv: Path, tmp_path: Path
+) -> None:  # noqa: ANN001
+    first, _ = run(small_params(small_csv, tmp_path / "one"))
+    second, _ = run(small_params(small_csv, tmp_path / "two"))
+    info = [
+        json.loads(Path(r["run_dir"], "run.json").read_text()) for r in (first, second)
+    ]
+    for name in [
+        "raw",
+        "prepared",
+        "preprocessed",
+        "features",
+        "assignments",
+        "pseudo_labels",
+    ]:
+        assert info[0]["refs"][name]["sha256"] == info[1]["refs"][name]["sha256"], name
+    assert first["metrics"] == second["metrics"]
+
+
+def test_crash_while_publishing_leaves_latest_on_the_last_complete_run(
+    prefect_api, small_csv: Path, tmp_path: Path, monkeypatch  # noqa: ANN001
+) -> None:
+    import tasks.publishing as publishing
+
+    done, _ = run(small_params(small_csv, tmp_path))
+
+    def crash(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError("disk full while copying the model")
+
+    monkeypatch.setattr(publishing, "build_model_bundle", crash)
+    from flows.retrain import retrain
+
+    state = retrain(
+        small_params(small_csv, tmp_path, training={"C": 2.0}), return_state=True
+    )
+    assert state.is_failed()
+    assert (tmp_path / "LATEST").read_text().strip() == done["run_id"]
+    complete = [
+        p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")
+    ]
+    assert complete == [done["run_id"]]
