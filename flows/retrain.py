@@ -357,6 +357,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
         labels,
         quarantine,
         report,
+        table,
         params.preprocessing.model_dump(mode="json"),
     )
     create_markdown_artifact(
@@ -408,6 +409,9 @@ def parse_args(argv: list[str] | None = None) -> RetrainParameters:
     parser.add_argument("--text-column", default=None)
     parser.add_argument("--id-column", default=None)
     parser.add_argument(
+        "--encoding", default="auto", help="CSV/JSONL encoding (default: detect)"
+    )
+    parser.add_argument(
         "--category-map",
         default="config/categories.yaml",
         help="curated category names (YAML); '' for none",
@@ -429,7 +433,9 @@ def parse_args(argv: list[str] | None = None) -> RetrainParameters:
         log_level=args.log_level,
         category_map=args.category_map or None,
         ingestion=IngestionConfig(
-            text_column=args.text_column, id_column=args.id_column
+            text_column=args.text_column,
+            id_column=args.id_column,
+            encoding=args.encoding,
         ),
         clustering=ClusteringConfig(n_clusters=n_clusters),
     )

@@ -126,9 +126,30 @@ def markdown_report(
         "|---|---|",
     ]
     lines += [f"| {k} | {v:.4f} |" for k, v in sorted(m.items())]
-    lines += [
+    lines += ["", cluster_report(clusters, record.clusters, level=2)]
+    lines += ["", "## Plots", "", f"![confusion matrix]({CONFUSION_PLOT})"]
+    if mlflow_note:
+        lines += ["", mlflow_note]
+    return "\n".join(lines) + "\n"
+
+
+def cluster_report(clusters: list[dict], description: dict, level: int = 1) -> str:
+    """Markdown cluster report: sizes, top words, example tweets, 2-D projection."""
+    h = "#" * level
+    scores = description.get("k_selection") or {}
+    lines = [
+        f"{h} Categories",
         "",
-        "## Categories",
+        f"k = {description['k']}; silhouette {description['silhouette']:.3f}; "
+        f"stability (ARI between two KMeans runs) {description['stability_ari']:.3f}.",
+    ]
+    if scores:
+        lines.append(
+            "Silhouette per k: "
+            + ", ".join(f"{k}: {float(v):.3f}" for k, v in scores.items())
+            + "."
+        )
+    lines += [
         "",
         "| id | category | name from | tweets | share | top words |",
         "|---|---|---|---|---|---|",
@@ -138,19 +159,9 @@ def markdown_report(
         f"{r['share']:.1%} | {r['top_terms']} |"
         for r in clusters
     ]
-    lines += ["", "### Example tweets (closest to each centre)", ""]
-    for r in clusters:
-        lines.append(f"- **{r['category']}**: {r['examples']}")
-    lines += [
-        "",
-        "## Plots",
-        "",
-        f"![clusters]({PROJECTION_PLOT})",
-        "",
-        f"![confusion matrix]({CONFUSION_PLOT})",
-    ]
-    if mlflow_note:
-        lines += ["", mlflow_note]
+    lines += ["", f"{h}# Example tweets (closest to each centre)", ""]
+    lines += [f"- **{r['category']}**: {r['examples']}" for r in clusters]
+    lines += ["", f"![clusters]({PROJECTION_PLOT})"]
     return "\n".join(lines) + "\n"
 
 
@@ -194,6 +205,7 @@ def publish_run(
     labels: pd.DataFrame,
     quarantine: pd.DataFrame,
     report: str,
+    clusters: list[dict],
     preprocessing: dict,
 ) -> Path:
     """Write ``runs/<run_id>/`` completely, then point ``LATEST`` at it."""
@@ -214,6 +226,9 @@ def publish_run(
         + "\n"
     )
     (partial / "report.md").write_text(report)
+    (partial / "cluster_report.md").write_text(
+        cluster_report(clusters, record.clusters)
+    )
     clustering = store.get_dir(record_ref(record, "clustering_model"))
     training = store.get_dir(record_ref(record, "training_model"))
     shutil.copy2(clustering / PROJECTION_PLOT, partial / PROJECTION_PLOT)

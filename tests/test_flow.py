@@ -72,6 +72,7 @@ def test_first_run_executes_every_stage_and_writes_outputs(
         "metrics.json",
         "report.md",
         "quarantine.parquet",
+        "cluster_report.md",
         "clusters_2d.png",
         "confusion_matrix.png",
         "model/manifest.json",

@@ -86,6 +86,15 @@ def test_ids_are_derived_from_text_deterministically() -> None:
     assert derive_ids(pd.Series(["same text"])).iloc[0] == ids.iloc[0]
 
 
+def test_configured_encoding_is_enforced(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text\nCaf\xe9 at the gate\n".encode("latin-1"))
+    with pytest.raises(SourceError, match="cannot decode .* as utf-8"):
+        ingest_frame(str(path), IngestionConfig(encoding="utf-8"))
+    text = ingest_frame(str(path), IngestionConfig(encoding="cp1252")).raw["text"]
+    assert text.iloc[0] == "Caf\u00e9 at the gate"
+
+
 def test_latin1_is_detected(tmp_path: Path) -> None:
     path = tmp_path / "latin.csv"
     path.write_bytes("text\nCaf\xe9 at the gate\n".encode("latin-1"))

@@ -45,6 +45,8 @@ def test_cli_arguments_map_onto_the_parameter_model() -> None:
             "body",
             "--id-column",
             "key",
+            "--encoding",
+            "latin-1",
             "--log-level",
             "DEBUG",
             "--artifacts-dir",
@@ -56,7 +58,7 @@ def test_cli_arguments_map_onto_the_parameter_model() -> None:
     assert (
         params.ingestion.text_column == "body" and params.ingestion.id_column == "key"
     )
-    assert params.log_level == "DEBUG"
+    assert params.log_level == "DEBUG" and params.ingestion.encoding == "latin-1"
     assert parse_args([]).clustering.n_clusters == "auto"
 
 
