@@ -342,10 +342,10 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
         metrics=metrics,
         clusters=clusters,
         categories=cats,
-        refs={k: v.model_dump() for k, v in refs.items()},
+        refs=refs,
         config=params.model_dump(mode="json"),
         code_version=code_version(*CODE_MODULES),
-        naming_basis=basis.model_dump() if basis else None,
+        naming_basis=basis,
         extra={"stage_seconds": timings},
     )
     table = cluster_table(labels, assignments, cats)

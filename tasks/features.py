@@ -94,11 +94,10 @@ def fit_embedder(
     tokens: pd.Series, config: FeaturesConfig, seed: int
 ) -> DocumentEmbedder:
     """Fit word vectors and embedding weights on the discovery tweets' tokens."""
-    token_lists = [t.split() for t in tokens[tokens.str.len() > 0]]
-    frequent = (
-        tokens.str.split(" ").explode().value_counts().ge(config.min_count).sum()
-        if token_lists
-        else 0
+    nonempty = tokens[tokens.str.len() > 0]
+    token_lists = [t.split() for t in nonempty]
+    frequent = int(
+        nonempty.str.split(" ").explode().value_counts().ge(config.min_count).sum()
     )
     if frequent < 2:
         raise InsufficientDataError(

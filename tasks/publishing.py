@@ -39,10 +39,10 @@ class RunRecord:
     metrics: dict[str, float]
     clusters: dict
     categories: list[Category]
-    refs: dict[str, dict]
+    refs: dict[str, ArtifactRef]
     config: dict
     code_version: str
-    naming_basis: dict | None = None
+    naming_basis: ArtifactRef | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -113,7 +113,7 @@ def markdown_report(
         f"{c['duplicates_removed']}; outbound replies skipped: {c['outbound_skipped']}",
         f"- categories discovered: k = {record.clusters['k']} "
         f"({'chosen by silhouette' if record.clusters['k_selection'] else 'given'})",
-        f"- data snapshot: `{record.refs['raw']['sha256'][:16]}`; code version: "
+        f"- data snapshot: `{record.refs['raw'].sha256[:16]}`; code version: "
         f"`{record.code_version[:16]}`",
         "",
         "## Metrics",
@@ -167,16 +167,18 @@ def cluster_report(clusters: list[dict], description: dict, level: int = 1) -> s
 
 def build_model_bundle(
     target: Path,
-    store: ArtifactStore,
-    refs: dict,
+    embedder: Path,
+    clustering: Path,
+    training: Path,
     record: RunRecord,
     preprocessing: dict,
 ) -> str:
-    """Copy everything batch inference needs into ``target`` with a manifest."""
+    """Copy everything batch inference needs into ``target`` with a manifest.
+
+    ``embedder``, ``clustering`` and ``training`` are the stages' verified
+    model directories.
+    """
     target.mkdir(parents=True)
-    embedder = store.get_dir(refs["embedder"])
-    clustering = store.get_dir(refs["clustering_model"])
-    training = store.get_dir(refs["training_model"])
     for source, name in [
         (embedder, WORD_VECTORS_FILE),
         (embedder, EMBEDDING_ARRAYS_FILE),
@@ -229,27 +231,26 @@ def publish_run(
     (partial / "cluster_report.md").write_text(
         cluster_report(clusters, record.clusters)
     )
-    clustering = store.get_dir(record_ref(record, "clustering_model"))
-    training = store.get_dir(record_ref(record, "training_model"))
+    embedder = store.get_dir(record.refs["embedder"])
+    clustering = store.get_dir(record.refs["clustering_model"])
+    training = store.get_dir(record.refs["training_model"])
     shutil.copy2(clustering / PROJECTION_PLOT, partial / PROJECTION_PLOT)
     shutil.copy2(training / CONFUSION_PLOT, partial / CONFUSION_PLOT)
     shutil.copy2(training / REPORT_FILE, partial / REPORT_FILE)
     model_sha = build_model_bundle(
-        partial / "model",
-        store,
-        {k: record_ref(record, k) for k in record.refs},
-        record,
-        preprocessing,
+        partial / "model", embedder, clustering, training, record, preprocessing
     )
     info = {
         "run_id": record.run_id,
         "counts": record.counts,
         "metrics": record.metrics,
         "k": record.clusters["k"],
-        "refs": record.refs,
+        "refs": {name: ref.model_dump() for name, ref in record.refs.items()},
         "config": record.config,
         "code_version": record.code_version,
-        "naming_basis": record.naming_basis,
+        "naming_basis": (
+            record.naming_basis.model_dump() if record.naming_basis else None
+        ),
         "model_sha256": model_sha,
         **record.extra,
     }
@@ -259,11 +260,6 @@ def publish_run(
     os.replace(partial, final)
     atomic_write_text(root / LATEST_FILE, record.run_id + "\n")
     return final
-
-
-def record_ref(record: RunRecord, name: str) -> ArtifactRef:
-    """The named artifact reference of a run record."""
-    return ArtifactRef.model_validate(record.refs[name])
 
 
 def previous_run(root: Path) -> dict | None:

@@ -109,22 +109,24 @@ def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:  # noqa
     assert result["run_id"] != first["run_id"]
 
 
-def test_changed_training_parameter_reruns_only_training(
-    first_run, small_csv: Path
+@pytest.mark.parametrize(
+    ("changes", "expected_reruns"),
+    [
+        pytest.param({"training": {"C": 0.25}}, {"training"}, id="training-only"),
+        pytest.param(
+            {"clustering": {"n_clusters": 3}},
+            {"clustering", "categories", "training"},
+            id="clustering-and-downstream",
+        ),
+    ],
+)
+def test_a_changed_setting_reruns_only_its_stage_and_downstream(
+    first_run, small_csv: Path, changes: dict, expected_reruns: set[str]
 ) -> None:  # noqa: ANN001
     artifacts, _, _ = first_run
-    _, states = run(small_params(small_csv, artifacts, training={"C": 0.25}))
+    _, states = run(small_params(small_csv, artifacts, **changes))
     rerun = {name for name, state in states.items() if state != "Cached"}
-    assert rerun == {"training"}, states
-
-
-def test_changed_clustering_reruns_clustering_and_downstream(
-    first_run, small_csv: Path
-) -> None:  # noqa: ANN001
-    artifacts, _, _ = first_run
-    _, states = run(small_params(small_csv, artifacts, clustering={"n_clusters": 3}))
-    rerun = {name for name, state in states.items() if state != "Cached"}
-    assert rerun == {"clustering", "categories", "training"}, states
+    assert rerun == expected_reruns, states
 
 
 def test_transient_storage_error_is_retried(

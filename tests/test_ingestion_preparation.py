@@ -180,3 +180,17 @@ def test_preparation_accounts_for_every_row() -> None:
     assert result.prepared["text"].tolist()[1] == "Claritin & sunshine"
     total = len(result.prepared) + len(result.quarantine) + result.duplicates_removed
     assert total == len(raw)
+
+
+def test_preflight_reads_only_the_head_of_large_files(tmp_path: Path) -> None:
+    from tasks.ingestion import PREVIEW_BYTES, _head
+
+    path = tmp_path / "big.csv"
+    path.write_text(
+        "text\n" + "caf\u00e9 at the gate \u2708\n" * 100_000, encoding="utf-8"
+    )
+    assert path.stat().st_size > PREVIEW_BYTES
+    head = _head(path)
+    assert len(head) <= PREVIEW_BYTES and head.endswith(b"\n")
+    head.decode("utf-8")  # cut on a line boundary, never inside a character
+    assert check_source(str(path), IngestionConfig()) == 1
