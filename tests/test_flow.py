@@ -45,7 +45,7 @@ def small_params(source: Path, artifacts: Path, **changes):  # noqa: ANN003, ANN
 def run(params):  # noqa: ANN001, ANN201
     from flows.retrain import retrain
 
-    state = retrain(params, return_state=True)
+    state = retrain(**params.as_flow_kwargs(), return_state=True)
     assert state.is_completed(), state.message
     return state.result(), task_states(state.state_details.flow_run_id)
 
@@ -147,7 +147,9 @@ def test_transient_storage_error_is_retried(
     monkeypatch.setattr(ArtifactStore, "put_frame", flaky)
     from flows.retrain import retrain
 
-    state = retrain(small_params(small_csv, tmp_path), return_state=True)
+    state = retrain(
+        **small_params(small_csv, tmp_path).as_flow_kwargs(), return_state=True
+    )
     assert state.is_completed(), state.message
     assert failures["preprocessing"] == 0
     from prefect.client.orchestration import get_client
@@ -178,7 +180,9 @@ def test_programming_errors_are_not_retried(
     monkeypatch.setattr(training, "train_and_evaluate", broken)
     from flows.retrain import retrain
 
-    state = retrain(small_params(small_csv, tmp_path), return_state=True)
+    state = retrain(
+        **small_params(small_csv, tmp_path).as_flow_kwargs(), return_state=True
+    )
     assert state.is_failed()
     assert calls["n"] == 1
     assert not (tmp_path / "LATEST").exists()
@@ -261,7 +265,9 @@ def test_contract_violation_fails_the_flow_with_a_readable_message(
     monkeypatch.setattr(preprocessing, "preprocess_frame", broken)
     from flows.retrain import retrain
 
-    state = retrain(small_params(small_csv, tmp_path), return_state=True)
+    state = retrain(
+        **small_params(small_csv, tmp_path).as_flow_kwargs(), return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(ContractViolation) as info:
         state.result()
@@ -299,7 +305,8 @@ def test_log_level_sets_the_run_verbosity(
     from flows.retrain import retrain
 
     verbose = retrain(
-        small_params(small_csv, tmp_path, log_level="DEBUG"), return_state=True
+        **small_params(small_csv, tmp_path, log_level="DEBUG").as_flow_kwargs(),
+        return_state=True,
     )
     logs = flow_run_logs(verbose.state_details.flow_run_id)
     messages = " ".join(m for _, m in logs)
@@ -316,7 +323,8 @@ def test_log_level_sets_the_run_verbosity(
     assert any(level == 10 and "silhouette per k" in m for level, m in logs)
 
     quiet = retrain(
-        small_params(small_csv, tmp_path, log_level="WARNING"), return_state=True
+        **small_params(small_csv, tmp_path, log_level="WARNING").as_flow_kwargs(),
+        return_state=True,
     )
     quiet_logs = flow_run_logs(quiet.state_details.flow_run_id)
     # Only the engine's lines from before the flow body applied the level remain.
@@ -389,7 +397,8 @@ def test_crash_while_publishing_leaves_latest_on_the_last_complete_run(
     from flows.retrain import retrain
 
     state = retrain(
-        small_params(small_csv, tmp_path, training={"C": 2.0}), return_state=True
+        **small_params(small_csv, tmp_path, training={"C": 2.0}).as_flow_kwargs(),
+        return_state=True,
     )
     assert state.is_failed()
     assert (tmp_path / "LATEST").read_text().strip() == done["run_id"]

@@ -23,11 +23,42 @@ def test_every_parameter_has_a_description() -> None:
     from flows.retrain import retrain
 
     schema = retrain.parameters.model_dump()
-    definitions = schema["definitions"]
-    params = definitions["RetrainParameters"]
-    assert walk(params, definitions) == []
-    assert schema["properties"]["params"]["description"]
-    assert "log_level" in params["properties"]
+    assert walk(schema, schema["definitions"]) == []
+    assert "log_level" in schema["properties"]
+    assert schema["properties"]["clustering"]["$ref"].endswith("ClusteringConfig")
+
+
+def test_flow_signature_is_the_parameter_model() -> None:
+    """The flow's form and the model cannot drift apart: same names, same defaults."""
+    import inspect
+
+    from flows.retrain import RetrainParameters, retrain
+
+    signature = inspect.signature(retrain.fn)
+    assert list(signature.parameters) == list(RetrainParameters.model_fields)
+    defaults = RetrainParameters()
+    for name, parameter in signature.parameters.items():
+        assert parameter.default == getattr(defaults, name), name
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("local", True),
+        ("s3-bucket/tweetflow-results", True),
+        ("/tmp/results", False),
+        ("s3://bucket/prefix", False),
+        ("", False),
+    ],
+)
+def test_result_storage_is_local_or_a_block_slug(value: str, ok: bool) -> None:
+    from flows.retrain import RetrainParameters
+
+    if ok:
+        assert RetrainParameters(result_storage=value).result_storage == value
+    else:
+        with pytest.raises(ValidationError, match="result_storage"):
+            RetrainParameters(result_storage=value)
 
 
 def test_cli_arguments_map_onto_the_parameter_model() -> None:
