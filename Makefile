@@ -11,7 +11,7 @@ QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench clean up down pools
 
 install: $(STAMP)
 
@@ -39,6 +39,16 @@ format: install
 
 bench: install
 	$(PY) -m bench.retrain_bench
+
+# Embedded set-up: Prefect server on 127.0.0.1:4200, pools, deployments, worker.
+up: install
+	deployments/embedded.sh up
+
+down:
+	deployments/embedded.sh down
+
+pools: install
+	deployments/embedded.sh pools
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

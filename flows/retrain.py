@@ -46,7 +46,7 @@ from tasks.publishing import (
     pseudo_label_frame,
     publish_run,
 )
-from tasks.store import ArtifactRef, ArtifactStore, missing_artifacts
+from tasks.store import ArtifactRef, ArtifactStore, artifact_refs, missing_artifacts
 from tasks.training import TrainingConfig, train
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -285,7 +285,8 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
 
     def timed(name: str, fn: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
-        out = fn.with_options(**opts)(*args)
+        state = fn.with_options(**opts)(*args, return_state=True)
+        out = state.result()
         missing = missing_artifacts(out)
         if missing:
             logger.warning(
@@ -293,8 +294,21 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
                 name,
                 ", ".join(missing),
             )
-            out = fn.with_options(**opts, refresh_cache=True)(*args)
+            state = fn.with_options(**opts, refresh_cache=True)(
+                *args, return_state=True
+            )
+            out = state.result()
         timings[name] = round(time.perf_counter() - t0, 3)
+        written = "; ".join(
+            (
+                f"{field} ({ref.rows} rows) -> {ref.uri}"
+                if ref.rows is not None
+                else f"{field} -> {ref.uri}"
+            )
+            for field, ref in artifact_refs(out).items()
+        )
+        served = "reused from cache" if state.name == "Cached" else "computed"
+        logger.info("%s: %s in %.2fs; %s", name, served, timings[name], written)
         return out
 
     ing = timed(

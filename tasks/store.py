@@ -203,20 +203,33 @@ class ArtifactStore:
         )
 
 
+def artifact_refs(output: object) -> dict[str, ArtifactRef]:
+    """The artifact references in a stage output, by field name."""
+    if isinstance(output, ArtifactRef):
+        return {output.kind: output}
+    if isinstance(output, BaseModel):
+        return {
+            name: value
+            for name in type(output).model_fields
+            if isinstance(value := getattr(output, name), ArtifactRef)
+        }
+    if isinstance(output, list):
+        return {
+            f"{i}.{name}": ref
+            for i, item in enumerate(output)
+            for name, ref in artifact_refs(item).items()
+        }
+    return {}
+
+
 def missing_artifacts(output: object) -> list[str]:
     """URIs of artifacts referenced by a stage output that no longer exist.
 
     A cached stage result is only as good as the files it points at; the flow
     re-runs a stage whose cached output references a deleted artifact.
     """
-    refs: list[ArtifactRef] = []
-    if isinstance(output, ArtifactRef):
-        refs.append(output)
-    elif isinstance(output, BaseModel):
-        for name in type(output).model_fields:
-            value = getattr(output, name)
-            if isinstance(value, ArtifactRef):
-                refs.append(value)
-    elif isinstance(output, list):
-        return [uri for item in output for uri in missing_artifacts(item)]
-    return [r.uri for r in refs if not Path(r.uri.removeprefix("file://")).exists()]
+    return [
+        ref.uri
+        for ref in artifact_refs(output).values()
+        if not Path(ref.uri.removeprefix("file://")).exists()
+    ]

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The embedded set-up: a local Prefect server (SQLite), the work pools, the
+# deployments from prefect.yaml and a process worker, all in the background.
+#   deployments/embedded.sh up     start (idempotent), print the UI address
+#   deployments/embedded.sh down   stop exactly the processes `up` started
+#   deployments/embedded.sh pools  create/update the work pools on PREFECT_API_URL
+# Logs and pids live in $TWEETFLOW_STATE_DIR (default .state/).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${TWEETFLOW_STATE_DIR:-$ROOT/.state}
+HOST=127.0.0.1
+PORT=${PREFECT_PORT:-4200}
+BIN=${TWEETFLOW_BIN:-$ROOT/.venv/bin}
+STARTUP_TIMEOUT=${TWEETFLOW_STARTUP_TIMEOUT:-120}
+
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# The ECS deployment is registered (paused) here too; these are its local stand-ins.
+export TWEETFLOW_IMAGE=${TWEETFLOW_IMAGE:-tweetflow:dev}
+export TWEETFLOW_TASK_ROLE_ARN=${TWEETFLOW_TASK_ROLE_ARN:-}
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# The pid in $1's pid file, if that process is still alive.
+alive_pid() {
+    local file=$STATE/$1.pid pid
+    [[ -f $file ]] || return 1
+    pid=$(<"$file")
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && printf '%s' "$pid"
+}
+
+# Start "$@" in its own session (so `down` can stop its children too), named $name.
+start_bg() {
+    local name=$1
+    shift
+    setsid "$@" >"$STATE/$name.log" 2>&1 </dev/null &
+    printf '%s\n' "$!" >"$STATE/$name.pid"
+}
+
+# Stop the process group recorded in $1.pid: TERM, TERM again (a worker ignores
+# the first), then KILL; each wait is bounded.
+stop_bg() {
+    local name=$1 pid i
+    if ! pid=$(alive_pid "$name"); then
+        rm -f "$STATE/$name.pid"
+        return 0
+    fi
+    for signal in TERM TERM KILL; do
+        kill -s "$signal" -- "-$pid" 2>/dev/null || kill -s "$signal" "$pid" 2>/dev/null || true
+        for i in $(seq 1 40); do
+            kill -0 "$pid" 2>/dev/null || break 2
+            sleep 0.25
+        done
+    done
+    rm -f "$STATE/$name.pid"
+    say "stopped $name (pid $pid)"
+}
+
+healthy() { curl -sf --max-time 2 "http://$HOST:$PORT/api/health" >/dev/null 2>&1; }
+
+pools() {
+    if ! "$BIN/prefect" work-pool inspect tweetflow-local >/dev/null 2>&1; then
+        "$BIN/prefect" work-pool create tweetflow-local --type process >/dev/null
+    fi
+    "$BIN/prefect" work-pool create tweetflow-ecs --type ecs --overwrite \
+        --base-job-template "$ROOT/deployments/ecs-base-job-template.json" >/dev/null
+    say "work pools: tweetflow-local (process), tweetflow-ecs (ecs)"
+}
+
+up() {
+    mkdir -p "$STATE"
+    export PREFECT_HOME=$STATE/prefect-home
+    export PREFECT_API_URL=http://$HOST:$PORT/api
+    local started=$SECONDS
+    if alive_pid server >/dev/null; then
+        say "server already running (pid $(alive_pid server))"
+    else
+        healthy && die "port $PORT already answers as a Prefect API that make up did not start; stop it or set PREFECT_PORT"
+        start_bg server "$BIN/prefect" server start --host "$HOST" --port "$PORT"
+    fi
+    local deadline=$((SECONDS + STARTUP_TIMEOUT))
+    until healthy; do
+        alive_pid server >/dev/null || { tail -n 30 "$STATE/server.log" >&2; die "the Prefect server exited; log: $STATE/server.log"; }
+        ((SECONDS < deadline)) || { stop_bg server; die "the Prefect server did not answer in ${STARTUP_TIMEOUT}s; log: $STATE/server.log"; }
+        sleep 0.5
+    done
+    say "server: http://$HOST:$PORT (answered after $((SECONDS - started))s)"
+    pools
+    (cd "$ROOT" && TWEETFLOW_HOME=$ROOT "$BIN/prefect" --no-prompt deploy --all) >"$STATE/deploy.log" 2>&1 \
+        || { tail -n 30 "$STATE/deploy.log" >&2; die "prefect deploy failed; log: $STATE/deploy.log"; }
+    (cd "$ROOT" && "$BIN/python" -m deployments.schedules local)
+    if alive_pid worker >/dev/null; then
+        say "worker already running (pid $(alive_pid worker))"
+    else
+        (cd "$ROOT" && start_bg worker "$BIN/prefect" worker start --pool tweetflow-local --type process)
+    fi
+    say "worker: pool tweetflow-local (log $STATE/worker.log)"
+    say "up in $((SECONDS - started))s. UI: http://$HOST:$PORT  (stop with: make down)"
+    say "run now: PREFECT_API_URL=$PREFECT_API_URL $BIN/prefect deployment run 'retrain/weekly' --watch"
+}
+
+down() {
+    stop_bg worker
+    stop_bg server
+    say "down"
+}
+
+case ${1:-} in
+    up) up ;;
+    down) down ;;
+    pools) pools ;;
+    *) die "usage: $0 up|down|pools" ;;
+esac
