@@ -27,7 +27,9 @@ alive_pid() {
     local file=$STATE/$1.pid pid
     [[ -f $file ]] || return 1
     pid=$(<"$file")
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && printf '%s' "$pid"
+    # The pid must still be ours: alive and running prefect (pids get reused).
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
+        && ps -p "$pid" -o args= | grep -q prefect && printf '%s' "$pid"
 }
 
 # Start "$@" in its own session (so `down` can stop its children too), named $name.
@@ -41,14 +43,14 @@ start_bg() {
 # Stop the process group recorded in $1.pid: TERM, TERM again (a worker ignores
 # the first), then KILL; each wait is bounded.
 stop_bg() {
-    local name=$1 pid i
+    local name=$1 pid i step
     if ! pid=$(alive_pid "$name"); then
         rm -f "$STATE/$name.pid"
         return 0
     fi
-    for signal in TERM TERM KILL; do
-        kill -s "$signal" -- "-$pid" 2>/dev/null || kill -s "$signal" "$pid" 2>/dev/null || true
-        for i in $(seq 1 40); do
+    for step in TERM:8 TERM:40 KILL:40; do
+        kill -s "${step%:*}" -- "-$pid" 2>/dev/null || kill -s "${step%:*}" "$pid" 2>/dev/null || true
+        for ((i = 0; i < ${step#*:}; i++)); do
             kill -0 "$pid" 2>/dev/null || break 2
             sleep 0.25
         done
