@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -25,6 +24,7 @@ from prefect.context import get_run_context
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import ContractViolation, get_contract, validate_frame
+from tasks import fsio
 from tasks.caching import code_version
 from tasks.categories import CategoryMap, load_category_map, name_categories
 from tasks.clustering import CLUSTERS_FILE, ClusteringConfig, cluster
@@ -128,9 +128,20 @@ class RetrainParameters(BaseModel):
 DEFAULTS = RetrainParameters()
 
 
-def result_storage_for(setting: str, root: Path) -> Path | str:
-    """Prefect result storage: a folder under the artifacts dir, or a block slug."""
-    return root / "prefect-results" if setting == "local" else setting
+def result_storage_for(setting: str, store: ArtifactStore) -> Any:  # noqa: ANN401
+    """Prefect result storage: beside the artifacts (local folder or S3), or a block.
+
+    'local' keeps cached results next to the artifact store: a folder, or for an
+    ``s3://`` store a ``RemoteFileSystem`` on the same bucket (fsspec, the
+    mechanism the store uses). Anything else is a saved block's slug.
+    """
+    if setting != "local":
+        return setting
+    if store.remote:
+        from prefect.filesystems import RemoteFileSystem
+
+        return RemoteFileSystem(basepath=fsio.join(store.root_uri, "prefect-results"))
+    return store.root / "prefect-results"
 
 
 def apply_log_level(level: str) -> None:
@@ -275,12 +286,11 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
     apply_log_level(params.log_level)
     logger = get_run_logger()
     started = time.perf_counter()
-    root = Path(params.artifacts_dir).expanduser().resolve()
-    root_str = str(root)
-    store = ArtifactStore(root)
+    store = ArtifactStore(params.artifacts_dir)
+    root_str = store.root_uri
     category_map: CategoryMap | None = load_category_map(params.category_map)
     check_source(params.source, params.ingestion)
-    opts = {"result_storage": result_storage_for(params.result_storage, root)}
+    opts = {"result_storage": result_storage_for(params.result_storage, store)}
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Any, *args: Any) -> Any:
@@ -352,7 +362,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         root_str,
     )
     check(clus.assignments, "clustering")
-    previous = previous_run(root)
+    previous = previous_run(store)
     basis = naming_basis(previous, clus.model.sha256)
     cats = timed(
         "categories",
@@ -431,7 +441,6 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
     table = cluster_table(labels, assignments, cats)
     report = markdown_report(record, table)
     run_dir = publish_run(
-        root,
         store,
         record,
         labels,
@@ -464,7 +473,10 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
     )
     return {
         "run_id": run_id,
-        "run_dir": str(run_dir),
+        "run_dir": (
+            fsio.join(store.root_uri, "runs", run_id) if store.remote else str(run_dir)
+        ),
+        "local_run_dir": str(run_dir),
         "counts": counts,
         "k": clusters["k"],
         "metrics": metrics,

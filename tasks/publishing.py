@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from data_contracts import get_contract, validate_frame
+from tasks import fsio
 from tasks.categories import Category
 from tasks.clustering import CENTROIDS_FILE, CLUSTERS_FILE, PROJECTION_PLOT
 from tasks.embedding import (
@@ -23,7 +24,7 @@ from tasks.embedding import (
     EMBEDDING_INFO_FILE,
     WORD_VECTORS_FILE,
 )
-from tasks.store import ArtifactRef, ArtifactStore, atomic_write_text, write_manifest
+from tasks.store import ArtifactRef, ArtifactStore, write_manifest
 from tasks.training import CLASSIFIER_FILE, CONFUSION_PLOT, REPORT_FILE
 
 LATEST_FILE = "LATEST"
@@ -201,7 +202,6 @@ def build_model_bundle(
 
 
 def publish_run(
-    root: Path,
     store: ArtifactStore,
     record: RunRecord,
     labels: pd.DataFrame,
@@ -210,8 +210,13 @@ def publish_run(
     clusters: list[dict],
     preprocessing: dict,
 ) -> Path:
-    """Write ``runs/<run_id>/`` completely, then point ``LATEST`` at it."""
-    runs = root / "runs"
+    """Write ``runs/<run_id>/`` completely, then point ``LATEST`` at it.
+
+    The run is assembled in ``runs/.<run_id>.partial`` (locally, under the store's
+    local folder) and renamed into place; on S3 its files are uploaded with
+    ``run.json`` last. ``LATEST`` moves only after that. Returns the local folder.
+    """
+    runs = store.root / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     final = runs / record.run_id
     partial = runs / f".{record.run_id}.partial"
@@ -257,15 +262,19 @@ def publish_run(
     (partial / RUN_INFO_FILE).write_text(
         json.dumps(info, indent=2, sort_keys=True) + "\n"
     )
+    if store.remote:
+        fsio.upload_tree(
+            partial, store.uri(f"runs/{record.run_id}"), last=RUN_INFO_FILE
+        )
     os.replace(partial, final)
-    atomic_write_text(root / LATEST_FILE, record.run_id + "\n")
+    store.write_text(LATEST_FILE, record.run_id + "\n")
     return final
 
 
-def previous_run(root: Path) -> dict | None:
+def previous_run(store: ArtifactStore) -> dict | None:
     """The run info of the newest successful run, if any."""
-    latest = root / LATEST_FILE
-    if not latest.is_file():
+    latest = store.read_text(LATEST_FILE)
+    if latest is None:
         return None
-    info = root / "runs" / latest.read_text().strip() / RUN_INFO_FILE
-    return json.loads(info.read_text()) if info.is_file() else None
+    info = store.read_text(f"runs/{latest.strip()}/{RUN_INFO_FILE}")
+    return json.loads(info) if info is not None else None

@@ -20,6 +20,8 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from tasks import fsio
+
 CHUNK = 1 << 20
 
 
@@ -121,15 +123,43 @@ def write_manifest(directory: Path, extra: dict | None = None) -> str:
     return sha256_bytes(json.dumps(files, sort_keys=True).encode())
 
 
+def local_cache_for(root_uri: str) -> Path:
+    """Local folder that mirrors model directories of a remote store.
+
+    ``TWEETFLOW_CACHE_DIR`` sets its parent (default ``~/.cache/tweetflow``).
+    Everything in it is content-addressed and verified before use.
+    """
+    base = Path(
+        os.environ.get("TWEETFLOW_CACHE_DIR", Path.home() / ".cache" / "tweetflow")
+    )
+    return base / sha256_bytes(root_uri.encode())[:16]
+
+
 class ArtifactStore:
-    """A content-addressed store rooted at a local directory."""
+    """A content-addressed store rooted at a local directory or an ``s3://`` prefix.
+
+    Frames are single files (one write, complete or absent). Directories of model
+    files are staged locally; on S3 their files are uploaded with the manifest
+    last, and readers verify every file against the manifest before use.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).resolve()
+        self.root_uri = fsio.normalise_root(root)
+        self.remote = fsio.is_remote(self.root_uri)
+        # Local folder for staging and (remote stores) verified copies of models.
+        self.root = (
+            local_cache_for(self.root_uri) if self.remote else Path(self.root_uri)
+        )
+
+    def uri(self, relative: str) -> str:
+        """The URI of a path relative to the store's root."""
+        if self.remote:
+            return fsio.join(self.root_uri, relative)
+        return (self.root / relative).as_uri()
 
     def path_of(self, ref: ArtifactRef) -> Path:
-        """Local path of a referenced artifact."""
-        return Path(ref.uri.removeprefix("file://"))
+        """Local path of a referenced artifact in a local store."""
+        return fsio.local_path(ref.uri)
 
     # Frames ----------------------------------------------------------------
     def put_frame(
@@ -138,29 +168,38 @@ class ArtifactStore:
         """Store a frame as ``data/<stage>/<sha256>.parquet`` and return its ref."""
         data = frame_to_parquet_bytes(df)
         digest = sha256_bytes(data)
-        path = self.root / "data" / stage / f"{digest}.parquet"
-        if not path.exists():
-            atomic_write_bytes(path, data)
-        return ArtifactRef(
-            uri=path.as_uri(), sha256=digest, rows=len(df), contract=contract
-        )
+        uri = self.uri(f"data/{stage}/{digest}.parquet")
+        if not fsio.exists(uri):
+            fsio.write_bytes(uri, data)
+        return ArtifactRef(uri=uri, sha256=digest, rows=len(df), contract=contract)
 
     def get_frame(
         self, ref: ArtifactRef, columns: list[str] | None = None
     ) -> pd.DataFrame:
         """Read a stored frame, checking that its content still has the recorded hash."""
-        path = self.path_of(ref)
         try:
-            data = path.read_bytes()
+            data = fsio.read_bytes(ref.uri)
         except FileNotFoundError:
-            raise ArtifactMissing(f"artifact {path} is missing") from None
+            raise ArtifactMissing(f"artifact {ref.uri} is missing") from None
         if sha256_bytes(data) != ref.sha256:
-            raise ArtifactMissing(f"artifact {path} does not match its sha256")
+            raise ArtifactMissing(f"artifact {ref.uri} does not match its sha256")
         return pd.read_parquet(io.BytesIO(data), columns=columns)
+
+    # Small text files (LATEST, run records) --------------------------------
+    def write_text(self, relative: str, text: str) -> None:
+        """Write a small text file atomically."""
+        fsio.write_bytes(self.uri(relative), text.encode("utf-8"))
+
+    def read_text(self, relative: str) -> str | None:
+        """A small text file's content, or None when it does not exist."""
+        try:
+            return fsio.read_bytes(self.uri(relative)).decode("utf-8")
+        except FileNotFoundError:
+            return None
 
     # Directories of model files --------------------------------------------
     def staging_dir(self, stage: str) -> Path:
-        """A fresh temporary directory to assemble a directory artifact in."""
+        """A fresh local temporary directory to assemble a directory artifact in."""
         base = self.root / "tmp"
         base.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=base, prefix=f"{stage}-"))
@@ -170,36 +209,60 @@ class ArtifactStore:
     ) -> ArtifactRef:
         """Write the manifest and move a staged directory to ``models/<stage>/<sha>``."""
         digest = write_manifest(staging, extra)
-        final = self.root / "models" / stage / digest
+        relative = f"models/{stage}/{digest}"
+        if self.remote and not fsio.exists(self.uri(f"{relative}/manifest.json")):
+            fsio.upload_tree(staging, self.uri(relative), last="manifest.json")
+        final = self.root / relative
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             shutil.rmtree(staging)
         else:
             os.replace(staging, final)
-        return ArtifactRef(uri=final.as_uri(), sha256=digest, kind="dir")
+        return ArtifactRef(uri=self.uri(relative), sha256=digest, kind="dir")
 
     def get_dir(self, ref: ArtifactRef) -> Path:
-        """Path of a directory artifact after verifying every file's sha256."""
-        path = self.path_of(ref)
-        if not path.is_dir():
-            raise ArtifactMissing(f"artifact {path} is missing")
-        verify_manifest(path)
-        return path
+        """Local path of a directory artifact after verifying every file's sha256.
+
+        A remote directory is downloaded once into the local cache.
+        """
+        if not self.remote:
+            path = self.path_of(ref)
+            if not path.is_dir():
+                raise ArtifactMissing(f"artifact {path} is missing")
+            verify_manifest(path)
+            return path
+        relative = ref.uri[len(self.root_uri) :].strip("/")
+        local = self.root / relative
+        if local.is_dir():
+            try:
+                verify_manifest(local)
+                return local
+            except ArtifactMissing:
+                shutil.rmtree(local)
+        if not fsio.exists(fsio.join(ref.uri, "manifest.json")):
+            raise ArtifactMissing(f"artifact {ref.uri} is missing")
+        staging = self.staging_dir("download")
+        fsio.download_tree(ref.uri, staging)
+        verify_manifest(staging)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if local.exists():
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, local)
+        return local
 
     # Validation markers ----------------------------------------------------
     def is_validated(self, ref: ArtifactRef, contract_version: str) -> bool:
         """Whether this exact content already passed this contract version."""
-        return self._marker(ref, contract_version).exists()
+        return fsio.exists(self._marker(ref, contract_version))
 
     def mark_validated(self, ref: ArtifactRef, contract_version: str) -> None:
         """Record that this exact content passed this contract version."""
-        atomic_write_text(self._marker(ref, contract_version), "ok\n")
+        fsio.write_bytes(self._marker(ref, contract_version), b"ok\n")
 
-    def _marker(self, ref: ArtifactRef, contract_version: str) -> Path:
-        return (
-            self.root
-            / "validated"
-            / f"{ref.contract}-{contract_version[:16]}-{ref.sha256}"
+    def _marker(self, ref: ArtifactRef, contract_version: str) -> str:
+        return self.uri(
+            f"validated/{ref.contract}-{contract_version[:16]}-{ref.sha256}"
         )
 
 
@@ -231,5 +294,7 @@ def missing_artifacts(output: object) -> list[str]:
     return [
         ref.uri
         for ref in artifact_refs(output).values()
-        if not Path(ref.uri.removeprefix("file://")).exists()
+        if not fsio.exists(
+            fsio.join(ref.uri, "manifest.json") if ref.kind == "dir" else ref.uri
+        )
     ]

@@ -1,0 +1,191 @@
+"""One way to reach files: local paths, ``file://`` URIs and ``s3://`` URIs (fsspec).
+
+Sources, the artifact store and batch outputs all go through these helpers, so
+a laptop directory and an S3 bucket behave the same. S3 is reached with s3fs,
+which honours the usual AWS settings (``AWS_ENDPOINT_URL``, credentials, region).
+
+Atomicity: a local write goes to a temporary file and is renamed into place; an
+S3 object written with one PUT is only visible once complete, so no reader can
+ever see half of it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+REMOTE_SCHEMES = ("s3",)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file found under a URI: where it is and what identifies its content."""
+
+    uri: str
+    size: int
+    version: str  # S3: the ETag; local: size and modification time
+
+
+def scheme_of(uri: str) -> str:
+    """The URI's scheme ('' for a plain local path)."""
+    parsed = urlparse(str(uri))
+    return parsed.scheme if len(parsed.scheme) > 1 else ""
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names an object store location (``s3://``)."""
+    return scheme_of(uri) in REMOTE_SCHEMES
+
+
+def local_path(uri: str | os.PathLike[str]) -> Path:
+    """The local path of a plain path or ``file://`` URI."""
+    text = str(uri)
+    if text.startswith("file://"):
+        return Path(unquote(urlparse(text).path))
+    return Path(text).expanduser()
+
+
+def normalise_root(uri: str | os.PathLike[str]) -> str:
+    """An absolute local path, or the ``s3://`` URI without a trailing slash."""
+    text = str(uri)
+    if is_remote(text):
+        return text.rstrip("/")
+    return str(local_path(text).resolve())
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts onto a local path or a remote URI."""
+    if is_remote(root):
+        return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+    if root.startswith("file://"):
+        return Path(local_path(root), *parts).as_uri()
+    return str(Path(root, *parts))
+
+
+def s3() -> Any:  # noqa: ANN401 - s3fs.S3FileSystem
+    """The S3 filesystem (created on first use; s3fs caches the instance)."""
+    import fsspec
+
+    return fsspec.filesystem("s3")
+
+
+def _key(uri: str) -> str:
+    return uri.split("://", 1)[1]
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole content of a file or object."""
+    if is_remote(uri):
+        return s3().cat_file(_key(uri))
+    return local_path(uri).read_bytes()
+
+
+def read_head(uri: str, size: int) -> bytes:
+    """The first ``size`` bytes of a file or object (fewer if it is shorter)."""
+    if is_remote(uri):
+        return s3().cat_file(_key(uri), start=0, end=size)
+    with open(local_path(uri), "rb") as fh:
+        return fh.read(size)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a complete file or object; readers never see it half-written."""
+    if is_remote(uri):
+        s3().pipe_file(_key(uri), data)
+        return
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def exists(uri: str) -> bool:
+    """Whether a file or object exists at ``uri``."""
+    if is_remote(uri):
+        fs = s3()
+        fs.invalidate_cache(_key(uri))
+        return fs.exists(_key(uri))
+    return local_path(uri).exists()
+
+
+def is_dir(uri: str) -> bool:
+    """Whether ``uri`` is a directory (local) or a prefix holding objects (S3)."""
+    if is_remote(uri):
+        fs = s3()
+        fs.invalidate_cache(_key(uri))
+        return fs.isdir(_key(uri))
+    return local_path(uri).is_dir()
+
+
+def list_files(uri: str) -> list[FileInfo]:
+    """Every file under a directory or prefix, sorted by URI, with content versions."""
+    if is_remote(uri):
+        fs = s3()
+        prefix = _key(uri).rstrip("/")
+        fs.invalidate_cache(prefix)
+        found = fs.find(prefix, detail=True)
+        return [
+            FileInfo(
+                uri=f"s3://{name}",
+                size=int(info.get("size") or 0),
+                version=str(info.get("ETag") or info.get("etag") or "").strip('"'),
+            )
+            for name, info in sorted(found.items())
+            if info.get("type") == "file"
+        ]
+    root = local_path(uri)
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        files.append(
+            FileInfo(str(path), stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}")
+        )
+    return files
+
+
+def file_info(uri: str) -> FileInfo:
+    """Size and content version of one file or object."""
+    if is_remote(uri):
+        fs = s3()
+        fs.invalidate_cache(_key(uri))
+        info = fs.info(_key(uri))
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        return FileInfo(uri, int(info.get("size") or 0), etag)
+    stat = local_path(uri).stat()
+    return FileInfo(
+        str(local_path(uri)), stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}"
+    )
+
+
+def upload_tree(directory: Path, uri: str, last: str | None = None) -> None:
+    """Copy a local directory to a remote prefix; the file named ``last`` goes last.
+
+    Readers look for ``last`` (a manifest or run record) before trusting the rest,
+    so a crash part-way leaves an incomplete prefix that nobody reads.
+    """
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == last)
+    for path in files:
+        write_bytes(join(uri, str(path.relative_to(directory))), path.read_bytes())
+
+
+def download_tree(uri: str, directory: Path) -> None:
+    """Copy every object under a remote prefix into a local directory."""
+    prefix = uri.rstrip("/") + "/"
+    for info in list_files(uri):
+        relative = info.uri[len(prefix) :]
+        target = directory / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_bytes(info.uri))
