@@ -11,7 +11,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${TWEETFLOW_STATE_DIR:-$ROOT/.state}
 HOST=127.0.0.1
 PORT=${PREFECT_PORT:-4200}
-BIN=${TWEETFLOW_BIN:-$ROOT/.venv/bin}
+# The project's .venv, or else wherever `prefect` is installed (as in CI).
+if [[ -n ${TWEETFLOW_BIN:-} ]]; then
+    BIN=$TWEETFLOW_BIN
+elif [[ -x $ROOT/.venv/bin/prefect ]]; then
+    BIN=$ROOT/.venv/bin
+else
+    BIN=$(dirname "$(command -v prefect || echo /nonexistent/prefect)")
+fi
 STARTUP_TIMEOUT=${TWEETFLOW_STARTUP_TIMEOUT:-120}
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
