@@ -25,6 +25,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 # The ECS deployment is registered (paused) here too; these are its local stand-ins.
 export TWEETFLOW_IMAGE=${TWEETFLOW_IMAGE:-tweetflow:dev}
 export TWEETFLOW_TASK_ROLE_ARN=${TWEETFLOW_TASK_ROLE_ARN:-}
+export TWEETFLOW_EXECUTION_ROLE_ARN=${TWEETFLOW_EXECUTION_ROLE_ARN:-}
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

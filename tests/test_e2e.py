@@ -97,6 +97,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
             "TWEETFLOW_BIN": str(BIN),
             "TWEETFLOW_IMAGE": "registry.example/tweetflow:e2e",
             "TWEETFLOW_TASK_ROLE_ARN": "",
+            "TWEETFLOW_EXECUTION_ROLE_ARN": "",
         }
         subprocess.run(
             [str(REPO / "deployments" / "embedded.sh"), "pools"],

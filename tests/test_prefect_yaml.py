@@ -52,6 +52,7 @@ def test_the_ecs_image_and_role_come_from_the_environment() -> None:
     variables = deployments()["weekly-ecs"]["work_pool"]["job_variables"]
     assert variables["image"] == "{{ $TWEETFLOW_IMAGE }}"
     assert variables["task_role_arn"] == "{{ $TWEETFLOW_TASK_ROLE_ARN }}"
+    assert variables["execution_role_arn"] == "{{ $TWEETFLOW_EXECUTION_ROLE_ARN }}"
     assert isinstance(variables["cpu"], int) and isinstance(variables["memory"], int)
     [pull] = deployments()["weekly-ecs"]["pull"]
     assert pull["prefect.deployments.steps.set_working_directory"] == {
