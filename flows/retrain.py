@@ -9,6 +9,7 @@ Run locally: ``python -m flows.retrain [--source URI] [--artifacts-dir DIR]
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import ContractViolation, get_contract, validate_frame
 from tasks import fsio
-from tasks.caching import code_version
+from tasks.caching import call_with_retries, code_version
 from tasks.categories import CategoryMap, load_category_map, name_categories
 from tasks.clustering import CLUSTERS_FILE, ClusteringConfig, cluster
 from tasks.errors import InputError, InsufficientDataError
@@ -140,7 +141,19 @@ def result_storage_for(setting: str, store: ArtifactStore) -> Any:  # noqa: ANN4
     if store.remote:
         from prefect.filesystems import RemoteFileSystem
 
-        return RemoteFileSystem(basepath=fsio.join(store.root_uri, "prefect-results"))
+        # Prefect needs result storage saved server-side; the name is stable
+        # per store, so saving again only confirms it.
+        name = (
+            "tweetflow-results-"
+            + hashlib.sha256(store.root_uri.encode()).hexdigest()[:16]
+        )
+        RemoteFileSystem(
+            basepath=fsio.join(store.root_uri, "prefect-results"),
+            # Another process may have written a result since: never trust a
+            # cached listing.
+            settings={"use_listings_cache": False},
+        ).save(name, overwrite=True)
+        return f"remote-file-system/{name}"
     return store.root / "prefect-results"
 
 
@@ -289,7 +302,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
     store = ArtifactStore(params.artifacts_dir)
     root_str = store.root_uri
     category_map: CategoryMap | None = load_category_map(params.category_map)
-    check_source(params.source, params.ingestion)
+    call_with_retries(check_source, params.source, params.ingestion)
     opts = {"result_storage": result_storage_for(params.result_storage, store)}
     timings: dict[str, float] = {}
 
@@ -326,7 +339,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         ingest,
         params.source,
         params.ingestion,
-        source_fingerprint(params.source),
+        call_with_retries(source_fingerprint, params.source),
         root_str,
     )
     check = contract_checker(store, timings)
@@ -449,6 +462,9 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         table,
         params.preprocessing.model_dump(mode="json"),
     )
+    run_location = (
+        fsio.join(store.root_uri, "runs", run_id) if store.remote else str(run_dir)
+    )
     create_markdown_artifact(
         key="retrain-report", markdown=report, description=f"tweetflow retrain {run_id}"
     )
@@ -468,14 +484,12 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         counts["duplicates_removed"],
         clusters["k"],
         metrics.get("evaluation_accuracy", float("nan")),
-        run_dir,
+        run_location,
         time.perf_counter() - started,
     )
     return {
         "run_id": run_id,
-        "run_dir": (
-            fsio.join(store.root_uri, "runs", run_id) if store.remote else str(run_dir)
-        ),
+        "run_dir": run_location,
         "local_run_dir": str(run_dir),
         "counts": counts,
         "k": clusters["k"],
@@ -555,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = parse_args(argv)
         load_category_map(params.category_map)
-        check_source(params.source, params.ingestion)
+        call_with_retries(check_source, params.source, params.ingestion)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

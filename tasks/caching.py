@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import random
 import sys
+import time
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
@@ -110,8 +113,7 @@ def stage_task(
     )
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether an exception is a transient storage/network failure."""
+def _is_transient_one(exc: BaseException) -> bool:
     if isinstance(exc, (TransientStorageError, TimeoutError, ConnectionError)):
         return True
     response = getattr(exc, "response", None)
@@ -123,6 +125,22 @@ def is_transient(exc: BaseException) -> bool:
     return status in TRANSIENT_HTTP_STATUS
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether an exception is a transient storage/network failure.
+
+    Wrapped errors count by their cause (s3fs turns a botocore 5xx into an
+    ``OSError`` whose ``__cause__`` is the original error).
+    """
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return False
+        if _is_transient_one(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def retry_only_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     """Prefect ``retry_condition_fn``: retry a failed run only on transient errors."""
     try:
@@ -130,3 +148,34 @@ def retry_only_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     except Exception as exc:  # classify any failure, then decide
         return is_transient(exc)
     return False
+
+
+def call_with_retries(
+    fn: Callable[..., Any],
+    *args: Any,
+    attempts: int = 3,
+    base_delay: float = 1.0,
+    **kwargs: Any,
+) -> Any:  # noqa: ANN401 - whatever ``fn`` returns
+    """Call ``fn``, retrying transient failures with exponential backoff and jitter.
+
+    For the storage calls a flow makes outside its tasks (pre-flight checks);
+    any other error is raised at once.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            delay = base_delay * 2 ** (attempt - 1) * (1 + random.uniform(-0.5, 0.5))
+            logging.getLogger(__name__).warning(
+                "%s failed (%s); retry %d of %d in %.1fs",
+                getattr(fn, "__name__", "call"),
+                exc,
+                attempt,
+                attempts - 1,
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -9,10 +9,14 @@ on exit, even when the test fails.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.servers import BIN, free_port, spawn, stop, wait_for
 
@@ -90,3 +94,103 @@ def client(service: str, aws: dict[str, str]) -> Any:
         aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
         region_name=aws["AWS_DEFAULT_REGION"],
     ).client(service, endpoint_url=aws["AWS_ENDPOINT_URL"])
+
+
+class FaultyProxy:
+    """A loopback HTTP proxy in front of moto that fails chosen requests.
+
+    ``fail(method, path_part, times)`` makes the next ``times`` matching requests
+    answer ``500 InternalError`` (an S3 server fault) without reaching moto;
+    everything else is forwarded unchanged. ``faults`` lists what was failed.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.rules: list[list] = []  # [method, path_part, to_skip, to_fail]
+        self.faults: list[str] = []
+        self.requests: list[str] = []
+        self.url = ""
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def fail(self, method: str, path_part: str, times: int = 1, after: int = 0) -> None:
+        """Fail ``times`` requests whose path contains ``path_part``, after ``after``."""
+        self.rules.append([method, path_part, after, times])
+
+    def _should_fail(self, method: str, path: str) -> bool:
+        for rule in self.rules:
+            if rule[0] != method or rule[1] not in path:
+                continue
+            if rule[2] > 0:
+                rule[2] -= 1
+            elif rule[3] > 0:
+                rule[3] -= 1
+                self.faults.append(f"{method} {path}")
+                return True
+        return False
+
+    def __enter__(self) -> FaultyProxy:
+        proxy = self
+        upstream = urlsplit(self.upstream)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                return
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                proxy.requests.append(f"{self.command} {self.path}")
+                if proxy._should_fail(self.command, self.path):
+                    payload = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error>'
+                        b"<Code>InternalError</Code><Message>injected fault"
+                        b"</Message></Error>"
+                    )
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(
+                    upstream.hostname, upstream.port, timeout=60
+                )
+                try:
+                    headers = {k: v for k, v in self.headers.items()}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                    self.send_response(response.status, response.reason)
+                    for key, value in response.getheaders():
+                        if key.lower() not in ("transfer-encoding", "content-length"):
+                            self.send_header(key, value)
+                    # A HEAD answer carries the object's length, not the body's.
+                    length = (
+                        response.getheader("Content-Length", "0")
+                        if self.command == "HEAD"
+                        else str(len(data))
+                    )
+                    self.send_header("Content-Length", length)
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
