@@ -1,0 +1,370 @@
+"""Registry tests: MLflow's real SQLite store in tmp_path, real model bundles from
+two small retrains (a normal one and a deliberately worse one), no mocks of MLflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.test_flow import small_params
+
+pytestmark = pytest.mark.flow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def retrain_run_dir(params) -> Path:  # noqa: ANN001
+    from flows.retrain import retrain
+
+    state = retrain(**params.as_flow_kwargs(), return_state=True)
+    assert state.is_completed(), state.message
+    return Path(state.result()["run_dir"])
+
+
+@pytest.fixture(scope="module")
+def runs(
+    prefect_api, small_csv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:  # noqa: ANN001
+    """Two real retrains: 400 real tweets as usual, and a worse model trained
+    on 100 of them with one Word2Vec epoch."""
+    base = tmp_path_factory.mktemp("registry-runs")
+    tiny = base / "tiny.csv"
+    pd.read_csv(small_csv, dtype=str).head(100).to_csv(
+        tiny, index=False, quoting=csv.QUOTE_ALL
+    )
+    return {
+        "good": retrain_run_dir(small_params(small_csv, base / "good")),
+        "worse": retrain_run_dir(
+            small_params(tiny, base / "worse", features={"min_count": 3, "epochs": 1})
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, created once (its migrations take seconds)."""
+    from tasks.registry import Registry, RegistryConfig, embedded_db
+
+    root = tmp_path_factory.mktemp("mlflow-template")
+    Registry.open(root, RegistryConfig()).client.search_experiments()
+    return embedded_db(root)
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path, empty_store: Path, monkeypatch) -> Path:  # noqa: ANN001
+    """An artifacts dir with a fresh copy of the empty store; no outside MLflow."""
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "TWEETFLOW_MLFLOW_ARTIFACT_LOCATION",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "mlflow").mkdir()
+    shutil.copy(empty_store, tmp_path / "mlflow" / "mlflow.db")
+    return tmp_path
+
+
+def champion_version(artifacts: Path, config) -> str | None:  # noqa: ANN001
+    from tasks.registry import Registry
+
+    mv = Registry.open(artifacts, config).champion()
+    return None if mv is None else str(mv.version)
+
+
+def version_tags(artifacts: Path, config, version: str) -> dict:  # noqa: ANN001
+    from tasks.registry import Registry
+
+    return Registry.open(artifacts, config).version(version).tags
+
+
+def registered_file(
+    artifacts: Path, config, version: str, name: str
+) -> Path:  # noqa: ANN001
+    """The file as it sits in the MLflow artifact store (the registered copy)."""
+    from tasks.registry import Registry
+
+    source = Registry.open(artifacts, config).version(version).source
+    return Path(source.removeprefix("file://")) / name
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
+    runs: dict[str, Path], artifacts: Path
+) -> None:
+    from tasks.registry import (
+        RegistryConfig,
+        log_run,
+        promote,
+        register_and_promote,
+        resolve_model,
+    )
+
+    config = RegistryConfig()
+    first = register_and_promote(runs["good"], artifacts, config)
+    assert first.tracked.version == "1"
+    assert first.promotion.status == "promoted" and not first.promotion.forced
+    assert champion_version(artifacts, config) == "1"
+    skipped = {r.name for r in first.decision.rules if r.skipped}
+    assert skipped == {"agreement_ari", "silhouette_drop", "coverage_drop"}
+    assert "no champion" in first.decision.reason
+
+    info = json.loads((runs["good"] / "run.json").read_text())
+    frozen = artifacts / "registry" / "frozen_evaluation.parquet"
+    frozen_bytes = frozen.read_bytes()
+    evaluation = pd.read_parquet(runs["good"] / "pseudo_labels.parquet")
+    assert set(pd.read_parquet(frozen)["tweet_id"]) == set(
+        evaluation.loc[evaluation["split"] == "evaluation", "tweet_id"]
+    )
+    tags = version_tags(artifacts, config, "1")
+    assert tags["tweetflow_run_id"] == info["run_id"]
+    assert tags["data_snapshot_sha256"] == info["refs"]["raw"]["sha256"]
+    assert tags["manifest_sha256"] == info["model_sha256"]
+    assert tags["frozen_evaluation_sha256"] == first.decision.frozen_sha256
+    assert tags["promotion"] == "promoted"
+    assert first.tracked.version_url.endswith(
+        "/#/models/tweetflow-classifier/versions/1"
+    )
+    assert f"/runs/{first.tracked.mlflow_run_id}" in first.tracked.run_url
+
+    # The MLflow run holds params, metrics, reports and the bundle under model/.
+    from tasks.registry import Registry
+
+    client = Registry.open(artifacts, config).client
+    run = client.get_run(first.tracked.mlflow_run_id)
+    assert run.data.params["data.snapshot_sha256"] == info["refs"]["raw"]["sha256"]
+    assert run.data.params["clustering.k_max"] == "5"
+    assert run.data.metrics["silhouette"] == pytest.approx(
+        info["metrics"]["silhouette"]
+    )
+    assert run.data.metrics["counts.accepted"] == info["counts"]["accepted"]
+    assert run.data.tags["tweetflow.code_version"] == info["code_version"]
+    model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert (
+        "model/manifest.json" in model_files
+        and "model/classifier.joblib" in model_files
+    )
+    reports = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    assert {"reports/report.md", "reports/confusion_matrix.png"} <= reports
+
+    # Registering the same run again (a retried task) reuses its version.
+    assert log_run(runs["good"], artifacts, config).version == "1"
+
+    second = register_and_promote(runs["worse"], artifacts, config)
+    assert second.tracked.version == "2"
+    assert second.promotion.status == "rejected"
+    assert champion_version(artifacts, config) == "1"
+    failed = {r.name for r in second.decision.failed}
+    assert {"stability_ari", "agreement_ari"} <= failed, second.decision.as_table()
+    assert all(name in second.decision.reason for name in failed)
+    tags = version_tags(artifacts, config, "2")
+    assert tags["promotion"] == "rejected"
+    assert "agreement_ari" in tags["promotion_reason"]
+    assert frozen.read_bytes() == frozen_bytes  # frozen once, never rewritten
+    assert tags["frozen_evaluation_sha256"] == first.decision.frozen_sha256
+
+    # never leaves the alias alone; force moves it and says so.
+    never = promote(artifacts, config, "2", second.decision, mode="never")
+    assert never.status == "skipped" and champion_version(artifacts, config) == "1"
+    forced = promote(artifacts, config, "2", second.decision, mode="force")
+    assert forced.promoted and forced.forced and forced.previous_champion == "1"
+    assert champion_version(artifacts, config) == "2"
+    tags = version_tags(artifacts, config, "2")
+    assert tags["promotion"] == "promoted" and tags["promotion_forced"] == "true"
+    assert resolve_model("champion", artifacts, config).version == (
+        "tweetflow-classifier/2"
+    )
+
+
+def test_never_registers_without_a_champion(
+    runs: dict[str, Path], artifacts: Path
+) -> None:
+    from tasks.registry import (
+        NoChampionError,
+        RegistryConfig,
+        register_and_promote,
+        resolve_model,
+    )
+
+    config = RegistryConfig(promote="never")
+    outcome = register_and_promote(runs["good"], artifacts, config)
+    assert outcome.promotion.status == "skipped"
+    assert version_tags(artifacts, config, "1")["promotion"] == "skipped"
+    with pytest.raises(NoChampionError, match="no champion yet: run a retrain first"):
+        resolve_model("champion", artifacts, config)
+    loaded = resolve_model("tweetflow-classifier/1", artifacts, config)
+    assert loaded.version == "tweetflow-classifier/1"
+
+
+def test_a_tampered_registered_file_is_refused_before_unpickling(
+    runs: dict[str, Path], artifacts: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    import tasks.model
+    from tasks.errors import InputError
+    from tasks.registry import (
+        ModelVerificationError,
+        RegistryConfig,
+        promote,
+        register_and_promote,
+        resolve_model,
+    )
+
+    config = RegistryConfig()
+    register_and_promote(runs["good"], artifacts, config)
+    loaded = resolve_model("champion", artifacts, config)
+    texts = pd.Series(["my flight was delayed again", "new iphone looks great"])
+    assert len(loaded.model.predict(texts)) == 2
+
+    # A damaged local cache is fetched again from the registry and re-checked.
+    flip_a_byte(loaded.path / "classifier.joblib")
+    assert resolve_model("champion", artifacts, config).version.endswith("/1")
+
+    # A damaged registered file is refused, and nothing gets unpickled.
+    def no_unpickling(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("unverified file unpickled")
+
+    shutil.rmtree(loaded.path)
+    flip_a_byte(registered_file(artifacts, config, "1", "classifier.joblib"))
+    with (
+        monkeypatch.context() as patch,
+        pytest.raises(ModelVerificationError, match="classifier.joblib") as refused,
+    ):
+        patch.setattr(tasks.model.joblib, "load", no_unpickling)
+        resolve_model("champion", artifacts, config)
+    assert isinstance(refused.value, InputError)
+    assert "\n" not in str(refused.value)
+
+    # A rewritten manifest that matches the tampered file still differs from
+    # the registered manifest hash.
+    from tasks.store import write_manifest
+
+    manifest = registered_file(artifacts, config, "1", "manifest.json")
+    extra = {k: v for k, v in json.loads(manifest.read_text()).items() if k != "files"}
+    write_manifest(manifest.parent, extra)
+    with pytest.raises(ModelVerificationError, match="manifest_sha256"):
+        resolve_model("1", artifacts, config)
+
+    # A damaged champion fails the gate of the next retrain (only force can
+    # replace it), and promotion checks the registered files too: a forced
+    # promotion of a damaged version is refused and the alias stays.
+    second = register_and_promote(runs["worse"], artifacts, config, mode="never")
+    assert "champion_intact" in {r.name for r in second.decision.failed}
+    flip_a_byte(registered_file(artifacts, config, "2", "word_vectors.bin"))
+    with pytest.raises(ModelVerificationError, match="word_vectors.bin"):
+        promote(artifacts, config, "2", second.decision, mode="force")
+    assert champion_version(artifacts, config) == "1"
+    assert version_tags(artifacts, config, "2")["promotion"] == "rejected"
+
+
+def test_a_crash_before_the_alias_moves_keeps_the_old_champion(
+    runs: dict[str, Path], artifacts: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    from mlflow import MlflowClient
+
+    from tasks.registry import RegistryConfig, register_and_promote
+
+    config = RegistryConfig(promote="force")
+    register_and_promote(runs["good"], artifacts, config)
+    assert champion_version(artifacts, config) == "1"
+
+    def crash(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("simulated crash before the alias moves")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        register_and_promote(runs["worse"], artifacts, config)
+    assert champion_version(artifacts, config) == "1"
+    assert version_tags(artifacts, config, "2")["promotion"] == "pending"
+
+
+def test_local_paths_versions_and_bad_specs(
+    runs: dict[str, Path], artifacts: Path
+) -> None:
+    from tasks.registry import (
+        NoChampionError,
+        RegistryConfig,
+        RegistryError,
+        resolve_model,
+    )
+
+    config = RegistryConfig()
+    run_id = json.loads((runs["good"] / "run.json").read_text())["run_id"]
+    assert resolve_model(str(runs["good"]), artifacts, config).version == (
+        f"path:{run_id}"
+    )
+    assert resolve_model(str(runs["good"] / "model"), artifacts, config).version == (
+        f"path:{run_id}"
+    )
+    with pytest.raises(RegistryError, match="not 'champion', a version number"):
+        resolve_model(str(artifacts / "nowhere"), artifacts, config)
+    with pytest.raises(NoChampionError):
+        resolve_model("champion", artifacts, config)
+    with pytest.raises(RegistryError, match="has no version 7"):
+        resolve_model("7", artifacts, config)
+    # An artifacts dir without a store: no champion, and no store gets created.
+    empty = artifacts / "elsewhere"
+    with pytest.raises(NoChampionError):
+        resolve_model("champion", empty, config)
+    with pytest.raises(RegistryError, match="no model registry"):
+        resolve_model("1", empty, config)
+    assert not empty.exists()
+
+
+def test_a_configured_frozen_set_is_used_as_given(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from tasks.registry import (
+        GateConfig,
+        RegistryConfig,
+        RegistryError,
+        evaluate_gate,
+        frozen_evaluation_set,
+    )
+
+    given = tmp_path / "frozen.parquet"
+    labels = pd.read_parquet(runs["good"] / "pseudo_labels.parquet")
+    labels[["tweet_id", "text"]].head(60).to_parquet(given, index=False)
+    config = RegistryConfig(frozen_evaluation=str(given))
+    frozen = frozen_evaluation_set(tmp_path / "art", config, runs["worse"])
+    assert len(frozen.frame) == 60 and not frozen.created
+    assert not (tmp_path / "art").exists()
+    metrics = json.loads((runs["good"] / "run.json").read_text())["metrics"]
+    decision = evaluate_gate(
+        runs["good"] / "model", runs["good"] / "model", metrics, frozen, GateConfig()
+    )
+    rules = {r.name: r for r in decision.rules}
+    assert rules["agreement_ari"].value == pytest.approx(1.0)
+    assert rules["silhouette_drop"].value == pytest.approx(0.0)
+    assert rules["coverage_drop"].passed
+    missing = RegistryConfig(frozen_evaluation=str(tmp_path / "missing.parquet"))
+    with pytest.raises(RegistryError, match="does not exist"):
+        frozen_evaluation_set(tmp_path / "art", missing, runs["good"])
+
+
+def test_promotion_yaml_holds_the_defaults_and_bad_settings_are_one_line() -> None:
+    from tasks.registry import RegistryConfig, RegistryError, load_registry_config
+
+    assert load_registry_config(ROOT / "config" / "promotion.yaml") == RegistryConfig()
+    with pytest.raises(RegistryError, match="promote"):
+        load_registry_config(None, promote="sometimes")
+    with pytest.raises(RegistryError, match="gate.min_silhouettes"):
+        load_registry_config(None, gate={"min_silhouettes": 0.1})
+
+
+def test_importing_the_registry_does_no_work() -> None:
+    code = (
+        "import sys, tasks.registry; "
+        "assert 'mlflow' not in sys.modules, 'mlflow imported at import time'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
