@@ -10,8 +10,9 @@ QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test lint format bench clean up down pools
+.PHONY: install run test lint format bench clean up down pools mlflow-ui
 
 install: $(STAMP)
 
@@ -50,6 +51,11 @@ down:
 
 pools: install
 	deployments/embedded.sh pools
+
+# The MLflow UI on the embedded tracking store and registry (artifacts/mlflow).
+mlflow-ui: install
+	DO_NOT_TRACK=true $(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri sqlite:///$(abspath artifacts)/mlflow/mlflow.db
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
