@@ -3,7 +3,7 @@ clustering -> categories -> training, with a contract check between stages.
 
 Run locally: ``python -m flows.retrain [--source URI] [--artifacts-dir DIR]
 [--n-clusters auto|K] [--seed N] [--text-column C] [--id-column C]
-[--log-level LEVEL]``.
+[--promote never|auto|force] [--log-level LEVEL]``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import ContractViolation, get_contract, validate_frame
 from tasks import fsio
-from tasks.caching import call_with_retries, code_version
+from tasks.caching import call_with_retries, code_version, retry_only_transient
 from tasks.categories import CategoryMap, load_category_map, name_categories
 from tasks.clustering import CLUSTERS_FILE, ClusteringConfig, cluster
 from tasks.errors import InputError, InsufficientDataError
@@ -46,6 +48,12 @@ from tasks.publishing import (
     previous_run,
     pseudo_label_frame,
     publish_run,
+)
+from tasks.registry import (
+    PromoteMode,
+    RegistryOutcome,
+    load_registry_config,
+    register_and_promote,
 )
 from tasks.store import ArtifactRef, ArtifactStore, artifact_refs, missing_artifacts
 from tasks.training import TrainingConfig, train
@@ -68,6 +76,7 @@ CODE_MODULES = (
     "tasks.training",
 )
 USER_ERRORS = (InputError, ContractViolation)
+REGISTRY_FILE = "registry.json"
 # 'local', or a block slug "<block-type>/<block-name>" such as s3-bucket/tweetflow-results
 RESULT_STORAGE_PATTERN = r"^(local|[a-z0-9-]+/[a-z0-9][a-z0-9-]*)$"
 
@@ -101,6 +110,16 @@ class RetrainParameters(BaseModel):
         pattern=RESULT_STORAGE_PATTERN,
         description="Where Prefect keeps cached task results: 'local' (under the "
         "artifacts dir) or a storage block slug such as 's3-bucket/tweetflow-results'.",
+    )
+    promote: PromoteMode = Field(
+        "auto",
+        description="Champion promotion: never (register only), auto (only when "
+        "every gate rule passes) or force (regardless of the gate).",
+    )
+    promotion_config: str = Field(
+        "config/promotion.yaml",
+        description="Registry and promotion-gate settings (YAML): MLflow URI, model "
+        "name, gate thresholds.",
     )
     ingestion: IngestionConfig = Field(
         default_factory=IngestionConfig, description="How the source is read."
@@ -219,6 +238,45 @@ class QuietInputErrors(logging.Filter):
         return True
 
 
+@task(
+    name="registry",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_only_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def register_model(
+    run_dir: str, registry_root: str, promotion_config: str, promote: PromoteMode
+) -> RegistryOutcome:
+    """Log the run to MLflow, register its model, run the gate, maybe promote.
+
+    Safe to retry: a version already registered for this run is reused.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    config = load_registry_config(promotion_config)
+    outcome = register_and_promote(run_dir, registry_root, config, promote)
+    for rule in outcome.decision.rules:
+        logger.info(
+            "registry: gate %s %s: %s",
+            rule.name,
+            "skipped" if rule.skipped else ("passed" if rule.passed else "FAILED"),
+            rule.explanation,
+        )
+    logger.info(
+        "registry: %s logged to MLflow run %s; promotion %s%s: %s (%.2fs)",
+        outcome.tracked.model_version,
+        outcome.tracked.mlflow_run_id,
+        outcome.promotion.status,
+        " (forced)" if outcome.promotion.forced else "",
+        outcome.promotion.reason,
+        time.perf_counter() - started,
+    )
+    return outcome
+
+
 def run_id_now() -> str:
     """A sortable run id: UTC time plus the flow run id's first characters."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -252,6 +310,8 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
     log_level: LogLevel = DEFAULTS.log_level,
     category_map: str | None = DEFAULTS.category_map,
     result_storage: str = DEFAULTS.result_storage,
+    promote: PromoteMode = DEFAULTS.promote,
+    promotion_config: str = DEFAULTS.promotion_config,
     ingestion: IngestionConfig = DEFAULTS.ingestion,
     preparation: PreparationConfig = DEFAULTS.preparation,
     preprocessing: PreprocessingConfig = DEFAULTS.preprocessing,
@@ -275,6 +335,10 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
             their words.
         result_storage: Where Prefect keeps cached task results: 'local' (under the
             artifacts dir) or a storage block slug such as 's3-bucket/tweetflow-results'.
+        promote: Champion promotion: never (register only), auto (only when every
+            gate rule passes) or force (regardless of the gate).
+        promotion_config: Registry and promotion-gate settings (YAML): MLflow URI,
+            model name, gate thresholds.
         ingestion: How the source is read.
         preparation: Cleaning and splitting.
         preprocessing: Tokenisation.
@@ -289,6 +353,8 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         log_level=log_level,
         category_map=category_map,
         result_storage=result_storage,
+        promote=promote,
+        promotion_config=promotion_config,
         ingestion=ingestion,
         preparation=preparation,
         preprocessing=preprocessing,
@@ -302,6 +368,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
     store = ArtifactStore(params.artifacts_dir)
     root_str = store.root_uri
     category_map: CategoryMap | None = load_category_map(params.category_map)
+    load_registry_config(params.promotion_config)  # bad settings fail before training
     call_with_retries(check_source, params.source, params.ingestion)
     opts = {"result_storage": result_storage_for(params.result_storage, store)}
     timings: dict[str, float] = {}
@@ -465,15 +532,49 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
     run_location = (
         fsio.join(store.root_uri, "runs", run_id) if store.remote else str(run_dir)
     )
+    timings["publishing"] = round(time.perf_counter() - publish_started, 3)
+
+    # Registry: track in MLflow, register a version, gate it, maybe promote it.
+    registry_started = time.perf_counter()
+    outcome = register_model(
+        str(run_dir), str(store.root), params.promotion_config, params.promote
+    )
+    registry_note = outcome.markdown()
+    registry_record = {
+        "mlflow_run_id": outcome.tracked.mlflow_run_id,
+        "mlflow_run_url": outcome.tracked.run_url,
+        "model_version": outcome.tracked.model_version,
+        "model_version_url": outcome.tracked.version_url,
+        "promotion": outcome.promotion.status,
+        "promoted": outcome.promotion.promoted,
+        "forced": outcome.promotion.forced,
+        "reason": outcome.promotion.reason,
+        "previous_champion": outcome.promotion.previous_champion,
+        "gate": outcome.decision.as_table(),
+    }
+    # Written beside the completed run (its files are all in place already).
+    store.write_text(
+        f"runs/{run_id}/{REGISTRY_FILE}",
+        json.dumps(registry_record, indent=2, sort_keys=True, default=str) + "\n",
+    )
+    timings["registry"] = round(time.perf_counter() - registry_started, 3)
+
     create_markdown_artifact(
-        key="retrain-report", markdown=report, description=f"tweetflow retrain {run_id}"
+        key="retrain-report",
+        markdown=report + "\n" + registry_note,
+        description=f"tweetflow retrain {run_id}: {outcome.tracked.model_version} "
+        f"{outcome.promotion.status}",
     )
     create_table_artifact(
         key="retrain-metrics",
         table=[{"metric": k, "value": round(v, 4)} for k, v in sorted(metrics.items())],
     )
     create_table_artifact(key="retrain-clusters", table=table)
-    timings["publishing"] = round(time.perf_counter() - publish_started, 3)
+    create_table_artifact(
+        key="retrain-gate",
+        table=outcome.decision.as_table(),
+        description=outcome.decision.reason,
+    )
     logger.info(
         "retrain %s: %d read, %d accepted, %d quarantined, %d duplicates; k=%d; "
         "evaluation accuracy %.3f; outputs in %s (%.1fs)",
@@ -496,6 +597,9 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         "metrics": metrics,
         "categories": {c.cluster_id: c.category for c in cats},
         "stage_seconds": timings,
+        "model_version": outcome.tracked.model_version,
+        "promotion": outcome.promotion.status,
+        "promotion_reason": outcome.promotion.reason,
     }
 
 
@@ -523,6 +627,17 @@ def parse_args(argv: list[str] | None = None) -> RetrainParameters:
         help="curated category names (YAML); '' for none",
     )
     parser.add_argument(
+        "--promote",
+        default="auto",
+        choices=["never", "auto", "force"],
+        help="champion promotion: never, auto (only if the gate passes), force",
+    )
+    parser.add_argument(
+        "--promotion-config",
+        default="config/promotion.yaml",
+        help="registry and gate settings (YAML)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
@@ -538,6 +653,8 @@ def parse_args(argv: list[str] | None = None) -> RetrainParameters:
         seed=args.seed,
         log_level=args.log_level,
         category_map=args.category_map or None,
+        promote=args.promote,
+        promotion_config=args.promotion_config,
         ingestion=IngestionConfig(
             text_column=args.text_column,
             id_column=args.id_column,
@@ -559,6 +676,8 @@ def summary(result: dict) -> str:
         f"  silhouette {m['silhouette']:.3f}, stability ARI {m['stability_ari']:.3f}, "
         f"evaluation accuracy {m.get('evaluation_accuracy', float('nan')):.3f}, "
         f"macro-F1 {m.get('evaluation_macro_f1', float('nan')):.3f}",
+        f"  model {result['model_version']}: {result['promotion']} "
+        f"({result['promotion_reason']})",
         f"  outputs: {result['run_dir']}",
     ]
     return "\n".join(lines)
@@ -569,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = parse_args(argv)
         load_category_map(params.category_map)
+        load_registry_config(params.promotion_config)
         call_with_retries(check_source, params.source, params.ingestion)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -38,10 +38,15 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     from prefect.testing.utilities import prefect_test_harness
 
     results = tmp_path_factory.mktemp("prefect-results")
+    # One MLflow store for the session (a new SQLite store costs seconds per run).
+    mlflow_db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     with (
         temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}),
         prefect_test_harness(server_startup_timeout=60),
+        pytest.MonkeyPatch.context() as env,
     ):
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_db}")
+        env.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         yield
 
 
