@@ -9,10 +9,24 @@ import yaml
 from tests.servers import REPO
 
 
-def deployments() -> dict[str, dict]:
-    """The deployment entries of prefect.yaml by name, aliases resolved."""
+def deployments(entrypoint: str = "flows/retrain.py:retrain") -> dict[str, dict]:
+    """One flow's deployment entries of prefect.yaml by name, aliases resolved."""
     config = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    return {entry["name"]: entry for entry in config["deployments"]}
+    return {
+        entry["name"]: entry
+        for entry in config["deployments"]
+        if entry["entrypoint"] == entrypoint
+    }
+
+
+def test_batch_inference_has_a_local_and_an_ecs_deployment() -> None:
+    found = deployments("flows/batch_inference.py:batch_inference")
+    assert {name: d["work_pool"]["name"] for name, d in found.items()} == {
+        "on-demand": "tweetflow-local",
+        "on-demand-ecs": "tweetflow-ecs",
+    }
+    assert all(d["enforce_parameter_schema"] for d in found.values())
+    assert "schedules" not in found["on-demand"]
 
 
 def test_both_deployments_share_the_retrain_definition() -> None:
@@ -41,10 +55,11 @@ def test_deployment_parameters_are_the_flow_models_defaults() -> None:
     found = deployments()
     for key, value in found["weekly"]["parameters"].items():
         assert defaults[key] == value, key
-    # Production differs only where the environment does: results outlive the task.
+    # Production differs only where the environment does: nothing stays on the task.
     ecs = found["weekly-ecs"]["parameters"]
     differing = {k for k, v in ecs.items() if defaults[k] != v}
-    assert differing == {"result_storage"}
+    assert differing == {"result_storage", "artifacts_dir"}
+    assert ecs["artifacts_dir"] == "{{ $TWEETFLOW_ARTIFACTS_URI }}"
     RetrainParameters.model_validate(ecs)
 
 
