@@ -1,8 +1,13 @@
 """Tweet normalisation and tokenisation, vectorised over a pandas column.
 
 Shared by training (the preprocessing stage) and batch inference, so both see
-exactly the same tokens. Every step is one pandas string operation over the
-whole column with a compiled regex; there is no Python call per word.
+exactly the same tokens. ``normalise`` and ``_tokenise_reference`` state the
+rules, one pandas string operation per step. ``tokenise`` returns exactly the
+same tokens several times faster: each rule runs once over the whole column,
+as an RE2 regex in Arrow where RE2 can state it exactly, otherwise as one
+Python regex over the rows (all, or those an RE2 prefilter says can match)
+joined into a single string; tokens are then cut and filtered as one Arrow
+array of runs. There is no Python call per word (nor per tweet).
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 URL_TOKEN = "xxurl"
@@ -149,17 +157,16 @@ def normalise(text: pd.Series, keep_mentions: bool = True) -> pd.Series:
     return s
 
 
-def tokenise(
+def _tokenise_reference(
     text: pd.Series,
     keep_mentions: bool = True,
     remove_stop_words: bool = True,
     keep_special_tokens: bool = False,
 ) -> pd.Series:
-    """Turn raw tweets into space-joined tokens.
+    """The tokeniser's specification: slow, one pandas string step per rule.
 
-    Special tokens (``xxurl``, ``xxnum``, ...) mark what was there; they are
-    dropped unless ``keep_special_tokens`` because they say nothing about a
-    tweet's subject.
+    ``tokenise`` must return exactly this; tests and ``bench/text_bench.py``
+    compare the two.
     """
     s = normalise(text, keep_mentions=keep_mentions)
     if remove_stop_words:
@@ -169,6 +176,169 @@ def tokenise(
         tokens = tokens.str.replace(r"(?<!\S)xx[a-z]+(?!\S)", " ", regex=True)
         tokens = tokens.str.replace(r"\s+", " ", regex=True).str.strip()
     return tokens.astype("str")
+
+
+# The fast path. Every RE2 pattern below does exactly what the Python rule of
+# the same name does to the text that reaches it. RE2 has no look-arounds, so a
+# look-behind becomes a captured character that the replacement puts back; that
+# is exact because no match ends with a character the next match would need.
+# Python's \s (str.isspace) as an RE2 class body; a test checks every code point.
+PY_WHITESPACE_RE2 = (
+    r"\t-\r\x1c-\x20\x85\xa0\x{1680}\x{2000}-\x{200a}"
+    r"\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
+)
+_URL_RE2 = rf"(?:https?://|www\.)[^{PY_WHITESPACE_RE2}]+"
+_EMOJI_RE2 = r"[\x{1f000}-\x{1faff}\x{2600}-\x{27bf}\x{2b00}-\x{2bff}\x{fe0f}\x{200d}]+"
+# "(?:[^\x00-\x7f]|_)*" is "anything but ASCII other than _".
+_MOJIBAKE_RUN_RE2 = r"_*[^\x00-\x7f][^\x00-\x5e\x60-\x7f]*"
+# From here on the text is ASCII, where RE2's and Python's \w, \d, \b agree.
+_MENTION_RE2 = r"(^|[^0-9A-Za-z_@])@([0-9A-Za-z_]{1,15})"
+_HASHTAG_RE2 = r"(^|[^0-9A-Za-z_#])#([0-9A-Za-z_]+)"
+_TRAILING_DIGITS_RE2 = r"([a-z])[0-9]+\b"
+# Necessary conditions (a rule without its look-arounds) that pick the rows on
+# which the rules RE2 cannot express run as Python regexes.
+_EMOTICON_HINT_RE2 = (
+    r"[:;=8][\-o\*']?[\)\]dDpP3\(\[/\\|]|<3|\^_?\^|:'\("  # SMILEY or SADEY
+)
+_ELONGATED_HINT_RE2 = "|".join(c * 3 for c in "abcdefghijklmnopqrstuvwxyz")
+_DIGIT_HINT_RE2 = "[0-9]"
+# NUMBER for ASCII text, written to start with a character class so that the
+# regex engine skips to the next digit instead of trying a look-behind at every
+# position.
+_NUMBER_ASCII = re.compile(
+    r"[0-9](?<![a-z0-9][0-9])[0-9]*(?:[.,:][0-9]+)*"
+    r"(?:st|nd|rd|th|s|am|pm|k|m)?(?![a-z])"
+)
+# TOKEN only reads [a-z0-9_@]: everything else becomes a space, and TOKEN's
+# matches are then the space-separated runs, trimmed by ``_tokens_of_runs``,
+# once "ab@cd" (tokens "ab" and "@cd") is split before every "@" inside a run
+# and every "@" that cannot start a token ("@", "@a", "@9") is dropped.
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_@\n")
+_RUNS_TABLE = {i: " " for i in range(128) if chr(i) not in _TOKEN_CHARS}
+_INNER_AT = re.compile(r"@(?<=[a-z0-9_@]@)")
+_LONE_AT = re.compile(r"@(?![a-z][a-z0-9_])")
+_ROW_BREAK = "|"  # between rows once the text is runs; "|" itself became a space
+
+
+@lru_cache(maxsize=4)
+def _stop_words(extra: frozenset[str] = EXTRA_STOP_WORDS) -> pa.Array:
+    """The stop words of ``stop_word_pattern`` as an Arrow array for ``is_in``."""
+    words = sorted({w.replace("'", "") for w in ENGLISH_STOP_WORDS} | set(extra))
+    # The pattern removes a whole [a-z0-9_] run not after "@"; a run equals a
+    # word only if the word is all letters.
+    if not all(re.fullmatch("[a-z]+", w) for w in words):
+        raise ValueError("stop words must be lower-case letters only")
+    return pa.array(words, pa.large_string())
+
+
+def _sub_where(
+    values: pa.Array, hint: str, rules: list[tuple[re.Pattern[str], str]]
+) -> pa.Array:
+    """Apply Python regex rules to the rows where the RE2 ``hint`` matches.
+
+    The rows are joined by newlines (none is left in them) and each rule runs
+    once over the joined string.
+    """
+    mask = pc.match_substring_regex(values, hint)
+    if not pc.any(mask).as_py():
+        return values
+    text = "\n".join(values.filter(mask).to_pylist())
+    for pattern, repl in rules:
+        text = pattern.sub(repl, text)
+    return pc.replace_with_mask(values, mask, pa.array(text.split("\n"), values.type))
+
+
+def _normalise_fast(values: pa.Array, keep_mentions: bool) -> pa.Array:
+    """``normalise`` over Arrow strings without nulls, newlines made spaces."""
+    v = pc.replace_substring(values, "\n", " ")
+    v = pc.replace_substring_regex(v, _URL_RE2, f" {URL_TOKEN} ")
+    v = _sub_where(
+        v,
+        _EMOTICON_HINT_RE2,
+        [(SMILEY, f" {SMILE_TOKEN} "), (SADEY, f" {SAD_TOKEN} ")],
+    )
+    non_ascii = pc.invert(pc.string_is_ascii(v))
+    if pc.any(non_ascii).as_py():
+        u = v.filter(non_ascii)
+        u = pc.replace_substring_regex(u, _EMOJI_RE2, f" {EMOJI_TOKEN} ")
+        u = pc.replace_substring_regex(u, _MOJIBAKE_RUN_RE2, " ")
+        v = pc.replace_with_mask(v, non_ascii, u)
+    mention = r"\1 @\2 " if keep_mentions else rf"\1 {USER_TOKEN} "
+    v = pc.replace_substring_regex(v, _MENTION_RE2, mention)
+    v = pc.replace_substring_regex(v, _HASHTAG_RE2, r"\1 \2 ")
+    v = pc.ascii_lower(v)
+    # APOSTROPHE; its "\u2019" went with the other non-ASCII characters.
+    v = pc.replace_substring(pc.replace_substring(v, "'", ""), "`", "")
+    v = _sub_where(v, _ELONGATED_HINT_RE2, [(ELONGATED, r"\1\1")])
+    v = pc.replace_substring_regex(v, _TRAILING_DIGITS_RE2, r"\1")
+    return _sub_where(v, _DIGIT_HINT_RE2, [(_NUMBER_ASCII, f" {NUMBER_TOKEN} ")])
+
+
+def _tokens_of_runs(
+    runs: pa.Array, remove_stop_words: bool, keep_special_tokens: bool
+) -> tuple[pa.Array, pa.Array]:
+    """Which runs hold a token, and each run trimmed to its token.
+
+    A stop word is a whole run, checked before leading digits and "_" are
+    trimmed ("9the" keeps "the"); what is left must have two characters and,
+    unless kept, not be a special token. Row breaks are one character: dropped.
+    """
+    token = pc.utf8_ltrim(runs, characters="0123456789_")
+    length = pc.binary_length(token)
+    keep = pc.greater_equal(length, 2)
+    if remove_stop_words:
+        keep = pc.and_not(keep, pc.is_in(runs, value_set=_stop_words()))
+    if not keep_special_tokens:
+        special = pc.and_(pc.starts_with(token, "xx"), pc.ascii_is_alpha(token))
+        keep = pc.and_not(keep, pc.and_(special, pc.greater(length, 2)))
+    return keep, token
+
+
+def _tokenise_fast(
+    values: pa.Array,
+    keep_mentions: bool,
+    remove_stop_words: bool,
+    keep_special_tokens: bool,
+) -> pa.Array:
+    """``_tokenise_reference`` over Arrow strings without nulls."""
+    normalised = _normalise_fast(values, keep_mentions)
+    text = "\n".join(normalised.to_pylist()).translate(_RUNS_TABLE)
+    text = _LONE_AT.sub("", _INNER_AT.sub(" @", text))
+    text = text.replace("\n", f" {_ROW_BREAK} ")
+    runs = pc.ascii_split_whitespace(pa.array([text], pa.large_string())).values
+    keep, token = _tokens_of_runs(runs, remove_stop_words, keep_special_tokens)
+    keep = keep.to_numpy(zero_copy_only=False)
+    row = np.cumsum(pc.equal(runs, _ROW_BREAK).to_numpy(zero_copy_only=False))
+    counts = np.bincount(row[keep], minlength=len(values))
+    if len(counts) != len(values):
+        raise AssertionError("tokenise: a row break inside a row")
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int64())
+    lists = pa.LargeListArray.from_arrays(offsets, token.filter(keep))
+    return pc.binary_join(lists, pa.scalar(" ", pa.large_string()))
+
+
+def tokenise(
+    text: pd.Series,
+    keep_mentions: bool = True,
+    remove_stop_words: bool = True,
+    keep_special_tokens: bool = False,
+) -> pd.Series:
+    """Turn raw tweets into space-joined tokens (index and name kept).
+
+    Special tokens (``xxurl``, ``xxnum``, ...) mark what was there; they are
+    dropped unless ``keep_special_tokens`` because they say nothing about a
+    tweet's subject. Missing texts stay missing.
+    """
+    s = text.astype("str")
+    values = pa.array(s.array, pa.large_string())
+    if isinstance(values, pa.ChunkedArray):  # e.g. after pd.concat
+        values = values.combine_chunks()
+    tokens = _tokenise_fast(
+        pc.fill_null(values, ""), keep_mentions, remove_stop_words, keep_special_tokens
+    )
+    if values.null_count:
+        tokens = pc.if_else(pc.is_valid(values), tokens, pa.scalar(None, tokens.type))
+    return pd.Series(tokens, index=s.index, name=s.name, dtype="str")
 
 
 def token_counts(tokens: pd.Series) -> pd.Series:
