@@ -40,7 +40,9 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install
-	$(PY) -m bench.retrain_bench
+	rm -rf bench/results/artifacts
+	$(PY) -m bench.retrain_bench --artifacts-dir bench/results/artifacts --keep
+	$(PY) -m bench.inference_bench --artifacts-dir bench/results/artifacts
 
 # Embedded set-up: Prefect server on 127.0.0.1:4200, pools, deployments, worker.
 up: install

@@ -147,8 +147,14 @@ class PreparationResult:
     duplicates_removed: int
 
 
-def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationResult:
-    """Clean, deduplicate, quarantine bad rows and split a raw snapshot."""
+def clean_and_check(
+    raw: pd.DataFrame, config: PreparationConfig
+) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """Clean the texts and set aside rows nobody can use; shared with inference.
+
+    Returns the usable rows and the quarantine frames (with reasons): texts empty
+    after cleaning, texts too long, and ids repeated with different texts.
+    """
     df = raw.assign(text=clean_text(raw["text"], config.fix_mojibake))
     quarantined = []
     empty = df["text"].eq("")
@@ -169,8 +175,31 @@ def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationRe
     quarantined.append(
         make_quarantine(df[conflict], STAGE, "tweet_id repeated with a different text")
     )
-    df = df[~conflict]
+    return df[~conflict], quarantined
 
+
+def prepare_for_inference(
+    raw: pd.DataFrame, config: PreparationConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The training preparation for new tweets: same cleaning, same checks.
+
+    Unlike training, repeated texts under different ids are all kept (each
+    tweet gets its prediction); only exact repeats of a row (same id, same
+    text) are dropped. Returns (usable rows, quarantine, exact repeats removed).
+    """
+    df, quarantined = clean_and_check(raw, config)
+    before = len(df)
+    df = df.drop_duplicates(subset=["tweet_id"], keep="first")
+    return (
+        df.reset_index(drop=True),
+        pd.concat(quarantined, ignore_index=True),
+        before - len(df),
+    )
+
+
+def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationResult:
+    """Clean, deduplicate, quarantine bad rows and split a raw snapshot."""
+    df, quarantined = clean_and_check(raw, config)
     before = len(df)
     df = df.drop_duplicates(subset=["text"], keep="first")
     duplicates_removed = before - len(df)
