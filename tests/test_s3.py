@@ -62,6 +62,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory, prefect_api):  # noqa: ANN001, 
         env.setenv("AWS_MAX_ATTEMPTS", "1")
         env.setenv("AWS_RETRY_MODE", "standard")
         env.setenv("TWEETFLOW_CACHE_DIR", str(work / "cache"))
+        # The store's own embedded registry, not the session's shared one.
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
         for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
             env.delenv(key, raising=False)
         s3fs.S3FileSystem.clear_instance_cache()
@@ -200,6 +202,29 @@ def test_a_new_object_is_ingested_incrementally(
         )
     )
     assert len(first["objects"]) == 2
+
+
+def test_batch_inference_from_an_s3_prefix_to_s3(
+    s3, first_s3_run
+) -> None:  # noqa: ANN001
+    from flows.batch_inference import batch_inference
+
+    state = batch_inference(
+        source=f"s3://{SOURCE_BUCKET}/incoming/",
+        output=f"s3://{STORE_BUCKET}/predictions/latest.parquet",
+        artifacts_dir=f"s3://{STORE_BUCKET}/store",
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+    predictions = pd.read_parquet(
+        io.BytesIO(read_object(s3.boto, STORE_BUCKET, "predictions/latest.parquet"))
+    )
+    assert len(predictions) == result["counts"]["predicted"]
+    assert result["counts"]["rows_read"] == 500
+    # The champion of the store's registry (later reruns here registered more).
+    assert set(predictions["model_version"]) == {result["model_version"]}
+    assert result["model_version"].startswith("tweetflow-classifier/")
 
 
 def ingestion_run_count(flow_run_id) -> int:  # noqa: ANN001
