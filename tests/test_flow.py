@@ -99,10 +99,27 @@ def test_first_run_executes_every_stage_and_writes_outputs(
     assert 0.0 <= metrics["evaluation_accuracy"] <= 1.0
     assert "## Categories" in (run_dir / "report.md").read_text()
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_latest_artifacts()}
-    assert {"retrain-report", "retrain-metrics", "retrain-clusters"} <= keys
+        [report] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["retrain-report"])
+            ),
+            limit=1,
+        ) or [None]
+    assert {
+        "retrain-report",
+        "retrain-metrics",
+        "retrain-clusters",
+        "retrain-gate",
+    } <= keys
+    # The report links the MLflow run and the registered model version.
+    registry = json.loads((run_dir / "registry.json").read_text())
+    assert registry["model_version"] == result["model_version"]
+    assert registry["mlflow_run_id"] and registry["gate"]
+    assert "## Registry" in report.data and "MLflow run" in report.data
 
 
 def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:  # noqa: ANN001
@@ -412,3 +429,54 @@ def test_crash_while_publishing_leaves_latest_on_the_last_complete_run(
         p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")
     ]
     assert complete == [done["run_id"]]
+
+
+@pytest.mark.parametrize(
+    ("method", "stage", "before"),
+    [
+        ("put_frame", "features", ["ingestion", "preparation", "preprocessing"]),
+        (
+            "commit_dir",
+            "training",
+            ["ingestion", "preparation", "preprocessing", "features", "clustering"],
+        ),
+    ],
+)
+def test_a_rerun_after_a_crash_resumes_from_the_cached_stages(
+    prefect_api,
+    small_csv: Path,
+    tmp_path: Path,
+    first_run,
+    method: str,
+    stage: str,
+    before: list[str],
+) -> None:  # noqa: ANN001
+    """A crash while a stage writes its output; the rerun reuses every stage that
+    finished, recomputes the rest, and ends with the outputs of a clean run."""
+    from flows.retrain import retrain
+    from tasks.store import ArtifactStore
+
+    original = getattr(ArtifactStore, method)
+
+    def crash(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if args[1] == stage:
+            raise RuntimeError(f"machine lost while writing {stage}")
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ArtifactStore, method, crash)
+        state = retrain(
+            **small_params(small_csv, tmp_path).as_flow_kwargs(), return_state=True
+        )
+    assert state.is_failed()
+    assert not (tmp_path / "LATEST").exists()
+
+    result, states = run(small_params(small_csv, tmp_path))
+    assert {s: states[s] for s in before} == dict.fromkeys(before, "Cached")
+    assert states[stage] == "Completed"
+    _, clean, _ = first_run
+    ours = json.loads(Path(result["run_dir"], "run.json").read_text())
+    theirs = json.loads(Path(clean["run_dir"], "run.json").read_text())
+    for name in ["raw", "prepared", "features", "assignments", "pseudo_labels"]:
+        assert ours["refs"][name]["sha256"] == theirs["refs"][name]["sha256"], name
+    assert ours["model_sha256"] == theirs["model_sha256"]
