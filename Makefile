@@ -54,10 +54,14 @@ down:
 pools: install
 	deployments/embedded.sh pools
 
-# The MLflow UI on the embedded tracking store and registry (artifacts/mlflow).
+# The MLflow UI on the embedded tracking store and registry (ARTIFACTS/mlflow).
+ARTIFACTS ?= artifacts
+MLFLOW_PORT ?= 5000
 mlflow-ui: install
-	DO_NOT_TRACK=true $(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
-	  --backend-store-uri sqlite:///$(abspath artifacts)/mlflow/mlflow.db
+	test -f $(abspath $(ARTIFACTS))/mlflow/mlflow.db || { echo "error: no MLflow store in $(ARTIFACTS)/mlflow: run a retrain first (make run)" >&2; exit 1; }
+	DO_NOT_TRACK=true exec $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --backend-store-uri sqlite:///$(abspath $(ARTIFACTS))/mlflow/mlflow.db \
+	  --default-artifact-root $(abspath $(ARTIFACTS))/mlflow/artifacts
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 from data_contracts.schemas import CONTRACTS, get_contract
 from data_contracts.validation import (
     ContractViolation,
+    check_row_accounting,
     empty_quarantine,
     make_quarantine,
     split_quarantine,
@@ -12,6 +13,7 @@ from data_contracts.validation import (
 __all__ = [
     "CONTRACTS",
     "ContractViolation",
+    "check_row_accounting",
     "empty_quarantine",
     "make_quarantine",
     "get_contract",

@@ -126,3 +126,13 @@ def make_quarantine(rows: pd.DataFrame, stage: str, reasons: object) -> pd.DataF
     return out[QUARANTINE_COLUMNS].astype(
         {"stage": "str", "reason": "str", "tweet_id": "str", "text": "str"}
     )
+
+
+def check_row_accounting(counts: dict[str, int], kept: str) -> None:
+    """Nothing lost: ``rows_read`` must equal ``kept`` + quarantined + duplicates.
+
+    Raises RuntimeError (a bug, not bad input) naming every count otherwise.
+    """
+    parts = counts[kept] + counts["quarantined"] + counts["duplicates_removed"]
+    if parts != counts["rows_read"]:
+        raise RuntimeError(f"row accounting does not add up: {counts}")

@@ -13,15 +13,13 @@ import sys
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from data_contracts import ContractViolation
 from flows.retrain import LogLevel, QuietInputErrors, apply_log_level
 from tasks import fsio
-from tasks.caching import call_with_retries, retry_only_transient
+from tasks.caching import call_with_retries, uncached_task
 from tasks.errors import InputError
 from tasks.inference import classify_source
 from tasks.ingestion import IngestionConfig, check_source
@@ -47,15 +45,7 @@ def check_output(output: str) -> None:
             raise OutputError(f"output folder {parent} is a file")
 
 
-@task(
-    name="load-model",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("load-model")
 def load_model(spec: str, artifacts_dir: str, promotion_config: str) -> LoadedModel:
     """Resolve and verify the model (champion alias, registry version or folder)."""
     logger = get_run_logger()
@@ -72,15 +62,7 @@ def load_model(spec: str, artifacts_dir: str, promotion_config: str) -> LoadedMo
     return loaded
 
 
-@task(
-    name="classify",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("classify")
 def classify(
     source: str,
     output: str,

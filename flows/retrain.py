@@ -19,16 +19,19 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
-from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field
 
-from data_contracts import ContractViolation, get_contract, validate_frame
+from data_contracts import (
+    ContractViolation,
+    check_row_accounting,
+    get_contract,
+    validate_frame,
+)
 from tasks import fsio
-from tasks.caching import call_with_retries, code_version, retry_only_transient
+from tasks.caching import call_with_retries, code_version, uncached_task
 from tasks.categories import CategoryMap, load_category_map, name_categories
 from tasks.clustering import CLUSTERS_FILE, ClusteringConfig, cluster
 from tasks.errors import InputError, InsufficientDataError
@@ -238,15 +241,7 @@ class QuietInputErrors(logging.Filter):
         return True
 
 
-@task(
-    name="registry",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@uncached_task("registry")
 def register_model(
     run_dir: str, registry_root: str, promotion_config: str, promote: PromoteMode
 ) -> RegistryOutcome:
@@ -484,11 +479,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         "no_known_words": feats.no_known_words,
         **{f"{k}_rows": v for k, v in prep.split_counts.items()},
     }
-    if (
-        counts["accepted"] + counts["quarantined"] + counts["duplicates_removed"]
-        != counts["rows_read"]
-    ):
-        raise RuntimeError(f"row accounting does not add up: {counts}")
+    check_row_accounting(counts, "accepted")
     clusters = json.loads((store.get_dir(clus.model) / CLUSTERS_FILE).read_text())
     metrics = {
         "silhouette": clus.silhouette,

@@ -113,6 +113,27 @@ def stage_task(
     )
 
 
+def uncached_task(name: str, retries: int = 2) -> Callable[[Callable[..., Any]], Any]:
+    """A ``@task`` for steps that must run every time (registry, inference).
+
+    Same retry policy as the stages (backoff, jitter, transient errors only); no
+    cache and no persisted result (its values are models and live objects).
+    """
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.tasks import exponential_backoff
+
+    return task(
+        name=name,
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=2),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_only_transient,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
+
+
 def _is_transient_one(exc: BaseException) -> bool:
     if isinstance(exc, (TransientStorageError, TimeoutError, ConnectionError)):
         return True

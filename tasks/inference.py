@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from data_contracts import get_contract, validate_frame
+from data_contracts import check_row_accounting, get_contract, validate_frame
 from tasks import fsio
 from tasks.ingestion import IngestionConfig, ingest_frame
 from tasks.model import TweetClassifier
@@ -101,11 +101,7 @@ def classify_source(
         "duplicates_removed": result.duplicates_removed,
         "no_known_words": result.no_known_words,
     }
-    if (
-        counts["predicted"] + counts["quarantined"] + counts["duplicates_removed"]
-        != counts["rows_read"]
-    ):
-        raise RuntimeError(f"row accounting does not add up: {counts}")
+    check_row_accounting(counts, "predicted")
     fsio.write_bytes(output, predictions_to_parquet(result.predictions))
     written = {"predictions": output}
     if len(quarantine):

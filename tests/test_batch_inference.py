@@ -222,3 +222,44 @@ def test_bad_input_is_one_error_line(
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_make_mlflow_ui_serves_the_embedded_registry(trained) -> None:  # noqa: ANN001
+    import json
+    import os
+    import time
+    import urllib.request
+
+    from tests.servers import free_port, stop
+
+    artifacts, retrained = trained
+    port = free_port()
+    proc = subprocess.Popen(
+        ["make", "-s", "mlflow-ui", f"ARTIFACTS={artifacts}", f"MLFLOW_PORT={port}"],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, answered = time.monotonic() + 90, False
+        while not answered and time.monotonic() < deadline:
+            assert proc.poll() is None, "make mlflow-ui exited"
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    answered = r.status == 200
+            except OSError:
+                time.sleep(0.5)
+        assert answered, "the MLflow UI did not answer"
+        with urllib.request.urlopen(f"{base}/", timeout=10) as page:
+            assert b"<html" in page.read().lower()
+        name, version = retrained["model_version"].split("/")
+        url = (
+            f"{base}/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion"
+        )
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert json.load(r)["model_version"]["version"] == version
+    finally:
+        stop(proc)

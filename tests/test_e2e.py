@@ -15,18 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.servers import BIN, REPO, prefect, prefect_server, stop
+from tests.test_flow import STAGES as FLOW_STAGES
 
 pytestmark = pytest.mark.e2e
 
-STAGES = [
-    "ingestion",
-    "preparation",
-    "preprocessing",
-    "features",
-    "clustering",
-    "categories",
-    "training",
-]
+STAGES = sorted(FLOW_STAGES)
 # One log line per stage that states its row counts.
 ROW_COUNT_LINES = {
     "ingestion": r"ingestion: read \d+ rows .*; \d+ accepted, \d+ quarantined",

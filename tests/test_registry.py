@@ -53,7 +53,9 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tasks.registry import Registry, RegistryConfig, embedded_db
 
     root = tmp_path_factory.mktemp("mlflow-template")
-    Registry.open(root, RegistryConfig()).client.search_experiments()
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)  # the embedded store
+        Registry.open(root, RegistryConfig()).client.search_experiments()
     return embedded_db(root)
 
 

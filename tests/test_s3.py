@@ -17,21 +17,12 @@ import pytest
 
 from tests.aws import FaultyProxy, client, moto_server
 from tests.conftest import task_states
-from tests.test_flow import small_params
+from tests.test_flow import STAGES, small_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.flow]
 
 SOURCE_BUCKET = "tweets"
 STORE_BUCKET = "tweetflow"
-STAGES = {
-    "ingestion",
-    "preparation",
-    "preprocessing",
-    "features",
-    "clustering",
-    "categories",
-    "training",
-}
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
