@@ -13,3 +13,15 @@ class InputError(Exception):
 
 class InsufficientDataError(InputError):
     """Too few usable tweets for a stage to do its job."""
+
+
+class RegistryError(InputError):
+    """A registry problem a person can fix; the command line prints it as one line."""
+
+
+class NoChampionError(RegistryError):
+    """No version carries the champion alias yet."""
+
+
+class ModelVerificationError(RegistryError):
+    """Model files that do not match their manifest or their registered hash."""
