@@ -24,7 +24,12 @@ from tasks.errors import InputError
 from tasks.inference import classify_source
 from tasks.ingestion import IngestionConfig, check_source
 from tasks.preparation import PreparationConfig
-from tasks.registry import LoadedModel, load_registry_config, resolve_model
+from tasks.registry import (
+    LoadedModel,
+    check_model_spec,
+    load_registry_config,
+    resolve_model,
+)
 from tasks.store import ArtifactStore
 
 USER_ERRORS = (InputError, ContractViolation)
@@ -201,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output(args.output)
         call_with_retries(check_source, args.source, ingestion)
+        check_model_spec(
+            args.model,
+            ArtifactStore(args.artifacts_dir).root,
+            load_registry_config(args.promotion_config),
+        )
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

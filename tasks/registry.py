@@ -729,6 +729,28 @@ def resolve_model(
     return LoadedModel(model, label or f"path:{model.version}", path, mv)
 
 
+def check_model_spec(
+    spec: str, artifacts_dir: str | Path, config: RegistryConfig
+) -> None:
+    """Cheap pre-flight for ``resolve_model``: the spec names something that exists.
+
+    A bundle folder must hold a manifest; ``champion`` or a version needs a
+    registry (an embedded store that was never created has neither). Hashes
+    are checked later, when the model is loaded.
+    """
+    spec = str(spec).strip()
+    version = spec.removeprefix(f"{config.model_name}/")
+    if spec == CHAMPION or version.isdigit():
+        if _embedded_store_missing(artifacts_dir, config):
+            if spec == CHAMPION:
+                raise NoChampionError(NO_CHAMPION)
+            raise RegistryError(
+                f"no model registry in {_root(artifacts_dir)} yet: run a retrain first"
+            )
+        return
+    _local_bundle(spec)
+
+
 def _embedded_store_missing(artifacts_dir: str | Path, config: RegistryConfig) -> bool:
     uri = tracking_uri_for(config, artifacts_dir)
     return (

@@ -209,6 +209,7 @@ def test_a_tampered_model_is_refused_with_one_line(
             ["--model", "champion", "--artifacts-dir", "/nonexistent/store"],
             "no champion",
         ),
+        (["--model", "/nonexistent/model"], "is not 'champion', a version number"),
     ],
 )
 def test_bad_input_is_one_error_line(
