@@ -250,3 +250,21 @@ def test_a_transient_s3_fault_is_retried_with_nothing_lost(
     assert len(s3.proxy.faults) == 1, (where, s3.proxy.faults)
     assert result["counts"] == first_s3_run[0]["counts"], where
     assert ingestion_run_count(flow_run_id) == task_runs, where
+
+
+def test_result_storage_in_the_prefect_aws_s3_bucket_block(
+    s3, incoming, tmp_path: Path
+) -> None:  # noqa: ANN001
+    """The production choice: cached results in an S3Bucket block (prefect-aws)."""
+    from deployments.blocks import save_result_storage
+
+    slug = save_result_storage(STORE_BUCKET, "block-results", name="results-under-test")
+    assert slug == "s3-bucket/results-under-test"
+    source = f"s3://{SOURCE_BUCKET}/incoming/"
+    _, first, _ = retrain_s3(source, str(tmp_path), result_storage=slug)
+    assert {first[s] for s in STAGES} == {"Completed"}
+    stored = keys(s3.boto, STORE_BUCKET, "block-results/")
+    assert {key.split("/")[1].split("-")[0] for key in stored} >= STAGES
+    _, second, _ = retrain_s3(source, str(tmp_path), result_storage=slug)
+    assert {second[s] for s in STAGES} == {"Cached"}
+    assert not (tmp_path / "prefect-results").exists()
