@@ -375,7 +375,7 @@ def test_retrain_passes_every_input_through_env():
     wf = workflow("retrain.yml")
     inputs = set(triggers(wf)["workflow_dispatch"]["inputs"])
     assert inputs == set(triggers(wf)["workflow_call"]["inputs"])
-    assert inputs == {"deployment", "log_level", "source", "n_clusters"}
+    assert inputs == {"deployment", "log_level", "source", "n_clusters", "promote"}
     (runner,) = [s for s in steps(wf) if "prefect deployment run" in s.get("run", "")]
     passed = {
         m for v in runner["env"].values() for m in re.findall(r"inputs\.(\w+)", v)
@@ -394,6 +394,11 @@ def test_retrain_choices_are_the_deployments_and_log_levels():
         if d["entrypoint"] == "flows/retrain.py:retrain"
     }
     assert set(dispatch["deployment"]["options"]) == names
+    from typing import get_args as type_args
+
+    from tasks.registry import PromoteMode
+
+    assert set(dispatch["promote"]["options"]) == set(type_args(PromoteMode))
     assert dispatch["log_level"]["options"] == list(get_args(LogLevel))
 
 
