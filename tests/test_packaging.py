@@ -394,11 +394,9 @@ def test_retrain_choices_are_the_deployments_and_log_levels():
         if d["entrypoint"] == "flows/retrain.py:retrain"
     }
     assert set(dispatch["deployment"]["options"]) == names
-    from typing import get_args as type_args
-
     from tasks.registry import PromoteMode
 
-    assert set(dispatch["promote"]["options"]) == set(type_args(PromoteMode))
+    assert set(dispatch["promote"]["options"]) == set(get_args(PromoteMode))
     assert dispatch["log_level"]["options"] == list(get_args(LogLevel))
 
 
