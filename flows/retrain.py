@@ -362,6 +362,8 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
     started = time.perf_counter()
     store = ArtifactStore(params.artifacts_dir)
     root_str = store.root_uri
+    for leftover in store.sweep_stale():
+        logger.info("removed what a crashed run left behind: %s", leftover)
     category_map: CategoryMap | None = load_category_map(params.category_map)
     load_registry_config(params.promotion_config)  # bad settings fail before training
     call_with_retries(check_source, params.source, params.ingestion)

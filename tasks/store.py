@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -240,6 +241,28 @@ class ArtifactStore:
         else:
             os.replace(staging, local)
         return local
+
+    def sweep_stale(self, max_age_seconds: float = 24 * 3600) -> list[str]:
+        """Remove what crashed runs left behind: staging folders under ``tmp/`` and
+        ``runs/.<id>.partial`` folders older than ``max_age_seconds``.
+
+        Nothing ever reads them (they are not in ``LATEST`` or any reference); the
+        age threshold leaves a concurrent run's work alone. Returns what was removed.
+        """
+        now = time.time()
+        candidates = [
+            *(self.root / "tmp").glob("*"),
+            *(self.root / "runs").glob(".*.partial"),
+        ]
+        removed = []
+        for path in candidates:
+            try:
+                if path.is_dir() and now - path.stat().st_mtime > max_age_seconds:
+                    shutil.rmtree(path)
+                    removed.append(str(path))
+            except FileNotFoundError:  # another sweep got there first
+                continue
+        return removed
 
     # Validation markers ----------------------------------------------------
     def is_validated(self, ref: ArtifactRef, contract_version: str) -> bool:

@@ -132,3 +132,25 @@ def test_fasttext_is_a_drop_in_alternative(tmp_path: Path) -> None:
     embedder.save(tmp_path, {})
     vectors, n_known = DocumentEmbedder.load(tmp_path).embed(tokens)
     assert vectors.shape == (60, 100) and (n_known == 4).sum() == 30
+
+
+def test_sweep_removes_only_old_leftovers_of_crashed_runs(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from tasks.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path)
+    old_staging = store.staging_dir("features")
+    new_staging = store.staging_dir("training")
+    old_partial = tmp_path / "runs" / ".20260101T000000Z-dead.partial"
+    old_partial.mkdir(parents=True)
+    complete = tmp_path / "runs" / "20260101T000000Z-done"
+    complete.mkdir()
+    day_ago = time.time() - 2 * 24 * 3600
+    for path in (old_staging, old_partial, complete):
+        os.utime(path, (day_ago, day_ago))
+    removed = store.sweep_stale()
+    assert sorted(removed) == sorted([str(old_staging), str(old_partial)])
+    assert new_staging.is_dir() and complete.is_dir()
+    assert not old_staging.exists() and not old_partial.exists()
