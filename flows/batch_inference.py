@@ -8,7 +8,6 @@ Run locally: ``python -m flows.batch_inference --source URI --output URI
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from typing import Any
@@ -16,8 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from data_contracts import ContractViolation
-from flows.retrain import LogLevel, QuietInputErrors, apply_log_level
+from flows.retrain import LogLevel, apply_log_level, run_command
 from tasks import fsio
 from tasks.caching import call_with_retries, uncached_task
 from tasks.errors import InputError
@@ -32,7 +30,6 @@ from tasks.registry import (
 )
 from tasks.store import ArtifactStore
 
-USER_ERRORS = (InputError, ContractViolation)
 PROMOTION_CONFIG = "config/promotion.yaml"
 
 
@@ -197,13 +194,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def summary(result: dict[str, Any]) -> str:
+    """A short human summary of a finished batch inference."""
+    c = result["counts"]
+    lines = [
+        f"batch inference with {result['model_version']}: {c['rows_read']} rows read, "
+        f"{c['predicted']} predicted, {c['quarantined']} quarantined, "
+        f"{c['duplicates_removed']} exact repeats; "
+        f"{result['no_known_share']:.2%} with no known word",
+        *(
+            f"  {row['category']}: {row['tweets']} ({row['share']:.1%})"
+            for row in result["categories"]
+        ),
+        f"  predictions: {result['output']}",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: classify, print a summary."""
     args = parse_args(argv)
     ingestion = IngestionConfig(
         text_column=args.text_column, id_column=args.id_column, encoding=args.encoding
     )
-    try:
+
+    def preflight() -> None:
         check_output(args.output)
         call_with_retries(check_source, args.source, ingestion)
         check_model_spec(
@@ -211,14 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             ArtifactStore(args.artifacts_dir).root,
             load_registry_config(args.promotion_config),
         )
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    quiet = QuietInputErrors()
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(quiet)
-    try:
-        result = batch_inference(
+
+    def run(_: None) -> dict[str, Any]:
+        return batch_inference(
             source=args.source,
             output=args.output,
             model=args.model,
@@ -227,20 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             promotion_config=args.promotion_config,
             ingestion=ingestion,
         )
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    c = result["counts"]
-    print(
-        f"batch inference with {result['model_version']}: {c['rows_read']} rows read, "
-        f"{c['predicted']} predicted, {c['quarantined']} quarantined, "
-        f"{c['duplicates_removed']} exact repeats; "
-        f"{result['no_known_share']:.2%} with no known word"
-    )
-    for row in result["categories"]:
-        print(f"  {row['category']}: {row['tweets']} ({row['share']:.1%})")
-    print(f"  predictions: {result['output']}")
-    return 0
+
+    return run_command(preflight, run, summary)
 
 
 if __name__ == "__main__":

@@ -676,13 +676,20 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: run the flow locally and print a summary."""
+def run_command(
+    preflight: Callable[[], Any],
+    run: Callable[[Any], Any],
+    report: Callable[[Any], str],
+) -> int:
+    """Run a flow from the command line; input errors end as one ``error:`` line.
+
+    ``preflight`` checks the input cheaply (exit 2 when it refuses), ``run``
+    takes its result and runs the flow (exit 1 when the flow refuses the
+    input), ``report`` turns the flow's result into what is printed.
+    Programming errors keep their tracebacks.
+    """
     try:
-        params = parse_args(argv)
-        load_category_map(params.category_map)
-        load_registry_config(params.promotion_config)
-        call_with_retries(check_source, params.source, params.ingestion)
+        checked = preflight()
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -690,12 +697,27 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(quiet)
     try:
-        result = retrain(**params.as_flow_kwargs())
+        result = run(checked)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(summary(result))
+    print(report(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: run the flow locally and print a summary."""
+
+    def preflight() -> RetrainParameters:
+        params = parse_args(argv)
+        load_category_map(params.category_map)
+        load_registry_config(params.promotion_config)
+        call_with_retries(check_source, params.source, params.ingestion)
+        return params
+
+    return run_command(
+        preflight, lambda params: retrain(**params.as_flow_kwargs()), summary
+    )
 
 
 if __name__ == "__main__":

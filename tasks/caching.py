@@ -100,14 +100,10 @@ def stage_task(
     jitter, but only when the failure is transient.
     """
     from prefect import task
-    from prefect.tasks import exponential_backoff
 
     return task(
         name=stage,
-        retries=retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=2),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_only_transient,
+        **transient_retries(retries),
         cache_key_fn=stage_cache_key_fn(stage, modules),
         persist_result=True,
     )
@@ -121,17 +117,26 @@ def uncached_task(name: str, retries: int = 2) -> Callable[[Callable[..., Any]],
     """
     from prefect import task
     from prefect.cache_policies import NO_CACHE
-    from prefect.tasks import exponential_backoff
 
     return task(
         name=name,
-        retries=retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=2),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_only_transient,
+        **transient_retries(retries),
         cache_policy=NO_CACHE,
         persist_result=False,
     )
+
+
+def transient_retries(retries: int) -> dict[str, Any]:
+    """The retry policy of every task: exponential backoff with jitter, and only
+    for transient failures."""
+    from prefect.tasks import exponential_backoff
+
+    return {
+        "retries": retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+        "retry_jitter_factor": 0.5,
+        "retry_condition_fn": retry_only_transient,
+    }
 
 
 def _is_transient_one(exc: BaseException) -> bool:

@@ -705,23 +705,17 @@ def resolve_model(
     from tasks.model import TweetClassifier
 
     spec = str(spec).strip()
-    version = spec.removeprefix(f"{config.model_name}/")
-    if spec == CHAMPION or version.isdigit():
-        if _embedded_store_missing(artifacts_dir, config):
-            if spec == CHAMPION:
-                raise NoChampionError(NO_CHAMPION)
-            raise RegistryError(
-                f"no model registry in {_root(artifacts_dir)} yet: run a retrain first"
-            )
+    bundle = check_model_spec(spec, artifacts_dir, config)
+    if bundle is None:
         reg = Registry.open(artifacts_dir, config)
+        version = spec.removeprefix(f"{config.model_name}/")
         mv = reg.champion() if spec == CHAMPION else reg.version(version)
         if mv is None:
             raise NoChampionError(NO_CHAMPION)
         path = _cached_version(reg, mv)
         label = f"{reg.name}/{mv.version}"
     else:
-        path = _local_bundle(spec)
-        mv, label = None, None
+        path, mv, label = bundle, None, None
     try:
         model = TweetClassifier.load(path)
     except ArtifactMissing as exc:
@@ -731,12 +725,12 @@ def resolve_model(
 
 def check_model_spec(
     spec: str, artifacts_dir: str | Path, config: RegistryConfig
-) -> None:
+) -> Path | None:
     """Cheap pre-flight for ``resolve_model``: the spec names something that exists.
 
-    A bundle folder must hold a manifest; ``champion`` or a version needs a
-    registry (an embedded store that was never created has neither). Hashes
-    are checked later, when the model is loaded.
+    A bundle folder must hold a manifest (its path is returned); ``champion`` or
+    a version needs a registry (an embedded store that was never created has
+    neither; None is returned). Hashes are checked later, when the model loads.
     """
     spec = str(spec).strip()
     version = spec.removeprefix(f"{config.model_name}/")
@@ -747,8 +741,8 @@ def check_model_spec(
             raise RegistryError(
                 f"no model registry in {_root(artifacts_dir)} yet: run a retrain first"
             )
-        return
-    _local_bundle(spec)
+        return None
+    return _local_bundle(spec)
 
 
 def _embedded_store_missing(artifacts_dir: str | Path, config: RegistryConfig) -> bool:

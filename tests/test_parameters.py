@@ -39,6 +39,12 @@ def test_flow_signature_is_the_parameter_model() -> None:
     defaults = RetrainParameters()
     for name, parameter in signature.parameters.items():
         assert parameter.default == getattr(defaults, name), name
+    # The form's descriptions (from the flow docstring) are the model's.
+    form = retrain.parameters.model_dump()["properties"]
+    for name, field in RetrainParameters.model_fields.items():
+        assert " ".join(form[name]["description"].split()) == " ".join(
+            field.description.split()
+        ), name
 
 
 @pytest.mark.parametrize(
