@@ -21,6 +21,9 @@ RAW = pa.DataFrameSchema(
         "text": pa.Column(str, nullable=False),
         "source": pa.Column(str, nullable=False),
         "source_row": pa.Column("int64", pa.Check.ge(0)),
+        # Customer-support files: the brand replies answering the tweet.
+        "context": pa.Column(str, nullable=True),
+        "n_replies": pa.Column("int64", pa.Check.ge(0)),
     },
     strict=True,
     ordered=False,
@@ -38,6 +41,8 @@ PREPARED = pa.DataFrameSchema(
         "split": pa.Column(str, pa.Check.isin(SPLITS)),
         "source": pa.Column(str),
         "source_row": pa.Column("int64", pa.Check.ge(0)),
+        "context": pa.Column(str, nullable=True),
+        "n_replies": pa.Column("int64", pa.Check.ge(0)),
     },
     strict=True,
     name="prepared",
@@ -49,6 +54,8 @@ PREPROCESSED = pa.DataFrameSchema(
         "split": pa.Column(str, pa.Check.isin(SPLITS)),
         "tokens": pa.Column(str, nullable=False),
         "n_tokens": pa.Column("int64", pa.Check.ge(0)),
+        "context_tokens": pa.Column(str, nullable=False),
+        "n_replies": pa.Column("int64", pa.Check.ge(0)),
     },
     strict=True,
     name="preprocessed",
@@ -65,6 +72,19 @@ FEATURES = pa.DataFrameSchema(
     },
     strict=True,
     name="features",
+)
+
+# The conversation view: the mean vector of each tweet's replies (tweets whose
+# replies have a known word only).
+CONTEXT_FEATURES = pa.DataFrameSchema(
+    {
+        "tweet_id": pa.Column(str, unique=True, nullable=False),
+        r"^r\d{3}$": pa.Column(
+            "float32", pa.Check(lambda s: s.notna() & s.abs().lt(1e6)), regex=True
+        ),
+    },
+    strict=True,
+    name="context_features",
 )
 
 CLUSTER_ASSIGNMENTS = pa.DataFrameSchema(
@@ -110,6 +130,7 @@ CONTRACTS: dict[str, pa.DataFrameSchema] = {
         PREPARED,
         PREPROCESSED,
         FEATURES,
+        CONTEXT_FEATURES,
         CLUSTER_ASSIGNMENTS,
         PSEUDO_LABELS,
         PREDICTIONS,

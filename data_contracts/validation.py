@@ -6,7 +6,15 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
 
-QUARANTINE_COLUMNS = ["tweet_id", "text", "source", "source_row", "stage", "reason"]
+QUARANTINE_COLUMNS = [
+    "tweet_id",
+    "text",
+    "source",
+    "source_row",
+    "n_replies",
+    "stage",
+    "reason",
+]
 
 
 class ContractViolation(Exception):
@@ -103,6 +111,7 @@ def empty_quarantine() -> pd.DataFrame:
             "text": pd.Series([], dtype="str"),
             "source": pd.Series([], dtype="str"),
             "source_row": pd.Series([], dtype="int64"),
+            "n_replies": pd.Series([], dtype="int64"),
             "stage": pd.Series([], dtype="str"),
             "reason": pd.Series([], dtype="str"),
         }
@@ -119,6 +128,12 @@ def make_quarantine(rows: pd.DataFrame, stage: str, reasons: object) -> pd.DataF
             "text": rows["text"].astype("str"),
             "source": rows["source"].astype("str"),
             "source_row": rows["source_row"].astype("int64"),
+            # The brand replies that answered a set-aside tweet go with it.
+            "n_replies": (
+                rows["n_replies"].fillna(0).astype("int64")
+                if "n_replies" in rows
+                else 0
+            ),
         }
     ).reset_index(drop=True)
     out["stage"] = stage
@@ -131,8 +146,17 @@ def make_quarantine(rows: pd.DataFrame, stage: str, reasons: object) -> pd.DataF
 def check_row_accounting(counts: dict[str, int], kept: str) -> None:
     """Nothing lost: ``rows_read`` must equal ``kept`` + quarantined + duplicates.
 
+    When the counts hold brand replies, ``replies_read`` must equal linked +
+    unlinked, and the linked ones must sit with accepted or quarantined tweets.
     Raises RuntimeError (a bug, not bad input) naming every count otherwise.
     """
     parts = counts[kept] + counts["quarantined"] + counts["duplicates_removed"]
     if parts != counts["rows_read"]:
         raise RuntimeError(f"row accounting does not add up: {counts}")
+    if "replies_read" not in counts:
+        return
+    linked = counts["replies_linked"]
+    if counts["replies_read"] != linked + counts["replies_unlinked"] or linked != (
+        counts["replies_with_accepted"] + counts["replies_with_quarantined"]
+    ):
+        raise RuntimeError(f"reply accounting does not add up: {counts}")

@@ -76,6 +76,7 @@ CODE_MODULES = (
     "tasks.publishing",
     "tasks.store",
     "tasks.text",
+    "tasks.threads",
     "tasks.training",
 )
 USER_ERRORS = (InputError, ContractViolation)
@@ -427,8 +428,10 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         params.features,
         params.seed,
         root_str,
+        ing.addressees,
     )
     check(feats.features, "features")
+    check(feats.replies, "features")
     clus = timed(
         "clustering",
         cluster,
@@ -437,6 +440,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         params.clustering,
         params.seed,
         root_str,
+        feats.replies,
     )
     check(clus.assignments, "clustering")
     previous = previous_run(store)
@@ -450,6 +454,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         basis,
         params.clustering.carry_over_share,
         root_str,
+        pre.preprocessed,
     )
     trained = timed(
         "training",
@@ -463,6 +468,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
 
     # Publishing: the run directory, LATEST and the Prefect artifacts.
     publish_started = time.perf_counter()
+    clusters_info = json.loads((store.get_dir(clus.model) / CLUSTERS_FILE).read_text())
     run_id = run_id_now()
     prepared = store.get_frame(prep.prepared)
     assignments = store.get_frame(clus.assignments)
@@ -473,16 +479,24 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         ignore_index=True,
     )
     counts = {
-        "rows_read": ing.rows_read - ing.outbound_skipped,
+        "rows_read": ing.rows_read - ing.outbound_skipped - ing.replies_read,
         "outbound_skipped": ing.outbound_skipped,
         "accepted": len(labels),
         "quarantined": len(quarantine),
         "duplicates_removed": prep.duplicates_removed,
         "no_known_words": feats.no_known_words,
         **{f"{k}_rows": v for k, v in prep.split_counts.items()},
+        "replies_read": ing.replies_read,
+        "replies_linked": ing.replies_linked,
+        "replies_unlinked": sum(ing.replies_unlinked.values()),
+        "replies_with_accepted": int(
+            store.get_frame(prep.prepared, columns=["n_replies"])["n_replies"].sum()
+        ),
+        "replies_with_quarantined": int(quarantine["n_replies"].sum()),
+        "tweets_clustered_with_replies": int(clusters_info["tweets_with_reply_view"]),
     }
     check_row_accounting(counts, "accepted")
-    clusters = json.loads((store.get_dir(clus.model) / CLUSTERS_FILE).read_text())
+    clusters = clusters_info
     metrics = {
         "silhouette": clus.silhouette,
         "stability_ari": clus.stability_ari,
@@ -509,7 +523,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         config=params.model_dump(mode="json"),
         code_version=code_version(*CODE_MODULES),
         naming_basis=basis,
-        extra={"stage_seconds": timings},
+        extra={"stage_seconds": timings, "replies_unlinked": ing.replies_unlinked},
     )
     table = cluster_table(labels, assignments, cats)
     report = markdown_report(record, table)

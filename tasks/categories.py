@@ -1,8 +1,12 @@
 """Category names for discovered clusters, stable across retrains.
 
 Precedence: the human-curated category map (YAML under version control), then
-the previous run's category for the same tweets, then the cluster's own top
-words. Matching is one-to-one (Hungarian assignment) in both cases.
+the previous run's category for the same tweets, then the cluster's own most
+distinctive words (class-based TF-IDF, 2-4 words, no handles). Matching is
+one-to-one (Hungarian assignment) in both cases. A curated name goes only to a
+cluster it fits: enough of its terms among the cluster's top words, and most of
+the tweets that use its terms inside that cluster (so a map written for one
+corpus does not name the clusters of another).
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ class CategoryMap(BaseModel):
     min_hits: int = Field(
         2, ge=1, description="Identifying words a cluster's top words must contain."
     )
+    min_concentration: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Share of the discovery tweets using any of a category's words "
+        "that must sit in the cluster it names.",
+    )
     categories: list[CuratedCategory] = Field(default_factory=list)
 
 
@@ -77,28 +88,64 @@ class Category(BaseModel):
     top_terms: list[str]
 
 
+def name_words(cluster: dict) -> list[str]:
+    """The words a cluster's name is made of: its TF-IDF terms, else top words."""
+    words = cluster.get("name_terms") or [
+        t for t in cluster.get("top_terms", []) if not t.startswith("@")
+    ]
+    return list(dict.fromkeys(words))
+
+
 def term_name(terms: list[str], width: int = 3) -> str:
-    """A readable name from a cluster's most distinctive words."""
-    return " / ".join(terms[:width]) if terms else "misc"
+    """A readable name from a cluster's most distinctive words (2-4 of them)."""
+    return " / ".join(terms[: max(2, min(width, 4))]) if terms else "misc"
 
 
-def curated_match(clusters: list[dict], cmap: CategoryMap) -> dict[int, str]:
-    """Assign curated names to clusters whose top words contain their terms."""
+def term_concentration(
+    tokens: pd.Series, labels: np.ndarray, k: int, cmap: CategoryMap
+) -> np.ndarray:
+    """Per cluster and curated category: the cluster's share of the tweets that
+    use any of the category's words (clusters x categories)."""
+    shares = np.zeros((k, len(cmap.categories)))
+    words = tokens.reset_index(drop=True).str.split(" ").explode()
+    valid = labels >= 0
+    for j, entry in enumerate(cmap.categories):
+        rows = np.unique(words.index[words.isin([t.lower() for t in entry.terms])])
+        uses = np.zeros(len(labels), dtype=bool)
+        uses[rows] = True
+        per_cluster = np.bincount(labels[uses & valid], minlength=k)[:k]
+        if per_cluster.sum():
+            shares[:, j] = per_cluster / per_cluster.sum()
+    return shares
+
+
+def curated_match(
+    clusters: list[dict], cmap: CategoryMap, concentration: np.ndarray | None = None
+) -> dict[int, str]:
+    """Assign curated names to the clusters they fit.
+
+    A name fits a cluster whose top words contain ``min_hits`` of its terms and,
+    when ``concentration`` (clusters x categories, see ``term_concentration``) is
+    given, that holds ``min_concentration`` of the tweets using its terms.
+    """
     if not cmap.categories or not clusters:
         return {}
     scores = np.zeros((len(clusters), len(cmap.categories)))
-    hits = np.zeros_like(scores, dtype=np.int64)
+    fits = np.zeros_like(scores, dtype=bool)
     for i, cluster in enumerate(clusters):
         weight = dict(zip(cluster["top_terms"], cluster["term_scores"]))
         for j, entry in enumerate(cmap.categories):
             found = [t for t in entry.terms if t.lower() in weight]
-            hits[i, j] = len(found)
             scores[i, j] = sum(weight[t.lower()] for t in found)
-    rows, cols = linear_sum_assignment(-scores)
+            fits[i, j] = len(found) >= cmap.min_hits
+            if concentration is not None:
+                cid = int(cluster["cluster_id"])
+                fits[i, j] &= concentration[cid, j] >= cmap.min_concentration
+    rows, cols = linear_sum_assignment(-np.where(fits, scores, 0.0))
     return {
         int(clusters[i]["cluster_id"]): cmap.categories[j].name
         for i, j in zip(rows, cols)
-        if hits[i, j] >= cmap.min_hits
+        if fits[i, j]
     }
 
 
@@ -127,9 +174,10 @@ def name_clusters(
     cmap: CategoryMap | None,
     previous: pd.DataFrame | None,
     share: float,
+    concentration: np.ndarray | None = None,
 ) -> list[Category]:
     """Name every cluster (plus the no-known-words bucket), names unique."""
-    curated = curated_match(clusters, cmap) if cmap else {}
+    curated = curated_match(clusters, cmap, concentration) if cmap else {}
     carried = (
         carried_match(assignments, previous, share) if previous is not None else {}
     )
@@ -141,16 +189,17 @@ def name_clusters(
     for cluster in clusters:
         cid = int(cluster["cluster_id"])
         terms = list(cluster["top_terms"])
+        words = name_words(cluster)
         if cid in curated:
             name, origin = curated[cid], "curated"
         elif cid in carried and carried[cid] not in used:
             name, origin = carried[cid], "previous"
         else:
-            name, origin = term_name(terms), "terms"
+            name, origin = term_name(words), "terms"
             width = 3
-            while name in used and width < len(terms):
+            while name in used and width < min(len(words), 4):
                 width += 1
-                name = term_name(terms, width)
+                name = term_name(words, width)
             if name in used:
                 name = f"{name} ({cid})"
         used.add(name)
@@ -184,6 +233,7 @@ def name_categories(
     previous_labels: ArtifactRef | None,
     carry_over_share: float,
     artifacts_dir: str,
+    preprocessed: ArtifactRef | None = None,
 ) -> list[Category]:
     """Give each discovered cluster a category name."""
     logger = get_run_logger()
@@ -191,12 +241,26 @@ def name_categories(
     store = ArtifactStore(artifacts_dir)
     clusters = json.loads((store.get_dir(clustering_model) / CLUSTERS_FILE).read_text())
     previous = store.get_frame(previous_labels) if previous_labels else None
+    labelled = store.get_frame(assignments, columns=["tweet_id", "split", "cluster_id"])
+    concentration = None
+    if category_map is not None and preprocessed is not None:
+        tokens = store.get_frame(preprocessed, columns=["tweet_id", "tokens"])
+        if not tokens["tweet_id"].equals(labelled["tweet_id"]):
+            raise ValueError("categories: assignments and tokens are not aligned")
+        discovery = labelled["split"].eq("discovery").to_numpy()
+        concentration = term_concentration(
+            tokens["tokens"][discovery],
+            labelled["cluster_id"].to_numpy()[discovery],
+            int(clusters["k"]),
+            category_map,
+        )
     names = name_clusters(
         clusters["clusters"],
-        store.get_frame(assignments, columns=["tweet_id", "cluster_id"]),
+        labelled[["tweet_id", "cluster_id"]],
         category_map,
         previous,
         carry_over_share,
+        concentration,
     )
     for c in names:
         if c.cluster_id >= 0:

@@ -1,11 +1,22 @@
-"""Clustering: discover categories (pseudo-labels) with KMeans and name them.
+"""Clustering: discover categories (pseudo-labels) and describe them.
 
-The number of clusters is chosen by silhouette over a range unless given. Each
-cluster is described by its most distinctive words; names come, in order of
-precedence, from the human-curated category map, from the previous run's
-categories of the same tweets (Hungarian matching on the contingency table, since
-two Word2Vec spaces are arbitrarily rotated and centroids cannot be compared), or
-from the cluster's own top words.
+The discovery tweets' vectors are clustered hierarchically: a sample is first
+cut into many small KMeans groups, the groups are merged pairwise by Ward's
+criterion (the merge that adds least within-cluster variance first), and the
+merged groups at k seed a KMeans refinement on every discovery tweet. The
+merge tree gives every candidate k a deterministic start, so the choice of k
+does not depend on KMeans restarts, and it gives the criterion for choosing k:
+the *Ward merge-cost ratio*, how much more it costs to merge k categories into
+k - 1 than it cost to reach k from k + 1. Where categories are distinct, merging
+two of them is suddenly expensive; the k with the largest jump is chosen.
+
+In customer-support files a tweet that has replies is clustered on its own
+vector combined with its replies' vector (the conversation view, weight
+``reply_weight``); the classifier later learns from the tweet alone.
+
+Each cluster is described by its most distinctive words (for the curated map)
+and by class-based TF-IDF terms (for readable names: stems shown by their most
+common form, no handles).
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
 from tasks.caching import stage_task
-from tasks.embedding import doc_term_matrix
+from tasks.embedding import doc_term_matrix, stem_words
 from tasks.errors import InsufficientDataError
 from tasks.features import vectors_of
 from tasks.store import ArtifactRef, ArtifactStore
@@ -35,24 +46,35 @@ NO_WORDS_CATEGORY = "unknown (no known words)"
 CLUSTERS_FILE = "clusters.json"
 CENTROIDS_FILE = "centroids.npy"
 PROJECTION_PLOT = "clusters_2d.png"
+K_SELECTION_PLOT = "k_selection.png"
+CRITERION = "Ward merge-cost ratio"
 
 
 class ClusteringConfig(BaseModel):
-    """KMeans pseudo-labelling settings."""
+    """Category discovery settings."""
 
     model_config = ConfigDict(extra="forbid")
 
     n_clusters: int | Literal["auto"] = Field(
         "auto",
-        description="Number of categories, or 'auto' to choose it by silhouette "
-        "between k_min and k_max.",
+        description="Number of categories, or 'auto' to choose it between k_min "
+        "and k_max by the Ward merge-cost ratio (the k where merging categories "
+        "further jumps in cost).",
     )
-    k_min: int = Field(2, ge=2, le=50, description="Smallest k tried when automatic.")
-    k_max: int = Field(12, ge=2, le=50, description="Largest k tried when automatic.")
+    k_min: int = Field(4, ge=2, le=100, description="Smallest k tried when automatic.")
+    k_max: int = Field(30, ge=2, le=100, description="Largest k tried when automatic.")
     selection_sample: int = Field(
         6000,
         ge=50,
-        description="Discovery tweets sampled to fit each candidate k.",
+        description="Discovery tweets sampled to build the merge tree that seeds "
+        "and chooses k.",
+    )
+    overclusters: int = Field(
+        50,
+        ge=3,
+        le=500,
+        description="Small KMeans groups the sample is first cut into before Ward "
+        "merging (raised to k_max + 1 when smaller).",
     )
     silhouette_sample: int = Field(
         4000,
@@ -60,13 +82,21 @@ class ClusteringConfig(BaseModel):
         description="Tweets of that sample scored by silhouette (quadratic cost).",
     )
     n_init: int = Field(
-        10, ge=1, le=50, description="KMeans restarts; the best is kept."
+        1, ge=1, le=50, description="Restarts of the first small-group KMeans."
     )
     threads: int = Field(
         1,
         ge=1,
         le=64,
         description="BLAS/OpenMP threads for KMeans; on small fits one is fastest.",
+    )
+    reply_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of a tweet's replies in the vector clustered (the "
+        "conversation view of customer-support files); 0 clusters tweets alone. "
+        "The classifier always learns from the tweet alone.",
     )
     top_terms: int = Field(
         10, ge=1, le=50, description="Distinctive words kept per cluster."
@@ -89,49 +119,147 @@ class ClusteringConfig(BaseModel):
         return self
 
 
-def choose_k(
-    vectors: np.ndarray, config: ClusteringConfig, seed: int
-) -> tuple[int, dict[int, float], dict[int, np.ndarray], np.ndarray]:
-    """Pick k by the best silhouette, fitting each candidate on a sample.
+# The merge tree -----------------------------------------------------------------
+def ward_merges(
+    centroids: np.ndarray, sizes: np.ndarray
+) -> list[tuple[int, int, float]]:
+    """Merge weighted centroids pairwise by Ward's criterion down to one group.
 
-    Returns (k, silhouette per k, centroids per k, sample row indices). Each
-    candidate gets ``n_init`` restarts: with few restarts KMeans sometimes
-    settles in a poor partition at the right k and the choice goes astray.
+    Returns the merges in order as (kept group, absorbed group, cost), where the
+    cost is the within-group sum of squares the merge adds:
+    n_a n_b / (n_a + n_b) * |c_a - c_b|^2.
+    """
+    c = centroids.astype(np.float64).copy()
+    n = sizes.astype(np.float64).copy()
+    active = list(range(len(c)))
+    merges = []
+    while len(active) > 1:
+        ids = np.array(active)
+        x, w = c[ids], n[ids]
+        squared = ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=-1)
+        cost = w[:, None] * w[None, :] / (w[:, None] + w[None, :]) * squared
+        np.fill_diagonal(cost, np.inf)
+        i, j = np.unravel_index(np.argmin(cost), cost.shape)
+        a, b = int(ids[i]), int(ids[j])
+        merges.append((a, b, float(cost[i, j])))
+        c[a] = (n[a] * c[a] + n[b] * c[b]) / (n[a] + n[b])
+        n[a] += n[b]
+        active.remove(b)
+    return merges
+
+
+def groups_at(
+    merges: list[tuple[int, int, float]], n_groups: int, k: int
+) -> np.ndarray:
+    """Which of k merged groups each of the ``n_groups`` first groups belongs to."""
+    parent = np.arange(n_groups)
+    for a, b, _ in merges[: n_groups - k]:
+        parent[parent == b] = a
+    _, merged = np.unique(parent, return_inverse=True)
+    return merged
+
+
+def merge_cost_ratios(
+    merges: list[tuple[int, int, float]], n_groups: int, k_min: int, k_max: int
+) -> dict[int, float]:
+    """The criterion per k: cost of merging k groups into k-1 over k+1 into k."""
+    cost_to = {n_groups - 1 - i: cost for i, (_, _, cost) in enumerate(merges)}
+    ratios = {}
+    for k in range(max(k_min, 2), min(k_max, n_groups - 1) + 1):
+        ratios[k] = float(cost_to[k - 1] / max(cost_to[k], 1e-12))
+    return ratios
+
+
+class MergeTree:
+    """Small KMeans groups of a sample and their Ward merge order."""
+
+    def __init__(
+        self, sample: np.ndarray, n_groups: int, seed: int, n_init: int
+    ) -> None:
+        """Cut ``sample`` into ``n_groups`` KMeans groups and merge them by Ward."""
+        self.n_groups = n_groups
+        fine = KMeans(n_groups, n_init=n_init, random_state=seed).fit(sample)
+        self.centroids = fine.cluster_centers_
+        self.sizes = np.bincount(fine.labels_, minlength=n_groups).astype(np.float64)
+        self.merges = ward_merges(self.centroids, self.sizes)
+
+    def centres(self, k: int) -> np.ndarray:
+        """Size-weighted centres of the k merged groups (KMeans seeds)."""
+        merged = groups_at(self.merges, self.n_groups, k)
+        return np.vstack(
+            [
+                np.average(
+                    self.centroids[merged == g], axis=0, weights=self.sizes[merged == g]
+                )
+                for g in range(k)
+            ]
+        )
+
+    def ratios(self, k_min: int, k_max: int) -> dict[int, float]:
+        """The merge-cost ratio for every k in range."""
+        return merge_cost_ratios(self.merges, self.n_groups, k_min, k_max)
+
+
+def hierarchical_kmeans(
+    vectors: np.ndarray,
+    k: int | None,
+    config: ClusteringConfig,
+    seed: int,
+    k_range: tuple[int, int] | None = None,
+) -> tuple[KMeans, dict[int, float], np.ndarray]:
+    """KMeans on ``vectors`` seeded by the merge tree of a sample.
+
+    ``k`` None chooses it by the merge-cost ratio over ``k_range``. Returns the
+    fitted model, the criterion per k (empty when k is given) and the sample rows.
     """
     rng = np.random.default_rng(seed)
-    n = len(vectors)
-    rows = rng.choice(n, size=min(n, config.selection_sample), replace=False)
-    sample = vectors[rows]
-    scored = rng.choice(
-        len(sample), size=min(len(sample), config.silhouette_sample), replace=False
-    )
-    scores: dict[int, float] = {}
-    centroids: dict[int, np.ndarray] = {}
-    for k in range(config.k_min, min(config.k_max, len(sample) - 1) + 1):
-        model = KMeans(k, n_init=config.n_init, random_state=seed).fit(sample)
-        labels = model.labels_[scored]
-        if len(np.unique(labels)) < 2:
-            continue
-        scores[k] = float(silhouette_score(sample[scored], labels))
-        centroids[k] = model.cluster_centers_
-    if not scores:
-        raise InsufficientDataError(
-            f"clustering: too few distinct tweets ({n}) to choose k"
+    rows = np.sort(
+        rng.choice(
+            len(vectors), size=min(len(vectors), config.selection_sample), replace=False
         )
-    return max(scores, key=scores.__getitem__), scores, centroids, rows
+    )
+    sample = vectors[rows]
+    low, high = k_range or (config.k_min, config.k_max)
+    wanted = max(config.overclusters, (k or high) + 1)
+    distinct = len(np.unique(sample.round(6), axis=0))
+    n_groups = min(wanted, distinct)
+    if n_groups < 3 or (k is not None and k >= n_groups):
+        raise InsufficientDataError(
+            f"clustering: {distinct} distinct discovery tweets are too few to find "
+            f"{k or f'{low}-{high}'} categories"
+        )
+    tree = MergeTree(sample, n_groups, seed, config.n_init)
+    ratios: dict[int, float] = {}
+    if k is None:
+        ratios = tree.ratios(low, high)
+        if not ratios:
+            raise InsufficientDataError(
+                f"clustering: too few distinct tweets ({distinct}) to choose k"
+            )
+        k = max(ratios, key=ratios.__getitem__)
+    model = KMeans(k, init=tree.centres(k), n_init=1, random_state=seed).fit(vectors)
+    return model, ratios, rows
 
 
-def distinctive_terms(
-    tokens: pd.Series, labels: np.ndarray, k: int, min_count: int, top: int
-) -> list[list[tuple[str, float]]]:
-    """Per cluster, the words most over-represented in it (pointwise KL score)."""
+# Describing clusters -------------------------------------------------------------
+def _cluster_counts(
+    tokens: pd.Series, labels: np.ndarray, k: int
+) -> tuple[pd.Index, np.ndarray]:
+    """Vocabulary of ``tokens`` and each word's count per cluster (k x V)."""
     vocab = pd.Index(pd.unique(tokens.str.split(" ").explode().dropna()))
     vocab = vocab[vocab != ""]
     counts = doc_term_matrix(tokens, vocab).tocsc()
     onehot = np.zeros((len(labels), k), dtype=np.float32)
     valid = labels >= 0
     onehot[np.flatnonzero(valid), labels[valid]] = 1.0
-    per_cluster = np.asarray((counts.T @ onehot).T)  # (k, V)
+    return vocab, np.asarray((counts.T @ onehot).T)
+
+
+def distinctive_terms(
+    tokens: pd.Series, labels: np.ndarray, k: int, min_count: int, top: int
+) -> list[list[tuple[str, float]]]:
+    """Per cluster, the words most over-represented in it (pointwise KL score)."""
+    vocab, per_cluster = _cluster_counts(tokens, labels, k)
     total = per_cluster.sum(axis=0) + 1e-9
     p_w = total / total.sum()
     p_wc = per_cluster / (per_cluster.sum(axis=1, keepdims=True) + 1e-9)
@@ -148,12 +276,83 @@ def distinctive_terms(
     return result
 
 
+def name_terms(
+    tokens: pd.Series, labels: np.ndarray, k: int, min_count: int, top: int = 4
+) -> list[list[str]]:
+    """Per cluster, its most distinctive words by class-based TF-IDF.
+
+    Each cluster is one document: score = tf(word, cluster) * log(1 + A / f(word)),
+    A the mean number of words per cluster, f the word's count in all clusters.
+    Word forms are pooled by stem and shown in their most common form; handles
+    are never names.
+    """
+    vocab, per_cluster = _cluster_counts(tokens, labels, k)
+    plain = ~np.asarray(vocab.str.startswith("@"), dtype=bool)
+    vocab, per_cluster = vocab[plain], per_cluster[:, plain]
+    if not len(vocab):
+        return [[] for _ in range(k)]
+    stems, stem_of = np.unique(
+        stem_words(np.asarray(vocab, dtype=object)).astype(str), return_inverse=True
+    )
+    pooled = np.zeros((k, len(stems)))
+    np.add.at(pooled.T, stem_of, per_cluster.T)
+    # The most common surface form of each stem names it.
+    totals = per_cluster.sum(axis=0)
+    order = np.lexsort((-totals, stem_of))
+    first = np.unique(stem_of[order], return_index=True)[1]
+    shown = np.asarray(vocab)[order][first]
+    tf = pooled / np.maximum(pooled.sum(axis=1, keepdims=True), 1.0)
+    mean_words = pooled.sum() / max(k, 1)
+    idf = np.log(1.0 + mean_words / np.maximum(pooled.sum(axis=0), 1.0))
+    score = np.where(pooled >= min_count, tf * idf, 0.0)
+    return [
+        [str(shown[i]) for i in np.argsort(-score[c])[:top] if score[c, i] > 0]
+        for c in range(k)
+    ]
+
+
+def conversation_view(
+    tweet_ids: pd.Series,
+    vectors: np.ndarray,
+    replies: pd.DataFrame | None,
+    weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tweet vectors combined with their replies' (weight ``weight``), normalised.
+
+    Returns the vectors to cluster and which tweets got the reply view. Tweets
+    without replies (or without their own known word) keep their own vector.
+    """
+    with_replies = np.zeros(len(vectors), dtype=bool)
+    if replies is None or replies.empty or weight <= 0:
+        return vectors, with_replies
+    position = pd.Index(tweet_ids.astype("str")).get_indexer(replies["tweet_id"])
+    found = position >= 0
+    rows = position[found]
+    own = np.linalg.norm(vectors[rows], axis=1) > 0
+    rows = rows[own]
+    combined = vectors.copy()
+    mixed = (1.0 - weight) * vectors[rows] + weight * vectors_of(replies, "r")[found][
+        own
+    ]
+    norms = np.linalg.norm(mixed, axis=1, keepdims=True)
+    combined[rows] = (mixed / np.maximum(norms, 1e-12)).astype(vectors.dtype)
+    with_replies[rows] = True
+    return combined, with_replies
+
+
 def fit_clusters(
-    features: pd.DataFrame, tokens: pd.Series, config: ClusteringConfig, seed: int
+    features: pd.DataFrame,
+    tokens: pd.Series,
+    config: ClusteringConfig,
+    seed: int,
+    replies: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """KMeans on discovery tweets; returns (assignments, description, centroids)."""
-    vectors = vectors_of(features)
+    """Cluster the discovery tweets; returns (assignments, description, centroids)."""
+    own = vectors_of(features)
     has_words = features["n_known"].to_numpy() > 0
+    vectors, with_replies = conversation_view(
+        features["tweet_id"], own, replies, config.reply_weight
+    )
     discovery = features["split"].eq("discovery").to_numpy() & has_words
     train = vectors[discovery]
     if len(train) < 10:
@@ -161,21 +360,14 @@ def fit_clusters(
             f"clustering: only {len(train)} discovery tweets have known words; "
             "at least 10 are needed"
         )
+    given = None if config.n_clusters == "auto" else int(config.n_clusters)
+    if given is not None and given > len(train):
+        raise InsufficientDataError(
+            f"clustering: k={given} exceeds {len(train)} discovery tweets"
+        )
     with threadpool_limits(config.threads):
-        if config.n_clusters == "auto":
-            k, scores, centroids, rows = choose_k(train, config, seed)
-            # Refine the sample's partition on every discovery tweet.
-            model = KMeans(k, init=centroids[k], n_init=1, random_state=seed).fit(train)
-        else:
-            k, scores = int(config.n_clusters), {}
-            if k > len(train):
-                raise InsufficientDataError(
-                    f"clustering: k={k} exceeds {len(train)} discovery tweets"
-                )
-            rows = np.random.default_rng(seed).choice(
-                len(train), size=min(len(train), config.selection_sample), replace=False
-            )
-            model = KMeans(k, n_init=config.n_init, random_state=seed).fit(train)
+        model, ratios, rows = hierarchical_kmeans(train, given, config, seed)
+        k = model.n_clusters
         labels = np.full(len(features), NO_WORDS_CLUSTER, dtype=np.int64)
         distance = np.full(len(features), np.nan)
         all_distances = model.transform(vectors[has_words])
@@ -183,33 +375,35 @@ def fit_clusters(
         distance[has_words] = all_distances.min(axis=1)
         scored = rows[: config.silhouette_sample]
         silhouette = float(silhouette_score(train[scored], model.labels_[scored]))
-        # Stability: an independent KMeans (other seed, other sample) at the same
-        # k, compared with this partition on every discovery tweet.
-        other = np.random.default_rng(seed + 1).choice(
+        # Stability: the same procedure on another sample with another seed,
+        # compared with this partition on every discovery tweet.
+        resample = np.random.default_rng(seed + 1).choice(
             len(train), size=len(rows), replace=False
         )
-        rerun = KMeans(k, n_init=config.n_init, random_state=seed + 1).fit(train[other])
-        stability = float(adjusted_rand_score(model.labels_, rerun.predict(train)))
+        other = hierarchical_kmeans(train[resample], k, config, seed + 1)[0]
+        stability = float(adjusted_rand_score(model.labels_, other.predict(train)))
+    discovery_tokens = tokens[discovery].reset_index(drop=True)
     terms = distinctive_terms(
-        tokens[discovery].reset_index(drop=True),
-        model.labels_,
-        k,
-        config.min_term_count,
-        config.top_terms,
+        discovery_tokens, model.labels_, k, config.min_term_count, config.top_terms
     )
+    names = name_terms(discovery_tokens, model.labels_, k, config.min_term_count)
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     description = {
         "k": k,
-        "k_selection": {str(key): value for key, value in scores.items()},
+        "k_selection": {str(key): value for key, value in ratios.items()},
+        "k_criterion": CRITERION if ratios else None,
         "silhouette": silhouette,
         "stability_ari": stability,
         "inertia": float(model.inertia_),
+        "reply_weight": config.reply_weight,
+        "tweets_with_reply_view": int(with_replies.sum()),
         "clusters": [
             {
                 "cluster_id": c,
                 "size": int(sizes[c]),
                 "top_terms": [t for t, _ in terms[c]],
                 "term_scores": [round(s, 6) for _, s in terms[c]],
+                "name_terms": names[c],
             }
             for c in range(k)
         ],
@@ -224,6 +418,42 @@ def fit_clusters(
         }
     ).astype({"tweet_id": "str", "split": "str"})
     return assignments, description, model.cluster_centers_.astype(np.float32)
+
+
+# Plots ---------------------------------------------------------------------------
+def k_selection_plot(ratios: dict[int, float], chosen: int, path: Path) -> None:
+    """Save the criterion per candidate k, with the chosen k marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    if ratios:
+        ks = sorted(ratios)
+        values = [ratios[k] for k in ks]
+        ax.plot(ks, values, marker="o", markersize=4, color="#4477aa")
+        ax.plot([chosen], [ratios[chosen]], marker="o", markersize=10, color="#cc3311")
+        ax.annotate(
+            f"chosen k = {chosen}",
+            (chosen, ratios[chosen]),
+            textcoords="offset points",
+            xytext=(8, -4),
+            color="#cc3311",
+        )
+        ax.set_xticks(ks[:: max(1, len(ks) // 15)])
+        ax.set_title("Choosing k: jump in merge cost per k (higher = more distinct)")
+    else:
+        ax.text(0.5, 0.5, f"k = {chosen} was given", ha="center", va="center")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("Choosing k")
+    ax.set_xlabel("number of categories k")
+    ax.set_ylabel(CRITERION)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def projection_plot(
@@ -276,8 +506,9 @@ def cluster(
     config: ClusteringConfig,
     seed: int,
     artifacts_dir: str,
+    replies: ArtifactRef | None = None,
 ) -> ClusteringOutput:
-    """Pseudo-label tweets with KMeans and describe each cluster."""
+    """Pseudo-label tweets and describe each cluster."""
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
@@ -285,8 +516,9 @@ def cluster(
     tokens = store.get_frame(preprocessed, columns=["tweet_id", "tokens"])
     if not tokens["tweet_id"].equals(frame["tweet_id"]):
         raise ValueError("clustering: features and preprocessed tweets are not aligned")
+    reply_frame = store.get_frame(replies) if replies is not None else None
     assignments, description, centroids = fit_clusters(
-        frame, tokens["tokens"], config, seed
+        frame, tokens["tokens"], config, seed, reply_frame
     )
     staging = store.staging_dir(STAGE)
     np.save(staging / CENTROIDS_FILE, centroids, allow_pickle=False)
@@ -298,18 +530,26 @@ def cluster(
         staging / PROJECTION_PLOT,
         seed,
         {
-            c["cluster_id"]: " / ".join(c["top_terms"][:3])
+            c["cluster_id"]: " / ".join(c["name_terms"][:3])
             for c in description["clusters"]
         },
+    )
+    k_selection_plot(
+        {int(k): v for k, v in description["k_selection"].items()},
+        description["k"],
+        staging / K_SELECTION_PLOT,
     )
     model = store.commit_dir(staging, STAGE)
     ref = store.put_frame(assignments, STAGE, "cluster_assignments")
     logger.info(
-        "clustering: %d tweets in, k=%d (%s), silhouette %.3f, stability ARI %.3f, "
-        "sizes %s, %d tweets with no known words (%.2fs)",
+        "clustering: %d tweets in (%d clustered with their replies, weight %.2f), "
+        "k=%d (%s), silhouette %.3f, stability ARI %.3f, sizes %s, %d tweets with "
+        "no known words (%.2fs)",
         len(frame),
+        description["tweets_with_reply_view"],
+        config.reply_weight,
         description["k"],
-        "chosen by silhouette" if config.n_clusters == "auto" else "given",
+        f"chosen by the {CRITERION}" if config.n_clusters == "auto" else "given",
         description["silhouette"],
         description["stability_ari"],
         [c["size"] for c in description["clusters"]],
@@ -317,7 +557,11 @@ def cluster(
         time.perf_counter() - started,
     )
     if description["k_selection"]:
-        logger.debug("clustering: silhouette per k %s", description["k_selection"])
+        logger.debug(
+            "clustering: %s per k %s",
+            CRITERION,
+            {k: round(v, 3) for k, v in description["k_selection"].items()},
+        )
     return ClusteringOutput(
         assignments=ref,
         model=model,

@@ -1,15 +1,19 @@
 """Document embeddings from word vectors, shared by training and batch inference.
 
-A tweet's vector is the SIF-weighted mean of its known words' vectors
-(weight a / (a + p(word))), minus its projection on the corpus's common
-components, L2-normalised. It is computed for a whole column at once as a
-sparse doc-term matrix times the weighted word-vector matrix.
+A tweet's vector is the weighted mean of its known words' vectors, minus its
+projection on the corpus's common components, L2-normalised. Words are looked
+up by their Snowball stem when the embedder stems ("cancelled", "canceled" and
+"cancel" share one vector), so training and serving see the same terms. It is
+computed for a whole column at once as a sparse doc-term matrix times the
+weighted word-vector matrix; stemming runs once per distinct word, not per
+token.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +26,54 @@ EMBEDDING_ARRAYS_FILE = "embedding.npz"
 EMBEDDING_INFO_FILE = "embedding.json"
 
 
-def doc_term_matrix(tokens: pd.Series, vocab: pd.Index) -> sp.csr_matrix:
-    """Counts of known vocabulary words per tweet, as a sparse matrix."""
+@lru_cache(maxsize=1)
+def _stemmer() -> object:
+    import Stemmer  # PyStemmer: the Snowball algorithms in C
+
+    return Stemmer.Stemmer("english")
+
+
+def stem_words(words: np.ndarray) -> np.ndarray:
+    """The English Snowball stem of each distinct word; @handles stay as they are."""
+    words = np.asarray(words, dtype=object)
+    out = words.copy()
+    plain = np.array(
+        [isinstance(w, str) and not w.startswith("@") for w in words], dtype=bool
+    )
+    if plain.any():
+        out[plain] = _stemmer().stemWords(list(words[plain]))
+    return out
+
+
+def _term_columns(words: np.ndarray, vocab: pd.Index, stem: bool) -> np.ndarray:
+    """Vocabulary column of each word (-1 when unknown), stemming distinct words."""
+    if not stem:
+        return vocab.get_indexer(words)
+    codes, distinct = pd.factorize(words)
+    columns = vocab.get_indexer(stem_words(np.asarray(distinct, dtype=object)))
+    return np.where(codes >= 0, columns[codes], -1)
+
+
+def term_lists(tokens: pd.Series, stem: bool) -> list[list[str]]:
+    """Space-joined token strings as lists of terms (stems when ``stem``)."""
     exploded = tokens.reset_index(drop=True).str.split(" ").explode()
-    columns = vocab.get_indexer(exploded.to_numpy())
+    exploded = exploded[exploded.notna() & exploded.ne("")]
+    if stem and len(exploded):
+        codes, distinct = pd.factorize(exploded.to_numpy())
+        exploded = pd.Series(
+            stem_words(np.asarray(distinct, dtype=object))[codes],
+            index=exploded.index,
+        )
+    grouped = exploded.groupby(level=0).agg(list)
+    return [grouped.get(i, []) for i in range(len(tokens))]
+
+
+def doc_term_matrix(
+    tokens: pd.Series, vocab: pd.Index, stem: bool = False
+) -> sp.csr_matrix:
+    """Counts of known vocabulary terms per tweet, as a sparse matrix."""
+    exploded = tokens.reset_index(drop=True).str.split(" ").explode()
+    columns = _term_columns(exploded.to_numpy(), vocab, stem)
     known = columns >= 0
     rows = exploded.index.to_numpy()[known]
     data = np.ones(int(known.sum()), dtype=np.float32)
@@ -40,8 +88,9 @@ class DocumentEmbedder:
 
     vocab: pd.Index
     vectors: np.ndarray  # (V, d) float32
-    weights: np.ndarray  # (V,) float32, SIF weights
+    weights: np.ndarray  # (V,) float32, per-term weights
     components: np.ndarray  # (c, d) float32, common components to remove
+    stem: bool = False  # vocabulary terms are Snowball stems
 
     @property
     def dim(self) -> int:
@@ -53,16 +102,33 @@ class DocumentEmbedder:
         docs, n_known = self.weighted_means(tokens)
         return self._finish(docs, n_known > 0), n_known
 
+    def counts(self, tokens: pd.Series) -> sp.csr_matrix:
+        """Counts of the embedder's vocabulary terms per tweet."""
+        return doc_term_matrix(tokens, self.vocab, self.stem)
+
     def weighted_means(self, tokens: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        """SIF-weighted mean word vector per tweet (zeros where no word is known)."""
-        counts = doc_term_matrix(tokens, self.vocab)
-        n_known = np.asarray(counts.sum(axis=1)).ravel().astype(np.int64)
-        weighted = counts.multiply(self.weights[np.newaxis, :]).tocsr()
+        """Weighted mean word vector per tweet (zeros where no word is known)."""
+        return self.means_of_counts(self.counts(tokens))
+
+    def means_of_counts(
+        self, counts: sp.csr_matrix, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted mean word vectors of doc-term ``counts`` and known-term counts.
+
+        A term with weight 0 (an addressee handle) is not a known word.
+        """
+        weights = self.weights if weights is None else weights
+        n_known = np.asarray(counts @ (weights > 0)).ravel().astype(np.int64)
+        weighted = counts.multiply(weights[np.newaxis, :]).tocsr()
         totals = np.asarray(weighted.sum(axis=1)).ravel()
         docs = np.asarray(weighted @ self.vectors, dtype=np.float64)
         has_words = totals > 0
         docs[has_words] /= totals[has_words, np.newaxis]
         return docs, n_known
+
+    def finish(self, docs: np.ndarray, has_words: np.ndarray) -> np.ndarray:
+        """Remove the common components and L2-normalise (zeros stay zeros)."""
+        return self._finish(docs, has_words)
 
     def _finish(self, docs: np.ndarray, has_words: np.ndarray) -> np.ndarray:
         if len(self.components):
@@ -77,6 +143,10 @@ class DocumentEmbedder:
         """Write word vectors (word2vec binary format) and arrays (npz, no pickle)."""
         kv = KeyedVectors(vector_size=self.dim, dtype=np.float32)
         kv.add_vectors(list(self.vocab), self.vectors)
+        # gensim writes words by descending "count"; a decreasing rank keeps the
+        # vocabulary's own order, which the weights array follows.
+        kv.allocate_vecattrs(attrs=["count"], types=[np.int64])
+        kv.expandos["count"][:] = np.arange(len(self.vocab), 0, -1)
         kv.save_word2vec_format(str(directory / WORD_VECTORS_FILE), binary=True)
         np.savez(
             directory / EMBEDDING_ARRAYS_FILE,
@@ -84,7 +154,7 @@ class DocumentEmbedder:
             components=self.components,
         )
         (directory / EMBEDDING_INFO_FILE).write_text(
-            json.dumps(info, indent=2, sort_keys=True) + "\n"
+            json.dumps({**info, "stem": self.stem}, indent=2, sort_keys=True) + "\n"
         )
 
     @classmethod
@@ -96,11 +166,13 @@ class DocumentEmbedder:
         with np.load(directory / EMBEDDING_ARRAYS_FILE, allow_pickle=False) as arrays:
             weights = arrays["weights"].astype(np.float32)
             components = arrays["components"].astype(np.float32)
+        info = json.loads((directory / EMBEDDING_INFO_FILE).read_text())
         return cls(
             vocab=pd.Index(kv.index_to_key),
             vectors=np.asarray(kv.vectors, dtype=np.float32),
             weights=weights,
             components=components,
+            stem=bool(info.get("stem", False)),  # bundles older than stemming
         )
 
 

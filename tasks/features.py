@@ -1,22 +1,50 @@
-"""Features: learn word vectors on the discovery split and embed every tweet."""
+"""Features: learn word vectors and term weights on discovery, embed every tweet.
+
+Word vectors come from gensim (Word2Vec or FastText) trained on the discovery
+tweets and, in customer-support files, the brand replies that answer them (the
+conversation view). Terms are Snowball stems, so word forms share one vector.
+
+A tweet's vector is a weighted mean of its terms' vectors. The default
+weighting is *specificity*: a pilot KMeans groups the discovery tweets by their
+content words, and each term weighs ``1 + strength * s``, where ``s`` is how
+unevenly the term spreads over the pilot groups (Kullback-Leibler divergence of
+its group distribution from the groups' sizes, shrunk towards zero for rare
+terms, scaled to 1 for the most specific word). "bag" or "cancelled" weigh
+several times what "flight" or "today" do. An @handle weighs ``strength * s``
+only: a brand that every kind of tweet addresses (the addressee in support
+data) spreads evenly and falls to about zero, while a handle that names a
+subject (``@coachella``) weighs like a specific word. Handles of the
+conversation's participants in a customer-support file are known addressees
+and weigh zero.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from gensim.models import FastText, Word2Vec
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from tasks.caching import stage_task
-from tasks.embedding import DocumentEmbedder, common_components, sif_weights
+from tasks.embedding import (
+    DocumentEmbedder,
+    common_components,
+    sif_weights,
+    term_lists,
+)
 from tasks.errors import InsufficientDataError
 from tasks.store import ArtifactRef, ArtifactStore
 
 STAGE = "features"
+MAX_EPOCHS = 40
 
 
 class FeaturesConfig(BaseModel):
@@ -32,13 +60,24 @@ class FeaturesConfig(BaseModel):
         10, ge=1, le=50, description="Context window; wide windows capture topic."
     )
     min_count: int = Field(
-        3, ge=1, description="Words seen fewer times in discovery are ignored."
+        3, ge=1, description="Terms seen fewer times in discovery are ignored."
     )
     skip_gram: bool = Field(
         False, description="Skip-gram (True) or CBOW (False, faster and as good here)."
     )
-    epochs: int = Field(
-        10, ge=1, le=200, description="Passes over the discovery split."
+    epochs: int | Literal["auto"] = Field(
+        "auto",
+        description="Passes over the discovery text, or 'auto': as many as reach "
+        "about target_words words, between min_epochs and 40 (small corpora need "
+        "more passes).",
+    )
+    target_words: int = Field(
+        4_000_000,
+        ge=1,
+        description="Words processed in training when epochs is 'auto'.",
+    )
+    min_epochs: int = Field(
+        10, ge=1, le=MAX_EPOCHS, description="Fewest passes when epochs is 'auto'."
     )
     negative: int = Field(5, ge=1, le=50, description="Negative samples per word.")
     sample: float = Field(
@@ -46,7 +85,7 @@ class FeaturesConfig(BaseModel):
         ge=0.0,
         le=1.0,
         description="Down-sampling threshold for frequent words; 0 keeps them all "
-        "(in tweets the most frequent words often name the subject).",
+        "(the specificity weighting already discounts the unspecific ones).",
     )
     workers: int = Field(
         1,
@@ -54,10 +93,48 @@ class FeaturesConfig(BaseModel):
         le=32,
         description="Training threads; 1 makes training reproducible bit for bit.",
     )
-    weighting: Literal["mean", "sif"] = Field(
-        "mean",
-        description="Tweet vector = plain mean of word vectors, or SIF-weighted "
-        "(a/(a+p(w))), which down-weights frequent words.",
+    stem: bool = Field(
+        True,
+        description="Look words up by their Snowball stem, so 'cancelled', "
+        "'canceled' and 'cancel' share a vector.",
+    )
+    weighting: Literal["specificity", "mean", "sif"] = Field(
+        "specificity",
+        description="Tweet vector = mean of term vectors weighted by how specific "
+        "each term is to one kind of tweet (specificity), a plain mean, or "
+        "SIF-weighted (a/(a+p(w))).",
+    )
+    pilot_clusters: int = Field(
+        16,
+        ge=2,
+        le=200,
+        description="Groups of the pilot KMeans that term specificity is measured "
+        "against (weighting=specificity).",
+    )
+    pilot_sample: int = Field(
+        20000,
+        ge=100,
+        description="Discovery tweets the pilot KMeans is fitted on (a seeded "
+        "sample when there are more).",
+    )
+    specificity_strength: float = Field(
+        4.0,
+        ge=0.0,
+        le=100.0,
+        description="Weight of the most specific term above an unspecific one "
+        "(weighting=specificity): a word weighs 1 + strength * s, a handle "
+        "strength * s, with s in [0, 1].",
+    )
+    specificity_prior: float = Field(
+        10.0,
+        ge=0.0,
+        description="Pseudo-counts that pull a rare term's group distribution "
+        "towards the group sizes, so a handful of uses is not 'specific'.",
+    )
+    use_replies: bool = Field(
+        True,
+        description="Learn word vectors from the brand replies too (customer-"
+        "support files), and embed each tweet's replies as its conversation view.",
     )
     sif_a: float = Field(
         1e-3, gt=0.0, description="SIF smoothing a in a/(a+p(w)) (weighting=sif)."
@@ -67,18 +144,27 @@ class FeaturesConfig(BaseModel):
     )
 
 
+def epochs_for(config: FeaturesConfig, words: int) -> int:
+    """Training passes: the configured number, or enough to see ~target_words."""
+    if config.epochs != "auto":
+        return int(config.epochs)
+    wanted = int(np.ceil(config.target_words / max(words, 1)))
+    return int(np.clip(wanted, config.min_epochs, MAX_EPOCHS))
+
+
 def train_word_vectors(
     token_lists: list[list[str]], config: FeaturesConfig, seed: int
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Train gensim word vectors. Returns (vocab, vectors, training counts)."""
+) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """Train gensim word vectors. Returns (vocab, vectors, counts, epochs)."""
     cls = FastText if config.algorithm == "fasttext" else Word2Vec
+    epochs = epochs_for(config, sum(len(t) for t in token_lists))
     model = cls(
         sentences=token_lists,
         vector_size=config.vector_size,
         window=config.window,
         min_count=config.min_count,
         sg=int(config.skip_gram),
-        epochs=config.epochs,
+        epochs=epochs,
         negative=config.negative,
         sample=config.sample,
         workers=config.workers,
@@ -87,36 +173,104 @@ def train_word_vectors(
     wv = model.wv
     vocab = list(wv.index_to_key)
     counts = np.array([wv.get_vecattr(w, "count") for w in vocab], dtype=np.float64)
-    return vocab, np.asarray(wv.vectors, dtype=np.float32), counts
+    return vocab, np.asarray(wv.vectors, dtype=np.float32), counts, epochs
+
+
+def specificity(
+    counts: sp.csr_matrix, groups: np.ndarray, n_groups: int, prior: float
+) -> np.ndarray:
+    """How unevenly each term spreads over groups of tweets (KL divergence, nats).
+
+    ``counts`` is the doc-term matrix of the grouped tweets and ``groups`` their
+    group; a term's group distribution is shrunk towards the group sizes by
+    ``prior`` pseudo-counts before it is compared with them.
+    """
+    onehot = sp.csr_matrix(
+        (np.ones(len(groups)), (np.arange(len(groups)), groups)),
+        shape=(len(groups), n_groups),
+    )
+    per_group = np.asarray((counts.T @ onehot).todense())  # terms x groups
+    sizes = np.bincount(groups, minlength=n_groups) / max(len(groups), 1)
+    p = (per_group + prior * sizes) / (per_group.sum(axis=1, keepdims=True) + prior)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.where(p > 0, p * np.log(p / np.maximum(sizes, 1e-12)), 0.0)
+    return kl.sum(axis=1)
+
+
+def specificity_weights(
+    embedder: DocumentEmbedder,
+    counts: sp.csr_matrix,
+    config: FeaturesConfig,
+    seed: int,
+) -> np.ndarray:
+    """Term weights from a pilot clustering of the tweets' content words.
+
+    ``counts`` are the discovery tweets' doc-term counts. Handles do not take part
+    in the pilot (it groups tweets by what they say), and are weighed afterwards
+    by how specific they turn out to be.
+    """
+    handle = np.asarray(embedder.vocab.str.startswith("@"), dtype=bool)
+    content = np.where(handle, 0.0, 1.0).astype(np.float32)
+    means, n_known = embedder.means_of_counts(counts, content)
+    rows = np.flatnonzero(n_known > 0)
+    k = min(config.pilot_clusters, len(rows) - 1)
+    if k < 2:
+        return np.ones(len(embedder.vocab), dtype=np.float32)
+    vectors = embedder.finish(means[rows], np.ones(len(rows), dtype=bool))
+    rng = np.random.default_rng(seed)
+    fit = rng.choice(len(rows), size=min(len(rows), config.pilot_sample), replace=False)
+    with threadpool_limits(1):
+        pilot = KMeans(k, n_init=3, random_state=seed).fit(vectors[np.sort(fit)])
+        groups = pilot.predict(vectors)
+    score = specificity(counts[rows], groups, k, config.specificity_prior)
+    top = score[~handle].max() if (~handle).any() else 0.0
+    s = score / top if top > 0 else np.zeros_like(score)
+    s = np.clip(s, 0.0, 1.0)
+    strength = config.specificity_strength
+    return np.where(handle, strength * s, 1.0 + strength * s).astype(np.float32)
 
 
 def fit_embedder(
-    tokens: pd.Series, config: FeaturesConfig, seed: int
+    tokens: pd.Series,
+    config: FeaturesConfig,
+    seed: int,
+    context: pd.Series | None = None,
+    addressees: Iterable[str] = (),
 ) -> DocumentEmbedder:
-    """Fit word vectors and embedding weights on the discovery tweets' tokens."""
+    """Fit word vectors and term weights on the discovery tweets' tokens.
+
+    ``context`` holds the tokens of the replies to those tweets (same index,
+    empty when none): they are more text to learn word vectors from.
+    ``addressees`` are handles known to address a participant (weight 0).
+    """
     nonempty = tokens[tokens.str.len() > 0]
-    token_lists = [t.split() for t in nonempty]
-    frequent = int(
-        nonempty.str.split(" ").explode().value_counts().ge(config.min_count).sum()
-    )
+    lists = term_lists(nonempty, config.stem)
+    if context is not None and config.use_replies:
+        lists += term_lists(context[context.str.len() > 0], config.stem)
+    distinct = pd.Series([w for t in lists for w in t]).value_counts()
+    frequent = int(distinct.ge(config.min_count).sum()) if len(distinct) else 0
     if frequent < 2:
         raise InsufficientDataError(
-            f"features: {len(token_lists)} discovery tweets hold {frequent} distinct "
+            f"features: {len(nonempty)} discovery tweets hold {frequent} distinct "
             f"words seen {config.min_count}+ times; word vectors need more tweets "
             "(or a lower features.min_count)"
         )
-    vocab, vectors, counts = train_word_vectors(token_lists, config, seed)
+    vocab, vectors, counts, _ = train_word_vectors(lists, config, seed)
     embedder = DocumentEmbedder(
         vocab=pd.Index(vocab),
         vectors=vectors,
-        weights=(
-            sif_weights(counts, config.sif_a)
-            if config.weighting == "sif"
-            else np.ones(len(vocab), dtype=np.float32)
-        ),
+        weights=np.ones(len(vocab), dtype=np.float32),
         components=np.zeros((0, vectors.shape[1]), dtype=np.float32),
+        stem=config.stem,
     )
-    means, n_known = embedder.weighted_means(tokens)
+    discovery_counts = embedder.counts(tokens)
+    if config.weighting == "sif":
+        embedder.weights = sif_weights(counts, config.sif_a)
+    elif config.weighting == "specificity":
+        embedder.weights = specificity_weights(embedder, discovery_counts, config, seed)
+    known_addressees = embedder.vocab.get_indexer(list(addressees))
+    embedder.weights[known_addressees[known_addressees >= 0]] = 0.0
+    means, n_known = embedder.means_of_counts(discovery_counts)
     embedder.components = common_components(
         means[n_known > 0], config.remove_components
     )
@@ -143,10 +297,40 @@ def feature_frame(
     )
 
 
-def vectors_of(features: pd.DataFrame) -> np.ndarray:
-    """The f000.. columns of a features frame as a float32 matrix."""
-    columns = [c for c in features.columns if c.startswith("f") and c[1:].isdigit()]
+def context_frame(tweet_ids: pd.Series, vectors: np.ndarray) -> pd.DataFrame:
+    """Frame in the context_features contract: tweet id and r000.. columns."""
+    columns = {f"r{i:03d}": vectors[:, i] for i in range(vectors.shape[1])}
+    frame = pd.concat(
+        [
+            pd.DataFrame({"tweet_id": tweet_ids.to_numpy()}),
+            pd.DataFrame(columns, dtype=np.float32),
+        ],
+        axis=1,
+    )
+    return frame.astype({"tweet_id": "str"})
+
+
+def vectors_of(features: pd.DataFrame, prefix: str = "f") -> np.ndarray:
+    """The f000.. (or r000..) columns of a features frame as a float32 matrix."""
+    columns = [c for c in features.columns if c.startswith(prefix) and c[1:].isdigit()]
     return features[columns].to_numpy(dtype=np.float32)
+
+
+def embed_frame(
+    embedder: DocumentEmbedder, frame: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The features frame of preprocessed tweets, and their replies' vectors.
+
+    The second frame holds one row per tweet whose replies have a known word.
+    """
+    vectors, n_known = embedder.embed(frame["tokens"])
+    features = feature_frame(frame, vectors, n_known)
+    context = frame["context_tokens"]
+    has_context = context.str.len().gt(0).to_numpy()
+    reply_vectors, reply_known = embedder.embed(context[has_context])
+    keep = reply_known > 0
+    replies = context_frame(frame["tweet_id"][has_context][keep], reply_vectors[keep])
+    return features, replies
 
 
 class FeaturesOutput(BaseModel):
@@ -155,46 +339,77 @@ class FeaturesOutput(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     features: ArtifactRef
+    replies: ArtifactRef
     embedder: ArtifactRef
     vocabulary_size: int
     no_known_words: int
+    tweets_with_replies: int = 0
 
 
 @stage_task(STAGE, ["tasks.features", "tasks.embedding"])
 def build_features(
-    preprocessed: ArtifactRef, config: FeaturesConfig, seed: int, artifacts_dir: str
+    preprocessed: ArtifactRef,
+    config: FeaturesConfig,
+    seed: int,
+    artifacts_dir: str,
+    addressees: list[str] | None = None,
 ) -> FeaturesOutput:
-    """Train word vectors on discovery and embed every tweet."""
+    """Train word vectors and term weights on discovery and embed every tweet."""
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
     frame = store.get_frame(preprocessed)
-    discovery = frame.loc[frame["split"].eq("discovery"), "tokens"]
-    embedder = fit_embedder(discovery, config, seed)
+    discovery = frame["split"].eq("discovery")
+    embedder = fit_embedder(
+        frame.loc[discovery, "tokens"],
+        config,
+        seed,
+        frame.loc[discovery, "context_tokens"],
+        addressees or [],
+    )
     trained = time.perf_counter()
-    vectors, n_known = embedder.embed(frame["tokens"])
+    features_frame, replies_frame = embed_frame(embedder, frame)
     staging = store.staging_dir(STAGE)
     embedder.save(staging, {"config": config.model_dump(mode="json"), "seed": seed})
     embedder_ref = store.commit_dir(staging, STAGE)
-    features = store.put_frame(
-        feature_frame(frame, vectors, n_known), STAGE, "features"
-    )
+    features = store.put_frame(features_frame, STAGE, "features")
+    replies = store.put_frame(replies_frame, STAGE, "context_features")
+    n_known = features_frame["n_known"].to_numpy()
     no_known = int((n_known == 0).sum())
+    weights = pd.Series(embedder.weights, index=embedder.vocab)
     logger.info(
-        "features: %s on %d discovery tweets -> %d words x %d dims in %.2fs; "
-        "embedded %d tweets (%d with no known word) in %.2fs",
+        "features: %s on %d discovery tweets%s -> %d terms x %d dims in %.2fs; "
+        "embedded %d tweets (%d with no known word, %d with a reply view) in %.2fs",
         config.algorithm,
-        len(discovery),
+        int(discovery.sum()),
+        (
+            f" and their {int(frame.loc[discovery, 'n_replies'].sum())} replies"
+            if config.use_replies and frame["n_replies"].gt(0).any()
+            else ""
+        ),
         len(embedder.vocab),
         embedder.dim,
         trained - started,
         len(frame),
         no_known,
+        len(replies_frame),
         time.perf_counter() - trained,
     )
+    if config.weighting == "specificity":
+        handles = weights[weights.index.str.startswith("@")]
+        logger.info(
+            "features: most specific terms %s; least %s; handles weighed as "
+            "addressees (weight < 0.5): %d of %d",
+            ", ".join(weights.nlargest(8).index),
+            ", ".join(weights[~weights.index.str.startswith("@")].nsmallest(5).index),
+            int((handles < 0.5).sum()),
+            len(handles),
+        )
     return FeaturesOutput(
         features=features,
+        replies=replies,
         embedder=embedder_ref,
         vocabulary_size=len(embedder.vocab),
         no_known_words=no_known,
+        tweets_with_replies=len(replies_frame),
     )

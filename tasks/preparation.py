@@ -26,7 +26,15 @@ from tasks.caching import stage_task
 from tasks.store import ArtifactRef, ArtifactStore
 
 STAGE = "preparation"
-PREPARED_COLUMNS = ["tweet_id", "text", "split", "source", "source_row"]
+PREPARED_COLUMNS = [
+    "tweet_id",
+    "text",
+    "split",
+    "source",
+    "source_row",
+    "context",
+    "n_replies",
+]
 # Characters that betray mis-decoded UTF-8; only these rows go through ftfy.
 MOJIBAKE_HINT = re.compile(r"[\u00c2-\u00c3\u00e2][\u0080-\u00bf]|\u00e2\u20ac")
 # C0/C1 control characters, zero-width marks and any run of whitespace.
@@ -197,12 +205,39 @@ def prepare_for_inference(
     )
 
 
+def pool_replies(df: pd.DataFrame) -> pd.DataFrame:
+    """Give the first of several tweets with the same text all of their replies.
+
+    Deduplication keeps that first tweet, so no reply is lost with a duplicate.
+    """
+    shared = df["text"].duplicated(keep=False) & df["n_replies"].gt(0)
+    if not shared.any():
+        return df
+    groups = df[shared].groupby("text", sort=False)
+    context = groups["context"].agg(lambda texts: "\n".join(texts.dropna()))
+    n_replies = groups["n_replies"].sum()
+    first = ~df["text"].duplicated(keep="first") & df["text"].isin(context.index)
+    df = df.copy()
+    df.loc[first, "context"] = df.loc[first, "text"].map(context)
+    df.loc[first, "n_replies"] = df.loc[first, "text"].map(n_replies).astype("int64")
+    return df
+
+
 def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationResult:
-    """Clean, deduplicate, quarantine bad rows and split a raw snapshot."""
+    """Clean, deduplicate, quarantine bad rows and split a raw snapshot.
+
+    Replies kept as a tweet's ``context`` are cleaned like texts and follow
+    their tweet (pooled onto the surviving copy of a duplicate).
+    """
     df, quarantined = clean_and_check(raw, config)
+    df = pool_replies(df)
     before = len(df)
     df = df.drop_duplicates(subset=["text"], keep="first")
     duplicates_removed = before - len(df)
+    has_context = df["context"].notna()
+    if has_context.any():
+        cleaned = clean_text(df.loc[has_context, "context"], config.fix_mojibake)
+        df = df.assign(context=df["context"].where(~has_context, cleaned))
 
     df = df.assign(
         split=split_of(

@@ -33,18 +33,29 @@ class PreprocessingConfig(BaseModel):
 def preprocess_frame(
     prepared: pd.DataFrame, config: PreprocessingConfig
 ) -> pd.DataFrame:
-    """Tokenise prepared tweets into the preprocessed contract's columns."""
+    """Tokenise prepared tweets (and their replies) into the preprocessed contract."""
     tokens = tokenise(
         prepared["text"],
         keep_mentions=config.keep_mentions,
         remove_stop_words=config.remove_stop_words,
     )
+    context = prepared["context"].fillna("").astype("str")
+    has_context = context.str.len().gt(0)
+    context_tokens = pd.Series("", index=prepared.index, dtype="str")
+    if has_context.any():
+        context_tokens[has_context] = tokenise(
+            context[has_context],
+            keep_mentions=config.keep_mentions,
+            remove_stop_words=config.remove_stop_words,
+        )
     return pd.DataFrame(
         {
             "tweet_id": prepared["tweet_id"].astype("str"),
             "split": prepared["split"].astype("str"),
             "tokens": tokens,
             "n_tokens": token_counts(tokens),
+            "context_tokens": context_tokens,
+            "n_replies": prepared["n_replies"].astype("int64"),
         }
     )
 
@@ -73,11 +84,12 @@ def preprocess(
     mean = float(frame["n_tokens"].mean()) if len(frame) else 0.0
     logger.info(
         "preprocessing: %d rows in, %d rows out, %.1f tokens per tweet, "
-        "%d tweets with no tokens (%.2fs)",
+        "%d tweets with no tokens, %d with replies tokenised as context (%.2fs)",
         prepared.rows,
         len(frame),
         mean,
         empty,
+        int(frame["context_tokens"].str.len().gt(0).sum()),
         time.perf_counter() - started,
     )
     return PreprocessingOutput(

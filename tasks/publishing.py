@@ -18,7 +18,13 @@ import pandas as pd
 from data_contracts import get_contract, validate_frame
 from tasks import fsio
 from tasks.categories import Category
-from tasks.clustering import CENTROIDS_FILE, CLUSTERS_FILE, PROJECTION_PLOT
+from tasks.clustering import (
+    CENTROIDS_FILE,
+    CLUSTERS_FILE,
+    CRITERION,
+    K_SELECTION_PLOT,
+    PROJECTION_PLOT,
+)
 from tasks.embedding import (
     EMBEDDING_ARRAYS_FILE,
     EMBEDDING_INFO_FILE,
@@ -111,9 +117,20 @@ def markdown_report(
         "",
         f"- rows read: {c['rows_read']}; accepted: {c['accepted']}; "
         f"quarantined: {c['quarantined']}; exact duplicates removed: "
-        f"{c['duplicates_removed']}; outbound replies skipped: {c['outbound_skipped']}",
+        f"{c['duplicates_removed']}",
+    ]
+    if c.get("replies_read"):
+        lines.append(
+            f"- brand replies read: {c['replies_read']}; linked to the customer "
+            f"tweets they answer: {c['replies_linked']} (with accepted tweets "
+            f"{c['replies_with_accepted']}, with quarantined ones "
+            f"{c['replies_with_quarantined']}); not linked: {c['replies_unlinked']}"
+            f"; tweets clustered with their replies: "
+            f"{c['tweets_clustered_with_replies']}"
+        )
+    lines += [
         f"- categories discovered: k = {record.clusters['k']} "
-        f"({'chosen by silhouette' if record.clusters['k_selection'] else 'given'})",
+        f"({'chosen by the ' + CRITERION if record.clusters['k_selection'] else 'given'})",
         f"- data snapshot: `{record.refs['raw'].sha256[:16]}`; code version: "
         f"`{record.code_version[:16]}`",
         "",
@@ -142,14 +159,32 @@ def cluster_report(clusters: list[dict], description: dict, level: int = 1) -> s
         f"{h} Categories",
         "",
         f"k = {description['k']}; silhouette {description['silhouette']:.3f}; "
-        f"stability (ARI between two KMeans runs) {description['stability_ari']:.3f}.",
+        f"stability (ARI between two runs on other samples and seeds) "
+        f"{description['stability_ari']:.3f}.",
     ]
     if scores:
-        lines.append(
-            "Silhouette per k: "
-            + ", ".join(f"{k}: {float(v):.3f}" for k, v in scores.items())
-            + "."
-        )
+        lines += [
+            "",
+            f"{h}# Choosing k",
+            "",
+            f"{CRITERION} per k (how much more it costs to merge k categories into "
+            "k - 1 than to reach k from k + 1; the largest jump is chosen):",
+            "",
+            "| k | " + " | ".join(str(k) for k in scores) + " |",
+            "|---|" + "---|" * len(scores),
+            "| ratio | "
+            + " | ".join(
+                (
+                    f"**{float(v):.2f}**"
+                    if int(k) == description["k"]
+                    else f"{float(v):.2f}"
+                )
+                for k, v in scores.items()
+            )
+            + " |",
+            "",
+            f"![criterion per k]({K_SELECTION_PLOT})",
+        ]
     lines += [
         "",
         "| id | category | name from | tweets | share | top words |",
@@ -240,6 +275,7 @@ def publish_run(
     clustering = store.get_dir(record.refs["clustering_model"])
     training = store.get_dir(record.refs["training_model"])
     shutil.copy2(clustering / PROJECTION_PLOT, partial / PROJECTION_PLOT)
+    shutil.copy2(clustering / K_SELECTION_PLOT, partial / K_SELECTION_PLOT)
     shutil.copy2(training / CONFUSION_PLOT, partial / CONFUSION_PLOT)
     shutil.copy2(training / REPORT_FILE, partial / REPORT_FILE)
     model_sha = build_model_bundle(
