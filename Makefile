@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test lint format bench clean up down pools mlflow-ui
+.PHONY: install run test lint format bench quality clean up down pools mlflow-ui
 
 install: $(STAMP)
 
@@ -43,6 +43,14 @@ bench: install
 	rm -rf bench/results/artifacts
 	$(PY) -m bench.retrain_bench --artifacts-dir bench/results/artifacts --keep
 	$(PY) -m bench.inference_bench --artifacts-dir bench/results/artifacts
+
+# Category quality on every labelled corpus (bench/quality.py): the real retrain
+# flow with k automatic and given; the support threads' classifier scored on the
+# airline complaints for each reply weight. Extra corpora: QUALITY_ARGS="--corpus
+# FILE.csv --label-column C".
+QUALITY_ARGS ?=
+quality: install
+	$(PY) -m bench.quality --transfer $(QUALITY_ARGS)
 
 # Embedded set-up: Prefect server on 127.0.0.1:4200, pools, deployments, worker.
 up: install

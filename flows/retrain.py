@@ -33,7 +33,12 @@ from data_contracts import (
 from tasks import fsio
 from tasks.caching import call_with_retries, code_version, uncached_task
 from tasks.categories import CategoryMap, load_category_map, name_categories
-from tasks.clustering import CLUSTERS_FILE, ClusteringConfig, cluster
+from tasks.clustering import (
+    CLUSTERS_FILE,
+    K_SELECTION_PLOT,
+    ClusteringConfig,
+    cluster,
+)
 from tasks.errors import InputError, InsufficientDataError
 from tasks.features import FeaturesConfig, build_features
 from tasks.ingestion import (
@@ -47,6 +52,7 @@ from tasks.preprocessing import PreprocessingConfig, preprocess
 from tasks.publishing import (
     RunRecord,
     cluster_table,
+    inline_images,
     markdown_report,
     previous_run,
     pseudo_label_frame,
@@ -386,7 +392,8 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
                 *args, return_state=True
             )
             out = state.result()
-        timings[name] = round(time.perf_counter() - t0, 3)
+        elapsed = time.perf_counter() - t0
+        timings[name] = round(timings.get(name, 0.0) + elapsed, 3)
         written = "; ".join(
             (
                 f"{field} ({ref.rows} rows) -> {ref.uri}"
@@ -396,7 +403,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
             for field, ref in artifact_refs(out).items()
         )
         served = "reused from cache" if state.name == "Cached" else "computed"
-        logger.info("%s: %s in %.2fs; %s", name, served, timings[name], written)
+        logger.info("%s: %s in %.2fs; %s", name, served, elapsed, written)
         return out
 
     ing = timed(
@@ -442,8 +449,29 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         root_str,
         feats.replies,
     )
-    check(clus.assignments, "clustering")
     previous = previous_run(store)
+    keep_k = previous.get("k") if previous else None
+    if params.clustering.n_clusters == "auto" and keep_k not in (None, clus.k):
+        # The criterion may find the previous run's k as good as its best; then
+        # the categories keep their number (a separate, equally cached run).
+        chosen = json.loads((store.get_dir(clus.model) / CLUSTERS_FILE).read_text())
+        best = max(chosen["k_selection"].values(), default=0.0)
+        if (
+            chosen["k_selection"].get(str(keep_k), 0.0)
+            >= (1 - params.clustering.keep_k_tolerance) * best
+        ):
+            clus = timed(
+                "clustering",
+                cluster,
+                feats.features,
+                pre.preprocessed,
+                params.clustering,
+                params.seed,
+                root_str,
+                feats.replies,
+                keep_k,
+            )
+    check(clus.assignments, "clustering")
     basis = naming_basis(previous, clus.model.sha256)
     cats = timed(
         "categories",
@@ -568,7 +596,9 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
 
     create_markdown_artifact(
         key="retrain-report",
-        markdown=report + "\n" + registry_note,
+        markdown=inline_images(report, run_dir, [K_SELECTION_PLOT])
+        + "\n"
+        + registry_note,
         description=f"tweetflow retrain {run_id}: {outcome.tracked.model_version} "
         f"{outcome.promotion.status}",
     )

@@ -8,7 +8,10 @@ merge tree gives every candidate k a deterministic start, so the choice of k
 does not depend on KMeans restarts, and it gives the criterion for choosing k:
 the *Ward merge-cost ratio*, how much more it costs to merge k categories into
 k - 1 than it cost to reach k from k + 1. Where categories are distinct, merging
-two of them is suddenly expensive; the k with the largest jump is chosen.
+two of them is suddenly expensive; the k with the largest jump (averaged over a
+few trees on different samples) is chosen between 5 and 24. Below 5, support
+tweets split into a handful of broad groups (thanks, bookings, delays, bags)
+that merge intents a team must tell apart.
 
 In customer-support files a tweet that has replies is clustered on its own
 vector combined with its replies' vector (the conversation view, weight
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +52,7 @@ CENTROIDS_FILE = "centroids.npy"
 PROJECTION_PLOT = "clusters_2d.png"
 K_SELECTION_PLOT = "k_selection.png"
 CRITERION = "Ward merge-cost ratio"
+MIN_NAME_LIFT = 1.5
 
 
 class ClusteringConfig(BaseModel):
@@ -61,8 +66,8 @@ class ClusteringConfig(BaseModel):
         "and k_max by the Ward merge-cost ratio (the k where merging categories "
         "further jumps in cost).",
     )
-    k_min: int = Field(4, ge=2, le=100, description="Smallest k tried when automatic.")
-    k_max: int = Field(30, ge=2, le=100, description="Largest k tried when automatic.")
+    k_min: int = Field(5, ge=2, le=100, description="Smallest k tried when automatic.")
+    k_max: int = Field(24, ge=2, le=100, description="Largest k tried when automatic.")
     selection_sample: int = Field(
         6000,
         ge=50,
@@ -81,6 +86,13 @@ class ClusteringConfig(BaseModel):
         ge=50,
         description="Tweets of that sample scored by silhouette (quadratic cost).",
     )
+    selection_trees: int = Field(
+        3,
+        ge=2,
+        le=20,
+        description="Merge trees, each on its own sample and seed, whose criterion "
+        "curves are averaged to choose k (the second also measures stability).",
+    )
     n_init: int = Field(
         1, ge=1, le=50, description="Restarts of the first small-group KMeans."
     )
@@ -89,6 +101,14 @@ class ClusteringConfig(BaseModel):
         ge=1,
         le=64,
         description="BLAS/OpenMP threads for KMeans; on small fits one is fastest.",
+    )
+    keep_k_tolerance: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="When k is automatic, the previous run's k is kept if its "
+        "criterion is within this share of the best, so categories stay put "
+        "across retrains where the criterion cannot tell two k apart.",
     )
     reply_weight: float = Field(
         0.5,
@@ -200,45 +220,89 @@ class MergeTree:
         return merge_cost_ratios(self.merges, self.n_groups, k_min, k_max)
 
 
-def hierarchical_kmeans(
+@dataclass
+class Discovery:
+    """The partition of the discovery tweets and how it was reached."""
+
+    model: KMeans
+    ratios: dict[int, float]  # criterion per candidate k (empty when k is given)
+    sample: np.ndarray  # rows of the first merge tree's sample
+    stability: float
+
+
+def merge_trees(
+    vectors: np.ndarray, config: ClusteringConfig, seed: int, wanted_groups: int
+) -> list[tuple[MergeTree, np.ndarray]]:
+    """``selection_trees`` merge trees, each on its own seeded sample."""
+    n = min(len(vectors), config.selection_sample)
+    trees = []
+    for i in range(config.selection_trees):
+        rng = np.random.default_rng(seed + 1000 * i)
+        rows = np.sort(rng.choice(len(vectors), size=n, replace=False))
+        sample = vectors[rows]
+        distinct = len(np.unique(sample.round(6), axis=0))
+        n_groups = min(wanted_groups, distinct)
+        if n_groups < 3:
+            raise InsufficientDataError(
+                f"clustering: {distinct} distinct discovery tweets are too few to "
+                "find categories"
+            )
+        trees.append(
+            (MergeTree(sample, n_groups, seed + 1000 * i, config.n_init), rows)
+        )
+    return trees
+
+
+def discover(
     vectors: np.ndarray,
     k: int | None,
     config: ClusteringConfig,
     seed: int,
-    k_range: tuple[int, int] | None = None,
-) -> tuple[KMeans, dict[int, float], np.ndarray]:
-    """KMeans on ``vectors`` seeded by the merge tree of a sample.
+    keep_k: int | None = None,
+) -> Discovery:
+    """KMeans on ``vectors`` seeded by merge trees of samples; k chosen if None.
 
-    ``k`` None chooses it by the merge-cost ratio over ``k_range``. Returns the
-    fitted model, the criterion per k (empty when k is given) and the sample rows.
+    The criterion per k is the merge-cost ratio averaged over the trees (one
+    sample's curve is noisy where categories shade into each other). ``keep_k``
+    (the previous run's k) is kept when its criterion is within
+    ``keep_k_tolerance`` of the best. The final KMeans starts from the first
+    tree's groups at k; stability compares it with the partition the second
+    tree leads to, on every tweet.
     """
-    rng = np.random.default_rng(seed)
-    rows = np.sort(
-        rng.choice(
-            len(vectors), size=min(len(vectors), config.selection_sample), replace=False
-        )
+    low, high = config.k_min, config.k_max
+    trees = merge_trees(
+        vectors, config, seed, max(config.overclusters, (k or high) + 1)
     )
-    sample = vectors[rows]
-    low, high = k_range or (config.k_min, config.k_max)
-    wanted = max(config.overclusters, (k or high) + 1)
-    distinct = len(np.unique(sample.round(6), axis=0))
-    n_groups = min(wanted, distinct)
-    if n_groups < 3 or (k is not None and k >= n_groups):
+    n_groups = min(tree.n_groups for tree, _ in trees)
+    if k is not None and k >= n_groups:
         raise InsufficientDataError(
-            f"clustering: {distinct} distinct discovery tweets are too few to find "
-            f"{k or f'{low}-{high}'} categories"
+            f"clustering: too few distinct discovery tweets ({n_groups} groups) to "
+            f"find {k} categories"
         )
-    tree = MergeTree(sample, n_groups, seed, config.n_init)
     ratios: dict[int, float] = {}
     if k is None:
-        ratios = tree.ratios(low, high)
+        curves = [tree.ratios(low, min(high, n_groups - 1)) for tree, _ in trees]
+        ratios = {
+            key: float(np.mean([curve[key] for curve in curves])) for key in curves[0]
+        }
         if not ratios:
             raise InsufficientDataError(
-                f"clustering: too few distinct tweets ({distinct}) to choose k"
+                f"clustering: too few distinct tweets ({n_groups} groups) to choose k"
             )
         k = max(ratios, key=ratios.__getitem__)
-    model = KMeans(k, init=tree.centres(k), n_init=1, random_state=seed).fit(vectors)
-    return model, ratios, rows
+        if keep_k in ratios and ratios[keep_k] >= (1 - config.keep_k_tolerance) * (
+            ratios[k]
+        ):
+            k = int(keep_k)
+    first, rows = trees[0]
+    model = KMeans(k, init=first.centres(k), n_init=1, random_state=seed).fit(vectors)
+    stability = 1.0
+    if len(trees) > 1:
+        second, other_rows = trees[1]
+        other = KMeans(k, init=second.centres(k), n_init=1, random_state=seed + 1)
+        other.fit(vectors[other_rows])
+        stability = float(adjusted_rand_score(model.labels_, other.predict(vectors)))
+    return Discovery(model, ratios, rows, stability)
 
 
 # Describing clusters -------------------------------------------------------------
@@ -283,8 +347,10 @@ def name_terms(
 
     Each cluster is one document: score = tf(word, cluster) * log(1 + A / f(word)),
     A the mean number of words per cluster, f the word's count in all clusters.
-    Word forms are pooled by stem and shown in their most common form; handles
-    are never names.
+    Only words over-represented in the cluster (``MIN_NAME_LIFT`` times their
+    share of all words) qualify, so a word every cluster uses ("flight") names
+    none. Word forms are pooled by stem and shown in their most common form;
+    handles are never names.
     """
     vocab, per_cluster = _cluster_counts(tokens, labels, k)
     plain = ~np.asarray(vocab.str.startswith("@"), dtype=bool)
@@ -304,7 +370,8 @@ def name_terms(
     tf = pooled / np.maximum(pooled.sum(axis=1, keepdims=True), 1.0)
     mean_words = pooled.sum() / max(k, 1)
     idf = np.log(1.0 + mean_words / np.maximum(pooled.sum(axis=0), 1.0))
-    score = np.where(pooled >= min_count, tf * idf, 0.0)
+    lift = tf / np.maximum(pooled.sum(axis=0) / max(pooled.sum(), 1.0), 1e-12)
+    score = np.where((pooled >= min_count) & (lift >= MIN_NAME_LIFT), tf * idf, 0.0)
     return [
         [str(shown[i]) for i in np.argsort(-score[c])[:top] if score[c, i] > 0]
         for c in range(k)
@@ -346,8 +413,13 @@ def fit_clusters(
     config: ClusteringConfig,
     seed: int,
     replies: pd.DataFrame | None = None,
+    keep_k: int | None = None,
 ) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """Cluster the discovery tweets; returns (assignments, description, centroids)."""
+    """Cluster the discovery tweets; returns (assignments, description, centroids).
+
+    ``keep_k`` is the previous run's k, kept when automatic choice finds it as
+    good as the best (see ``discover``).
+    """
     own = vectors_of(features)
     has_words = features["n_known"].to_numpy() > 0
     vectors, with_replies = conversation_view(
@@ -366,7 +438,13 @@ def fit_clusters(
             f"clustering: k={given} exceeds {len(train)} discovery tweets"
         )
     with threadpool_limits(config.threads):
-        model, ratios, rows = hierarchical_kmeans(train, given, config, seed)
+        found = discover(train, given, config, seed, keep_k)
+        model, ratios, rows, stability = (
+            found.model,
+            found.ratios,
+            found.sample,
+            found.stability,
+        )
         k = model.n_clusters
         labels = np.full(len(features), NO_WORDS_CLUSTER, dtype=np.int64)
         distance = np.full(len(features), np.nan)
@@ -375,13 +453,6 @@ def fit_clusters(
         distance[has_words] = all_distances.min(axis=1)
         scored = rows[: config.silhouette_sample]
         silhouette = float(silhouette_score(train[scored], model.labels_[scored]))
-        # Stability: the same procedure on another sample with another seed,
-        # compared with this partition on every discovery tweet.
-        resample = np.random.default_rng(seed + 1).choice(
-            len(train), size=len(rows), replace=False
-        )
-        other = hierarchical_kmeans(train[resample], k, config, seed + 1)[0]
-        stability = float(adjusted_rand_score(model.labels_, other.predict(train)))
     discovery_tokens = tokens[discovery].reset_index(drop=True)
     terms = distinctive_terms(
         discovery_tokens, model.labels_, k, config.min_term_count, config.top_terms
@@ -392,6 +463,8 @@ def fit_clusters(
         "k": k,
         "k_selection": {str(key): value for key, value in ratios.items()},
         "k_criterion": CRITERION if ratios else None,
+        "k_best": max(ratios, key=ratios.__getitem__) if ratios else k,
+        "k_kept_from_previous_run": bool(ratios) and keep_k == k,
         "silhouette": silhouette,
         "stability_ari": stability,
         "inertia": float(model.inertia_),
@@ -421,8 +494,17 @@ def fit_clusters(
 
 
 # Plots ---------------------------------------------------------------------------
-def k_selection_plot(ratios: dict[int, float], chosen: int, path: Path) -> None:
-    """Save the criterion per candidate k, with the chosen k marked."""
+def k_selection_plot(
+    ratios: dict[int, float],
+    chosen: int,
+    path: Path,
+    kept: bool = False,
+    tolerance: float = 0.0,
+) -> None:
+    """Save the criterion per candidate k, with the chosen k marked.
+
+    When the previous run's k was kept, the band it had to be in is drawn.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -434,8 +516,19 @@ def k_selection_plot(ratios: dict[int, float], chosen: int, path: Path) -> None:
         values = [ratios[k] for k in ks]
         ax.plot(ks, values, marker="o", markersize=4, color="#4477aa")
         ax.plot([chosen], [ratios[chosen]], marker="o", markersize=10, color="#cc3311")
+        if kept:
+            floor = (1 - tolerance) * max(values)
+            ax.axhline(floor, color="#cc3311", linestyle="--", linewidth=0.8)
+            ax.annotate(
+                f"within {tolerance:.0%} of the best",
+                (ks[0], floor),
+                textcoords="offset points",
+                xytext=(0, 4),
+                color="#cc3311",
+                fontsize=8,
+            )
         ax.annotate(
-            f"chosen k = {chosen}",
+            f"chosen k = {chosen}" + (" (the previous run's)" if kept else ""),
             (chosen, ratios[chosen]),
             textcoords="offset points",
             xytext=(8, -4),
@@ -507,8 +600,9 @@ def cluster(
     seed: int,
     artifacts_dir: str,
     replies: ArtifactRef | None = None,
+    keep_k: int | None = None,
 ) -> ClusteringOutput:
-    """Pseudo-label tweets and describe each cluster."""
+    """Pseudo-label tweets and describe each cluster (keeping ``keep_k`` if as good)."""
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
@@ -518,7 +612,7 @@ def cluster(
         raise ValueError("clustering: features and preprocessed tweets are not aligned")
     reply_frame = store.get_frame(replies) if replies is not None else None
     assignments, description, centroids = fit_clusters(
-        frame, tokens["tokens"], config, seed, reply_frame
+        frame, tokens["tokens"], config, seed, reply_frame, keep_k
     )
     staging = store.staging_dir(STAGE)
     np.save(staging / CENTROIDS_FILE, centroids, allow_pickle=False)
@@ -538,6 +632,8 @@ def cluster(
         {int(k): v for k, v in description["k_selection"].items()},
         description["k"],
         staging / K_SELECTION_PLOT,
+        kept=description["k_kept_from_previous_run"],
+        tolerance=config.keep_k_tolerance,
     )
     model = store.commit_dir(staging, STAGE)
     ref = store.put_frame(assignments, STAGE, "cluster_assignments")
@@ -549,7 +645,15 @@ def cluster(
         description["tweets_with_reply_view"],
         config.reply_weight,
         description["k"],
-        f"chosen by the {CRITERION}" if config.n_clusters == "auto" else "given",
+        (
+            "given"
+            if config.n_clusters != "auto"
+            else (
+                f"the previous run's, as good as the best k={description['k_best']}"
+                if description["k_kept_from_previous_run"]
+                else f"chosen by the {CRITERION}"
+            )
+        ),
         description["silhouette"],
         description["stability_ari"],
         [c["size"] for c in description["clusters"]],

@@ -7,6 +7,7 @@ complete run.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -199,6 +200,22 @@ def cluster_report(clusters: list[dict], description: dict, level: int = 1) -> s
     lines += [f"- **{r['category']}**: {r['examples']}" for r in clusters]
     lines += ["", f"![clusters]({PROJECTION_PLOT})"]
     return "\n".join(lines) + "\n"
+
+
+def inline_images(markdown: str, folder: Path, names: list[str]) -> str:
+    """Embed the named images of ``folder`` in ``markdown`` as data URIs.
+
+    The Prefect UI cannot reach the run folder, so the report it shows carries
+    its plots inside.
+    """
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            markdown = markdown.replace(
+                f"]({name})", f"](data:image/png;base64,{data})"
+            )
+    return markdown
 
 
 def build_model_bundle(

@@ -69,7 +69,7 @@ def link_replies(
     target = np.full(n, None, dtype=object)
     depth = np.zeros(n, dtype=np.int64)
     reason = np.full(n, None, dtype=object)
-    pending = current.notna().to_numpy()
+    pending = current.notna().to_numpy().copy()
     reason[~pending] = NOT_A_REPLY
     for level in range(1, max_depth + 1):
         values = current.to_numpy()

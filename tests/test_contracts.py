@@ -23,9 +23,17 @@ def raw_frame() -> pd.DataFrame:
             "text": ["@united hi", "claritin"],
             "source": ["s.csv", "s.csv"],
             "source_row": [0, 1],
+            "context": [None, "@customer sorry to hear that"],
+            "n_replies": [0, 1],
         }
     ).astype(
-        {"tweet_id": "str", "author_id": "str", "created_at": "str", "text": "str"}
+        {
+            "tweet_id": "str",
+            "author_id": "str",
+            "created_at": "str",
+            "text": "str",
+            "context": "str",
+        }
     )
 
 
@@ -140,6 +148,27 @@ def test_predictions_reject_confidence_out_of_range() -> None:
     )
     with pytest.raises(ContractViolation, match="confidence"):
         validate_frame(frame, get_contract("predictions"), "inference")
+
+
+def test_context_features_reject_repeated_tweets_and_nan() -> None:
+    frame = pd.DataFrame(
+        {"tweet_id": ["1", "2"], "r000": np.array([0.1, 0.2], dtype=np.float32)}
+    ).astype({"tweet_id": "str"})
+    validate_frame(frame, get_contract("context_features"), "features")
+    with pytest.raises(ContractViolation, match="field_uniqueness"):
+        validate_frame(
+            frame.assign(tweet_id=["1", "1"]), get_contract("context_features"), "f"
+        )
+    frame.loc[0, "r000"] = np.nan
+    with pytest.raises(ContractViolation, match="r000"):
+        validate_frame(frame, get_contract("context_features"), "features")
+
+
+def test_quarantine_keeps_the_replies_of_a_set_aside_tweet() -> None:
+    frame = raw_frame()
+    frame.loc[1, "text"] = None
+    _, quarantine = split_quarantine(frame, get_contract("raw"), "ingestion")
+    assert quarantine["n_replies"].tolist() == [1]
 
 
 def test_violation_table_lists_failure_cases() -> None:

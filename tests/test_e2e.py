@@ -22,12 +22,13 @@ pytestmark = pytest.mark.e2e
 STAGES = sorted(FLOW_STAGES)
 # One log line per stage that states its row counts.
 ROW_COUNT_LINES = {
-    "ingestion": r"ingestion: read \d+ rows .*; \d+ accepted, \d+ quarantined",
+    "ingestion": r"ingestion: read \d+ rows .*; \d+ customer tweets accepted, "
+    r"\d+ quarantined",
     "preparation": r"preparation: \d+ rows in, \d+ accepted, \d+ quarantined, "
     r"\d+ exact duplicates removed",
     "preprocessing": r"preprocessing: \d+ rows in, \d+ rows out",
     "features": r"features: word2vec on \d+ discovery tweets .* embedded \d+ tweets",
-    "clustering": r"clustering: \d+ tweets in, k=\d+",
+    "clustering": r"clustering: \d+ tweets in .*, k=\d+",
     "categories": r"categories: named \d+ clusters",
     "training": r"training: \w+ on \d+ discovery tweets",
 }
@@ -154,7 +155,9 @@ def test_the_logs_give_each_stages_row_counts(two_runs) -> None:  # noqa: ANN001
     assert missing == [], text
     # Where each stage's outputs went, and the DEBUG lines the run form asked for.
     assert re.search(r"ingestion: computed in .* raw \(\d+ rows\) -> file://", text)
-    assert any(log.level == 10 and "silhouette per k" in log.message for log in logs)
+    assert any(
+        log.level == 10 and "merge-cost ratio per k" in log.message for log in logs
+    )
 
 
 def test_the_report_artifact_is_published(two_runs) -> None:  # noqa: ANN001

@@ -31,7 +31,7 @@ def small_params(source: Path, artifacts: Path, **changes):  # noqa: ANN003, ANN
     base = {
         "source": str(source),
         "artifacts_dir": str(artifacts),
-        "features": {"min_count": 2, "epochs": 5},
+        "features": {"min_count": 2},
         "clustering": {"k_min": 2, "k_max": 5, "selection_sample": 300, "n_init": 2},
     }
     for key, value in changes.items():
@@ -343,7 +343,7 @@ def test_log_level_sets_the_run_verbosity(
     ]:
         assert stage in messages, stage
     assert "rows in" in messages and "accepted" in messages
-    assert any(level == 10 and "silhouette per k" in m for level, m in logs)
+    assert any(level == 10 and "merge-cost ratio per k" in m for level, m in logs)
 
     quiet = retrain(
         **small_params(small_csv, tmp_path, log_level="WARNING").as_flow_kwargs(),

@@ -166,9 +166,17 @@ def test_preparation_accounts_for_every_row() -> None:
             ],
             "source": "t.csv",
             "source_row": range(7),
+            "context": None,
+            "n_replies": 0,
         }
     ).astype(
-        {"tweet_id": "str", "author_id": "str", "created_at": "str", "text": "str"}
+        {
+            "tweet_id": "str",
+            "author_id": "str",
+            "created_at": "str",
+            "text": "str",
+            "context": "str",
+        }
     )
     result = prepare_frame(raw, PreparationConfig())
     reasons = result.quarantine.set_index("tweet_id")["reason"].to_dict()

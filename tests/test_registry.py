@@ -168,7 +168,7 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     assert second.promotion.status == "rejected"
     assert champion_version(artifacts, config) == "1"
     failed = {r.name for r in second.decision.failed}
-    assert {"stability_ari", "agreement_ari"} <= failed, second.decision.as_table()
+    assert {"agreement_ari", "silhouette_drop"} <= failed, second.decision.as_table()
     assert all(name in second.decision.reason for name in failed)
     tags = version_tags(artifacts, config, "2")
     assert tags["promotion"] == "rejected"
