@@ -248,6 +248,7 @@ def evaluate_transfer(
         cluster = clusters_of_rows(rows, labels)
         scored = truth.notna().to_numpy()
         metrics = json.loads((run_dir / "metrics.json").read_text())
+        described = json.loads((run_dir / "model" / "clusters.json").read_text())
         row = partition_scores(truth.to_numpy()[scored].astype(str), cluster[scored])
     finally:
         shutil.rmtree(artifacts, ignore_errors=True)
@@ -261,6 +262,8 @@ def evaluate_transfer(
         "stability_ari": metrics["stability_ari"],
         "agreement": metrics.get("evaluation_accuracy"),
         "replies_linked": metrics.get("replies_linked"),
+        "sizes": [c["size"] for c in described["clusters"]],
+        "top_terms": [c["top_terms"][:6] for c in described["clusters"]],
         **row,
     }
 

@@ -213,10 +213,11 @@ def specificity_weights(
     content = np.where(handle, 0.0, 1.0).astype(np.float32)
     means, n_known = embedder.means_of_counts(counts, content)
     rows = np.flatnonzero(n_known > 0)
-    k = min(config.pilot_clusters, len(rows) - 1)
+    vectors = embedder.finish(means[rows], np.ones(len(rows), dtype=bool))
+    distinct = len(np.unique(vectors.round(6), axis=0)) if len(rows) else 0
+    k = min(config.pilot_clusters, distinct - 1)
     if k < 2:
         return np.ones(len(embedder.vocab), dtype=np.float32)
-    vectors = embedder.finish(means[rows], np.ones(len(rows), dtype=bool))
     rng = np.random.default_rng(seed)
     fit = rng.choice(len(rows), size=min(len(rows), config.pilot_sample), replace=False)
     with threadpool_limits(1):

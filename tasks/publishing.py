@@ -169,20 +169,17 @@ def cluster_report(clusters: list[dict], description: dict, level: int = 1) -> s
             f"{h}# Choosing k",
             "",
             f"{CRITERION} per k (how much more it costs to merge k categories into "
-            "k - 1 than to reach k from k + 1; the largest jump is chosen):",
-            "",
-            "| k | " + " | ".join(str(k) for k in scores) + " |",
-            "|---|" + "---|" * len(scores),
-            "| ratio | "
-            + " | ".join(
+            "k - 1 than to reach k from k + 1; the largest jump is chosen, or the "
+            "previous run's k when it is as good): "
+            + ", ".join(
                 (
-                    f"**{float(v):.2f}**"
+                    f"**{k}: {float(v):.2f}**"
                     if int(k) == description["k"]
-                    else f"{float(v):.2f}"
+                    else f"{k}: {float(v):.2f}"
                 )
                 for k, v in scores.items()
             )
-            + " |",
+            + ".",
             "",
             f"![criterion per k]({K_SELECTION_PLOT})",
         ]

@@ -168,11 +168,11 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     assert second.promotion.status == "rejected"
     assert champion_version(artifacts, config) == "1"
     failed = {r.name for r in second.decision.failed}
-    assert {"agreement_ari", "silhouette_drop"} <= failed, second.decision.as_table()
+    assert {"silhouette_drop", "coverage_drop"} <= failed, second.decision.as_table()
     assert all(name in second.decision.reason for name in failed)
     tags = version_tags(artifacts, config, "2")
     assert tags["promotion"] == "rejected"
-    assert "agreement_ari" in tags["promotion_reason"]
+    assert "silhouette_drop" in tags["promotion_reason"]
     assert frozen.read_bytes() == frozen_bytes  # frozen once, never rewritten
     assert tags["frozen_evaluation_sha256"] == first.decision.frozen_sha256
 
