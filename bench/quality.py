@@ -91,7 +91,7 @@ class Corpus:
 
 def _source_rows(corpus: Corpus) -> pd.DataFrame:
     """The corpus's rows as ingestion reads them (text and id columns)."""
-    from tasks.ingestion import IngestionConfig, ingest_frame
+    from tasks.stages.ingestion import IngestionConfig, ingest_frame
 
     config = IngestionConfig(text_column=corpus.text_column, id_column=corpus.id_column)
     return ingest_frame(corpus.source, config).raw
@@ -155,7 +155,7 @@ def clusters_of_rows(rows: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
     Duplicates are removed before clustering, so a repeated text takes the cluster
     of the copy that was kept; rows set aside entirely count as cluster -1.
     """
-    from tasks.preparation import clean_text
+    from tasks.stages.preparation import clean_text
 
     by_id = labels.drop_duplicates("tweet_id").set_index("tweet_id")["cluster_id"]
     by_text = labels.drop_duplicates("text").set_index("text")["cluster_id"]
@@ -227,8 +227,8 @@ def evaluate_transfer(
     target: Corpus, reply_weight: float, seed: int = 42, k: int | str = "auto"
 ) -> dict | None:
     """Discover categories on the support threads, classify ``target``, score it."""
-    from tasks.inference import classify_frame
-    from tasks.model import TweetClassifier
+    from tasks.serving.inference import classify_frame
+    from tasks.serving.model import TweetClassifier
 
     threads = SHARED_DATA / THREADS_FILE
     if not threads.is_file():

@@ -16,19 +16,19 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.retrain import LogLevel, apply_log_level, run_command
-from tasks import fsio
-from tasks.caching import call_with_retries, uncached_task
-from tasks.errors import InputError
-from tasks.inference import classify_source
-from tasks.ingestion import IngestionConfig, check_source
-from tasks.preparation import PreparationConfig
-from tasks.registry import (
+from tasks.infra import storage
+from tasks.infra.caching import call_with_retries, uncached_task
+from tasks.infra.errors import InputError
+from tasks.infra.store import ArtifactStore
+from tasks.release.registry import (
     LoadedModel,
     check_model_spec,
     load_registry_config,
     resolve_model,
 )
-from tasks.store import ArtifactStore
+from tasks.serving.inference import classify_source
+from tasks.stages.ingestion import IngestionConfig, check_source
+from tasks.stages.preparation import PreparationConfig
 
 PROMOTION_CONFIG = "config/promotion.yaml"
 
@@ -41,8 +41,8 @@ def check_output(output: str) -> None:
     """The output must be a .parquet file URI whose parent can be written."""
     if not output.endswith(".parquet"):
         raise OutputError(f"output {output!r} must name a .parquet file")
-    if not fsio.is_remote(output):
-        parent = fsio.local_path(output).parent
+    if not storage.is_remote(output):
+        parent = storage.local_path(output).parent
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"output folder {parent} is a file")
 

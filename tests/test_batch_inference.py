@@ -99,7 +99,7 @@ def test_generic_csv_gets_predictions_for_every_usable_tweet(
         "blank-1": "text is empty after cleaning",
     }
     # The same preparation as training: what the model saw is the cleaned text.
-    from tasks.preparation import clean_text
+    from tasks.stages.preparation import clean_text
 
     expected = clean_text(new_tweets.drop_duplicates("tweet_id")["text"]).iloc[:300]
     assert predictions["text"].tolist() == expected.tolist()

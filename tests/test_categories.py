@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.categories import (
+from tasks.stages.categories import (
     CategoryMap,
     CategoryMapError,
     load_category_map,

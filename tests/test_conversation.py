@@ -68,8 +68,8 @@ def test_replies_are_counted_and_linked(runs, threads) -> None:  # noqa: ANN001
 
 
 def test_word_vectors_learn_from_the_replies(runs, threads) -> None:  # noqa: ANN001
-    from tasks.embedding import DocumentEmbedder, stem_words
-    from tasks.text import tokenise
+    from tasks.ml.embedding import DocumentEmbedder, stem_words
+    from tasks.ml.text import tokenise
 
     _, result, _, _ = runs
     frame = pd.read_csv(threads[0], dtype=str, keep_default_na=False)
@@ -109,10 +109,10 @@ def test_clustering_uses_the_replies(runs) -> None:  # noqa: ANN001
 def test_the_classifier_learns_from_the_customer_tweet_alone(
     runs, threads, tmp_path  # noqa: ANN001
 ) -> None:
-    from tasks.inference import classify_source
-    from tasks.ingestion import IngestionConfig
-    from tasks.model import TweetClassifier
-    from tasks.preparation import PreparationConfig
+    from tasks.serving.inference import classify_source
+    from tasks.serving.model import TweetClassifier
+    from tasks.stages.ingestion import IngestionConfig
+    from tasks.stages.preparation import PreparationConfig
 
     _, result, _, _ = runs
     model = TweetClassifier.load(Path(result["local_run_dir"]) / "model")

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from tasks.categories import CategoryMap, curated_match, term_concentration
-from tasks.clustering import (
+from tasks.ml.embedding import DocumentEmbedder, doc_term_matrix, stem_words, term_lists
+from tasks.stages.categories import CategoryMap, curated_match, term_concentration
+from tasks.stages.clustering import (
     ClusteringConfig,
     discover,
     groups_at,
@@ -17,8 +18,7 @@ from tasks.clustering import (
     name_terms,
     ward_merges,
 )
-from tasks.embedding import DocumentEmbedder, doc_term_matrix, stem_words, term_lists
-from tasks.features import FeaturesConfig, epochs_for, fit_embedder, specificity
+from tasks.stages.features import FeaturesConfig, epochs_for, fit_embedder, specificity
 
 
 def test_word_forms_share_one_stem_and_handles_are_left_alone() -> None:

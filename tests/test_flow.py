@@ -155,8 +155,8 @@ def test_a_changed_setting_reruns_only_its_stage_and_downstream(
 def test_transient_storage_error_is_retried(
     prefect_api, small_csv: Path, tmp_path: Path, monkeypatch
 ) -> None:  # noqa: ANN001
-    from tasks.caching import TransientStorageError
-    from tasks.store import ArtifactStore
+    from tasks.infra.caching import TransientStorageError
+    from tasks.infra.store import ArtifactStore
 
     original = ArtifactStore.put_frame
     failures = {"preprocessing": 1}
@@ -192,7 +192,7 @@ def test_transient_storage_error_is_retried(
 def test_programming_errors_are_not_retried(
     prefect_api, small_csv: Path, tmp_path: Path, monkeypatch
 ) -> None:  # noqa: ANN001
-    import tasks.training as training
+    import tasks.stages.training as training
 
     calls = {"n": 0}
 
@@ -255,7 +255,7 @@ def test_quarantine_counts_add_up(
 def test_model_bundle_is_invariant_to_swapped_urls_and_mentions(
     first_run,
 ) -> None:  # noqa: ANN001
-    from tasks.model import TweetClassifier
+    from tasks.serving.model import TweetClassifier
 
     artifacts, result, _ = first_run
     model = TweetClassifier.load(Path(result["run_dir"]) / "model")
@@ -275,7 +275,7 @@ def test_model_bundle_is_invariant_to_swapped_urls_and_mentions(
 def test_contract_violation_fails_the_flow_with_a_readable_message(
     prefect_api, small_csv: Path, tmp_path: Path, monkeypatch  # noqa: ANN001
 ) -> None:
-    import tasks.preprocessing as preprocessing
+    import tasks.stages.preprocessing as preprocessing
     from data_contracts import ContractViolation
 
     original = preprocessing.preprocess_frame
@@ -374,8 +374,8 @@ def test_tampered_model_bundle_is_refused_before_unpickling(
 ) -> None:
     import shutil
 
-    from tasks.model import TweetClassifier
-    from tasks.store import ArtifactMissing
+    from tasks.infra.store import ArtifactMissing
+    from tasks.serving.model import TweetClassifier
 
     _, result, _ = first_run
     bundle = tmp_path / "model"
@@ -409,7 +409,7 @@ def test_two_cold_runs_produce_identical_artifacts(
 def test_crash_while_publishing_leaves_latest_on_the_last_complete_run(
     prefect_api, small_csv: Path, tmp_path: Path, monkeypatch  # noqa: ANN001
 ) -> None:
-    import tasks.publishing as publishing
+    import tasks.release.publishing as publishing
 
     done, _ = run(small_params(small_csv, tmp_path))
 
@@ -454,7 +454,7 @@ def test_a_rerun_after_a_crash_resumes_from_the_cached_stages(
     """A crash while a stage writes its output; the rerun reuses every stage that
     finished, recomputes the rest, and ends with the outputs of a clean run."""
     from flows.retrain import retrain
-    from tasks.store import ArtifactStore
+    from tasks.infra.store import ArtifactStore
 
     original = getattr(ArtifactStore, method)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.ingestion import (
+from tasks.stages.ingestion import (
     IngestionConfig,
     SourceError,
     check_source,
@@ -16,7 +16,7 @@ from tasks.ingestion import (
     ingest_frame,
     resolve_source,
 )
-from tasks.preparation import PreparationConfig, prepare_frame, split_of
+from tasks.stages.preparation import PreparationConfig, prepare_frame, split_of
 
 
 def customer_support_frame() -> pd.DataFrame:
@@ -191,7 +191,7 @@ def test_preparation_accounts_for_every_row() -> None:
 
 
 def test_preflight_reads_only_the_head_of_large_files(tmp_path: Path) -> None:
-    from tasks.ingestion import PREVIEW_BYTES, _head
+    from tasks.stages.ingestion import PREVIEW_BYTES, _head
 
     path = tmp_path / "big.csv"
     path.write_text(

@@ -394,7 +394,7 @@ def test_retrain_choices_are_the_deployments_and_log_levels():
         if d["entrypoint"] == "flows/retrain.py:retrain"
     }
     assert set(dispatch["deployment"]["options"]) == names
-    from tasks.registry import PromoteMode
+    from tasks.release.registry import PromoteMode
 
     assert set(dispatch["promote"]["options"]) == set(get_args(PromoteMode))
     assert dispatch["log_level"]["options"] == list(get_args(LogLevel))

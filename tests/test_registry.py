@@ -50,7 +50,7 @@ def runs(
 @pytest.fixture(scope="module")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite store, created once (its migrations take seconds)."""
-    from tasks.registry import Registry, RegistryConfig, embedded_db
+    from tasks.release.registry import Registry, RegistryConfig, embedded_db
 
     root = tmp_path_factory.mktemp("mlflow-template")
     with pytest.MonkeyPatch.context() as env:
@@ -74,14 +74,14 @@ def artifacts(tmp_path: Path, empty_store: Path, monkeypatch) -> Path:  # noqa: 
 
 
 def champion_version(artifacts: Path, config) -> str | None:  # noqa: ANN001
-    from tasks.registry import Registry
+    from tasks.release.registry import Registry
 
     mv = Registry.open(artifacts, config).champion()
     return None if mv is None else str(mv.version)
 
 
 def version_tags(artifacts: Path, config, version: str) -> dict:  # noqa: ANN001
-    from tasks.registry import Registry
+    from tasks.release.registry import Registry
 
     return Registry.open(artifacts, config).version(version).tags
 
@@ -90,7 +90,7 @@ def registered_file(
     artifacts: Path, config, version: str, name: str
 ) -> Path:  # noqa: ANN001
     """The file as it sits in the MLflow artifact store (the registered copy)."""
-    from tasks.registry import Registry
+    from tasks.release.registry import Registry
 
     source = Registry.open(artifacts, config).version(version).source
     return Path(source.removeprefix("file://")) / name
@@ -105,7 +105,7 @@ def flip_a_byte(path: Path) -> None:
 def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     runs: dict[str, Path], artifacts: Path
 ) -> None:
-    from tasks.registry import (
+    from tasks.release.registry import (
         RegistryConfig,
         log_run,
         promote,
@@ -141,7 +141,7 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     assert f"/runs/{first.tracked.mlflow_run_id}" in first.tracked.run_url
 
     # The MLflow run holds params, metrics, reports and the bundle under model/.
-    from tasks.registry import Registry
+    from tasks.release.registry import Registry
 
     client = Registry.open(artifacts, config).client
     run = client.get_run(first.tracked.mlflow_run_id)
@@ -192,7 +192,7 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
 def test_never_registers_without_a_champion(
     runs: dict[str, Path], artifacts: Path
 ) -> None:
-    from tasks.registry import (
+    from tasks.release.registry import (
         NoChampionError,
         RegistryConfig,
         register_and_promote,
@@ -212,9 +212,9 @@ def test_never_registers_without_a_champion(
 def test_a_tampered_registered_file_is_refused_before_unpickling(
     runs: dict[str, Path], artifacts: Path, monkeypatch
 ) -> None:  # noqa: ANN001
-    import tasks.model
-    from tasks.errors import InputError
-    from tasks.registry import (
+    import tasks.serving.model
+    from tasks.infra.errors import InputError
+    from tasks.release.registry import (
         ModelVerificationError,
         RegistryConfig,
         promote,
@@ -242,14 +242,14 @@ def test_a_tampered_registered_file_is_refused_before_unpickling(
         monkeypatch.context() as patch,
         pytest.raises(ModelVerificationError, match="classifier.joblib") as refused,
     ):
-        patch.setattr(tasks.model.joblib, "load", no_unpickling)
+        patch.setattr(tasks.serving.model.joblib, "load", no_unpickling)
         resolve_model("champion", artifacts, config)
     assert isinstance(refused.value, InputError)
     assert "\n" not in str(refused.value)
 
     # A rewritten manifest that matches the tampered file still differs from
     # the registered manifest hash.
-    from tasks.store import write_manifest
+    from tasks.infra.store import write_manifest
 
     manifest = registered_file(artifacts, config, "1", "manifest.json")
     extra = {k: v for k, v in json.loads(manifest.read_text()).items() if k != "files"}
@@ -274,7 +274,7 @@ def test_a_crash_before_the_alias_moves_keeps_the_old_champion(
 ) -> None:  # noqa: ANN001
     from mlflow import MlflowClient
 
-    from tasks.registry import RegistryConfig, register_and_promote
+    from tasks.release.registry import RegistryConfig, register_and_promote
 
     config = RegistryConfig(promote="force")
     register_and_promote(runs["good"], artifacts, config)
@@ -293,7 +293,7 @@ def test_a_crash_before_the_alias_moves_keeps_the_old_champion(
 def test_local_paths_versions_and_bad_specs(
     runs: dict[str, Path], artifacts: Path
 ) -> None:
-    from tasks.registry import (
+    from tasks.release.registry import (
         NoChampionError,
         RegistryConfig,
         RegistryError,
@@ -326,7 +326,7 @@ def test_local_paths_versions_and_bad_specs(
 def test_a_configured_frozen_set_is_used_as_given(
     runs: dict[str, Path], tmp_path: Path
 ) -> None:
-    from tasks.registry import (
+    from tasks.release.registry import (
         GateConfig,
         RegistryConfig,
         RegistryError,
@@ -355,7 +355,11 @@ def test_a_configured_frozen_set_is_used_as_given(
 
 
 def test_promotion_yaml_holds_the_defaults_and_bad_settings_are_one_line() -> None:
-    from tasks.registry import RegistryConfig, RegistryError, load_registry_config
+    from tasks.release.registry import (
+        RegistryConfig,
+        RegistryError,
+        load_registry_config,
+    )
 
     assert load_registry_config(ROOT / "config" / "promotion.yaml") == RegistryConfig()
     with pytest.raises(RegistryError, match="promote"):
@@ -366,7 +370,7 @@ def test_promotion_yaml_holds_the_defaults_and_bad_settings_are_one_line() -> No
 
 def test_importing_the_registry_does_no_work() -> None:
     code = (
-        "import sys, tasks.registry; "
+        "import sys, tasks.release.registry; "
         "assert 'mlflow' not in sys.modules, 'mlflow imported at import time'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

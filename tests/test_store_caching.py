@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.caching import (
+from tasks.infra.caching import (
     TransientStorageError,
     is_transient,
     stage_cache_key_fn,
     stage_key,
 )
-from tasks.embedding import DocumentEmbedder
-from tasks.features import FeaturesConfig, fit_embedder
-from tasks.store import ArtifactMissing, ArtifactStore, verify_manifest
-from tasks.training import TrainingConfig
+from tasks.infra.store import ArtifactMissing, ArtifactStore, verify_manifest
+from tasks.ml.embedding import DocumentEmbedder
+from tasks.stages.features import FeaturesConfig, fit_embedder
+from tasks.stages.training import TrainingConfig
 
 
 def test_frames_are_content_addressed(tmp_path: Path) -> None:
@@ -76,9 +76,9 @@ def test_cache_key_depends_on_inputs_config_and_code() -> None:
 
 
 def test_cache_key_fn_hashes_the_stage_source() -> None:
-    import tasks.training  # noqa: F401 - the module must be imported to be versioned
+    import tasks.stages.training  # noqa: F401 - the module must be imported to be versioned
 
-    key_fn = stage_cache_key_fn("training", ["tasks.training"])
+    key_fn = stage_cache_key_fn("training", ["tasks.stages.training"])
     assert key_fn(None, {"seed": 1}) == key_fn(None, {"seed": 1})
     assert key_fn(None, {"seed": 1}).startswith("training-")
 
@@ -138,7 +138,7 @@ def test_sweep_removes_only_old_leftovers_of_crashed_runs(tmp_path: Path) -> Non
     import os
     import time
 
-    from tasks.store import ArtifactStore
+    from tasks.infra.store import ArtifactStore
 
     store = ArtifactStore(tmp_path)
     old_staging = store.staging_dir("features")

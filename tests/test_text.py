@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import tasks.text as text_module
-from tasks.preparation import (
+import tasks.ml.text as text_module
+from tasks.ml.text import URL, _tokenise_reference, token_counts, tokenise
+from tasks.stages.preparation import (
     MOJIBAKE_HINT,
     MOJIBAKE_HINT_RE2,
     SPACE_LIKE,
@@ -19,7 +20,6 @@ from tasks.preparation import (
     _clean_text_reference,
     clean_text,
 )
-from tasks.text import URL, _tokenise_reference, token_counts, tokenise
 
 
 def tok(text: str, **kwargs: bool) -> list[str]:

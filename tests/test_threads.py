@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 
 from bench.quality import SHARED_DATA, THREADS_FILE
-from tasks.ingestion import IngestionConfig, ingest_frame
-from tasks.preparation import PreparationConfig, prepare_frame
-from tasks.threads import (
+from tasks.stages.ingestion import IngestionConfig, ingest_frame
+from tasks.stages.ingestion.threads import (
     LOOP,
     NO_CUSTOMER,
     NOT_A_REPLY,
@@ -20,6 +19,7 @@ from tasks.threads import (
     link_replies,
     too_deep,
 )
+from tasks.stages.preparation import PreparationConfig, prepare_frame
 
 THREADS = SHARED_DATA / THREADS_FILE
 

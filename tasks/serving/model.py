@@ -13,11 +13,11 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from tasks.clustering import NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
-from tasks.embedding import DocumentEmbedder
-from tasks.store import verify_manifest
-from tasks.text import tokenise
-from tasks.training import CLASSIFIER_FILE
+from tasks.infra.store import verify_manifest
+from tasks.ml.embedding import DocumentEmbedder
+from tasks.ml.text import tokenise
+from tasks.stages.clustering import NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
+from tasks.stages.training import CLASSIFIER_FILE
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from tasks import fsio
+from tasks.infra import storage
 
 CHUNK = 1 << 20
 
@@ -58,7 +58,7 @@ def sha256_file(path: Path) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
-    fsio.write_bytes(str(path), data)
+    storage.write_bytes(str(path), data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -135,8 +135,8 @@ class ArtifactStore:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root_uri = fsio.normalise_root(root)
-        self.remote = fsio.is_remote(self.root_uri)
+        self.root_uri = storage.normalise_root(root)
+        self.remote = storage.is_remote(self.root_uri)
         # Local folder for staging and (remote stores) verified copies of models.
         self.root = (
             local_cache_for(self.root_uri) if self.remote else Path(self.root_uri)
@@ -145,12 +145,12 @@ class ArtifactStore:
     def uri(self, relative: str) -> str:
         """The URI of a path relative to the store's root."""
         if self.remote:
-            return fsio.join(self.root_uri, relative)
+            return storage.join(self.root_uri, relative)
         return (self.root / relative).as_uri()
 
     def path_of(self, ref: ArtifactRef) -> Path:
         """Local path of a referenced artifact in a local store."""
-        return fsio.local_path(ref.uri)
+        return storage.local_path(ref.uri)
 
     # Frames ----------------------------------------------------------------
     def put_frame(
@@ -160,8 +160,8 @@ class ArtifactStore:
         data = frame_to_parquet_bytes(df)
         digest = sha256_bytes(data)
         uri = self.uri(f"data/{stage}/{digest}.parquet")
-        if not fsio.exists(uri):
-            fsio.write_bytes(uri, data)
+        if not storage.exists(uri):
+            storage.write_bytes(uri, data)
         return ArtifactRef(uri=uri, sha256=digest, rows=len(df), contract=contract)
 
     def get_frame(
@@ -169,7 +169,7 @@ class ArtifactStore:
     ) -> pd.DataFrame:
         """Read a stored frame, checking that its content still has the recorded hash."""
         try:
-            data = fsio.read_bytes(ref.uri)
+            data = storage.read_bytes(ref.uri)
         except FileNotFoundError:
             raise ArtifactMissing(f"artifact {ref.uri} is missing") from None
         if sha256_bytes(data) != ref.sha256:
@@ -179,12 +179,12 @@ class ArtifactStore:
     # Small text files (LATEST, run records) --------------------------------
     def write_text(self, relative: str, text: str) -> None:
         """Write a small text file atomically."""
-        fsio.write_bytes(self.uri(relative), text.encode("utf-8"))
+        storage.write_bytes(self.uri(relative), text.encode("utf-8"))
 
     def read_text(self, relative: str) -> str | None:
         """A small text file's content, or None when it does not exist."""
         try:
-            return fsio.read_bytes(self.uri(relative)).decode("utf-8")
+            return storage.read_bytes(self.uri(relative)).decode("utf-8")
         except FileNotFoundError:
             return None
 
@@ -201,8 +201,8 @@ class ArtifactStore:
         """Write the manifest and move a staged directory to ``models/<stage>/<sha>``."""
         digest = write_manifest(staging, extra)
         relative = f"models/{stage}/{digest}"
-        if self.remote and not fsio.exists(self.uri(f"{relative}/manifest.json")):
-            fsio.upload_tree(staging, self.uri(relative), last="manifest.json")
+        if self.remote and not storage.exists(self.uri(f"{relative}/manifest.json")):
+            storage.upload_tree(staging, self.uri(relative), last="manifest.json")
         final = self.root / relative
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
@@ -230,10 +230,10 @@ class ArtifactStore:
                 return local
             except ArtifactMissing:
                 shutil.rmtree(local)
-        if not fsio.exists(fsio.join(ref.uri, "manifest.json")):
+        if not storage.exists(storage.join(ref.uri, "manifest.json")):
             raise ArtifactMissing(f"artifact {ref.uri} is missing")
         staging = self.staging_dir("download")
-        fsio.download_tree(ref.uri, staging)
+        storage.download_tree(ref.uri, staging)
         verify_manifest(staging)
         local.parent.mkdir(parents=True, exist_ok=True)
         if local.exists():
@@ -267,11 +267,11 @@ class ArtifactStore:
     # Validation markers ----------------------------------------------------
     def is_validated(self, ref: ArtifactRef, contract_version: str) -> bool:
         """Whether this exact content already passed this contract version."""
-        return fsio.exists(self._marker(ref, contract_version))
+        return storage.exists(self._marker(ref, contract_version))
 
     def mark_validated(self, ref: ArtifactRef, contract_version: str) -> None:
         """Record that this exact content passed this contract version."""
-        fsio.write_bytes(self._marker(ref, contract_version), b"ok\n")
+        storage.write_bytes(self._marker(ref, contract_version), b"ok\n")
 
     def _marker(self, ref: ArtifactRef, contract_version: str) -> str:
         return self.uri(
@@ -307,7 +307,7 @@ def missing_artifacts(output: object) -> list[str]:
     return [
         ref.uri
         for ref in artifact_refs(output).values()
-        if not fsio.exists(
-            fsio.join(ref.uri, "manifest.json") if ref.kind == "dir" else ref.uri
+        if not storage.exists(
+            storage.join(ref.uri, "manifest.json") if ref.kind == "dir" else ref.uri
         )
     ]

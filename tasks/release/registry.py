@@ -35,12 +35,13 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.errors import (  # noqa: F401 - part of the registry's API
+from tasks.infra.errors import (  # noqa: F401 - part of the registry's API
     ModelVerificationError,
     NoChampionError,
     RegistryError,
 )
-from tasks.gate import (  # noqa: F401 - part of the registry's API
+from tasks.infra.store import ArtifactMissing, sha256_file, verify_manifest
+from tasks.release.gate import (  # noqa: F401 - part of the registry's API
     FrozenSet,
     GateConfig,
     GateDecision,
@@ -50,13 +51,12 @@ from tasks.gate import (  # noqa: F401 - part of the registry's API
     evaluate_gate,
     score_model,
 )
-from tasks.store import ArtifactMissing, sha256_file, verify_manifest
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-    from tasks.model import TweetClassifier
+    from tasks.serving.model import TweetClassifier
 
 PromoteMode = Literal["never", "auto", "force"]
 PromotionStatus = Literal["promoted", "rejected", "skipped"]
@@ -702,7 +702,7 @@ def resolve_model(
     and checked against their manifest and the registered manifest hash every
     time; nothing unverified is unpickled.
     """
-    from tasks.model import TweetClassifier
+    from tasks.serving.model import TweetClassifier
 
     spec = str(spec).strip()
     bundle = check_model_spec(spec, artifacts_dir, config)

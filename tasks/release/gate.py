@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.errors import ModelVerificationError
-from tasks.store import ArtifactMissing
+from tasks.infra.errors import ModelVerificationError
+from tasks.infra.store import ArtifactMissing
 
 if TYPE_CHECKING:
-    from tasks.model import TweetClassifier
+    from tasks.serving.model import TweetClassifier
 
 
 class GateConfig(BaseModel):
@@ -185,7 +185,7 @@ def document_vectors(
     model: TweetClassifier, texts: pd.Series
 ) -> tuple[np.ndarray, np.ndarray]:
     """A model's own tweet vectors and known-word counts, tokenised as it predicts."""
-    from tasks.text import tokenise
+    from tasks.ml.text import tokenise
 
     tokens = tokenise(
         texts,
@@ -253,7 +253,7 @@ def evaluate_gate(
     """
     from sklearn.metrics import adjusted_rand_score
 
-    from tasks.model import TweetClassifier
+    from tasks.serving.model import TweetClassifier
 
     texts = frozen.frame["text"]
     try:

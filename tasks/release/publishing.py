@@ -17,22 +17,22 @@ from pathlib import Path
 import pandas as pd
 
 from data_contracts import get_contract, validate_frame
-from tasks import fsio
-from tasks.categories import Category
-from tasks.clustering import (
+from tasks.infra import storage
+from tasks.infra.store import ArtifactRef, ArtifactStore, write_manifest
+from tasks.ml.embedding import (
+    EMBEDDING_ARRAYS_FILE,
+    EMBEDDING_INFO_FILE,
+    WORD_VECTORS_FILE,
+)
+from tasks.stages.categories import Category
+from tasks.stages.clustering import (
     CENTROIDS_FILE,
     CLUSTERS_FILE,
     CRITERION,
     K_SELECTION_PLOT,
     PROJECTION_PLOT,
 )
-from tasks.embedding import (
-    EMBEDDING_ARRAYS_FILE,
-    EMBEDDING_INFO_FILE,
-    WORD_VECTORS_FILE,
-)
-from tasks.store import ArtifactRef, ArtifactStore, write_manifest
-from tasks.training import CLASSIFIER_FILE, CONFUSION_PLOT, REPORT_FILE
+from tasks.stages.training import CLASSIFIER_FILE, CONFUSION_PLOT, REPORT_FILE
 
 LATEST_FILE = "LATEST"
 RUN_INFO_FILE = "run.json"
@@ -313,7 +313,7 @@ def publish_run(
         json.dumps(info, indent=2, sort_keys=True) + "\n"
     )
     if store.remote:
-        fsio.upload_tree(
+        storage.upload_tree(
             partial, store.uri(f"runs/{record.run_id}"), last=RUN_INFO_FILE
         )
     os.replace(partial, final)

@@ -23,10 +23,10 @@ from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy.optimize import linear_sum_assignment
 
-from tasks.caching import stage_task
-from tasks.clustering import CLUSTERS_FILE, NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
-from tasks.errors import InputError
-from tasks.store import ArtifactRef, ArtifactStore
+from tasks.infra.caching import stage_task
+from tasks.infra.errors import InputError
+from tasks.infra.store import ArtifactRef, ArtifactStore
+from tasks.stages.clustering import CLUSTERS_FILE, NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
 
 STAGE = "categories"
 
@@ -225,7 +225,7 @@ def name_clusters(
     return result
 
 
-@stage_task(STAGE, ["tasks.categories", "tasks.clustering"])
+@stage_task(STAGE, ["tasks.stages.categories", "tasks.stages.clustering"])
 def name_categories(
     clustering_model: ArtifactRef,
     assignments: ArtifactRef,
