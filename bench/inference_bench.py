@@ -1,6 +1,7 @@
 """Benchmark batch inference on the bundled corpus, end to end from file to Parquet.
 
-Times ``classify_source`` (read the CSV, prepare, tokenise, embed, classify, write
+Times reading and classifying in process (read the CSV, prepare, tokenise, embed,
+classify, write
 Parquet) with the model already loaded, best and median of several repeats, and
 one whole ``batch_inference`` flow run (model resolution and Prefect included).
 Results go to ``bench/results/inference.json``. Not a test: nothing asserts a time.
@@ -36,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.batch_inference import batch_inference
     from flows.retrain import retrain
-    from tasks.release.registry import load_registry_config, resolve_model
-    from tasks.serving.inference import classify_source
-    from tasks.stages.ingestion import IngestionConfig
+    from tasks.infra.store import ArtifactStore
+    from tasks.release.config import load_release_config
+    from tasks.serving.inference import classify_raw
+    from tasks.serving.resolve import resolve_model
+    from tasks.stages.ingestion import IngestionConfig, ingest_frame
     from tasks.stages.preparation import PreparationConfig
 
     artifacts = args.artifacts_dir
@@ -54,19 +57,24 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     loaded = resolve_model(
-        "champion", artifacts, load_registry_config("config/promotion.yaml")
+        "champion",
+        ArtifactStore(artifacts).root,
+        load_release_config("config/promotion.yaml"),
     )
     load_s = time.perf_counter() - started
 
     times, summary = [], None
     for i in range(args.repeats):
         started = time.perf_counter()
-        summary = classify_source(
-            source,
+        read = ingest_frame(source, ingestion)
+        summary = classify_raw(
+            read.raw,
+            read.quarantine,
+            read.rows_read,
+            read.outbound_skipped,
             str(out / f"predictions-{i}.parquet"),
             loaded.model,
             loaded.version,
-            ingestion,
             PreparationConfig(),
         )
         times.append(time.perf_counter() - started)
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"predicted {summary['counts']['predicted']}, no known word "
         f"{summary['counts']['no_known_words']}, flow predicted "
-        f"{flow_result['counts']['predicted']}"
+        f"{flow_result.counts['predicted']}"
     )
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)

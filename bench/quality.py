@@ -155,7 +155,7 @@ def clusters_of_rows(rows: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
     Duplicates are removed before clustering, so a repeated text takes the cluster
     of the copy that was kept; rows set aside entirely count as cluster -1.
     """
-    from tasks.stages.preparation import clean_text
+    from tasks.ml.cleaning import clean_text
 
     by_id = labels.drop_duplicates("tweet_id").set_index("tweet_id")["cluster_id"]
     by_text = labels.drop_duplicates("text").set_index("text")["cluster_id"]
@@ -170,7 +170,8 @@ def run_retrain(
     corpus: Corpus, k: int | str, artifacts: Path, seed: int, **settings: dict
 ) -> tuple[dict, float]:
     """The real retrain flow on a corpus; returns its result and wall seconds."""
-    from flows.retrain import RetrainParameters, retrain
+    from flows.parameters import RetrainParameters
+    from flows.retrain import retrain
 
     params = RetrainParameters.model_validate(
         {
@@ -209,16 +210,16 @@ def evaluate(
     artifacts = artifacts or Path(tempfile.mkdtemp(prefix="tweetflow-quality-"))
     try:
         result, seconds = run_retrain(corpus, k, artifacts, seed)
-        row = score_run(corpus, result["local_run_dir"], _source_rows(corpus))
+        row = score_run(corpus, result.local_run_dir, _source_rows(corpus))
     finally:
         if own:
             shutil.rmtree(artifacts, ignore_errors=True)
     return {
         "corpus": corpus.name,
         "setting": "default (k auto)" if k == "auto" else f"k = {k} given",
-        "k": result["k"],
+        "k": result.k,
         "seconds": seconds,
-        "categories": result["categories"],
+        "categories": result.categories,
         **row,
     }
 
@@ -239,7 +240,7 @@ def evaluate_transfer(
         result, seconds = run_retrain(
             source, k, artifacts, seed, clustering={"reply_weight": reply_weight}
         )
-        run_dir = Path(result["local_run_dir"])
+        run_dir = Path(result.local_run_dir)
         model = TweetClassifier.load(run_dir / "model")
         rows = _source_rows(target)
         predicted = classify_frame(rows, model, "transfer").predictions
@@ -255,9 +256,9 @@ def evaluate_transfer(
     return {
         "corpus": f"support threads -> {target.name}",
         "setting": f"reply weight {reply_weight:g}, k {'auto' if k == 'auto' else k}",
-        "k": result["k"],
+        "k": result.k,
         "seconds": seconds,
-        "categories": result["categories"],
+        "categories": result.categories,
         "silhouette": metrics["silhouette"],
         "stability_ari": metrics["stability_ari"],
         "agreement": metrics.get("evaluation_accuracy"),
@@ -276,9 +277,9 @@ def markdown_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['corpus']} | {r['setting']} | {r['k']} | {r['nmi']:.3f} | "
+            f"| {r['corpus']} | {r['setting']} | {r.k} | {r['nmi']:.3f} | "
             f"{r['ari']:.3f} | {r['precision']:.1f} | {r['recall']:.1f} | "
-            f"{r['f1']:.1f} | {r['scored']} | {r['seconds']:.1f} |"
+            f"{r['f1']:.1f} | {r['scored']} | {r.seconds:.1f} |"
         )
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from bench.subjects import label_subjects
 
 if TYPE_CHECKING:
-    from flows.retrain import RetrainParameters
+    from flows.parameters import RetrainParameters
 
 
 def discovery_quality(labels: pd.DataFrame) -> dict[str, float]:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the artifacts dir")
     args = parser.parse_args(argv)
-    from flows.retrain import RetrainParameters
+    from flows.parameters import RetrainParameters
 
     artifacts = Path(args.artifacts_dir or tempfile.mkdtemp(prefix="tweetflow-bench-"))
     if artifacts.exists() and any(artifacts.iterdir()):
@@ -83,21 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cold, cold_s = timed_run(params)
         warm, warm_s = timed_run(params)
-        labels = pd.read_parquet(Path(cold["run_dir"]) / "pseudo_labels.parquet")
+        labels = pd.read_parquet(Path(cold.run_dir) / "pseudo_labels.parquet")
         quality = discovery_quality(labels)
     finally:
         if not args.keep:
             shutil.rmtree(artifacts, ignore_errors=True)
-    rows = cold["counts"]["rows_read"]
+    rows = cold.counts["rows_read"]
     print(f"retrain benchmark on the bundled corpus ({rows} tweets)")
     print(f"(Prefect API ready in {api_s:.1f}s before timing)")
     print(f"{'stage':<14}{'cold s':>10}{'warm s':>10}")
-    for stage, seconds in cold["stage_seconds"].items():
-        print(f"{stage:<14}{seconds:>10.2f}{warm['stage_seconds'][stage]:>10.2f}")
+    for stage, seconds in cold.stage_seconds.items():
+        print(f"{stage:<14}{seconds:>10.2f}{warm.stage_seconds[stage]:>10.2f}")
     print(f"{'whole flow':<14}{cold_s:>10.2f}{warm_s:>10.2f}")
     print(f"tweets/s      {rows / cold_s:>10.0f}{rows / warm_s:>10.0f}")
     print(
-        f"k={cold['k']}  NMI={quality['nmi']:.3f}  ARI={quality['ari']:.3f}  "
+        f"k={cold.k}  NMI={quality['nmi']:.3f}  ARI={quality['ari']:.3f}  "
         f"(subjects known for {quality['labelled_share']:.1%} of tweets)"
     )
     out = Path(__file__).parent / "results"
@@ -109,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                 "api_start_seconds": api_s,
                 "cold_seconds": cold_s,
                 "warm_seconds": warm_s,
-                "cold_stage_seconds": cold["stage_seconds"],
-                "warm_stage_seconds": warm["stage_seconds"],
-                "k": cold["k"],
+                "cold_stage_seconds": cold.stage_seconds,
+                "warm_stage_seconds": warm.stage_seconds,
+                "k": cold.k,
                 "quality": quality,
-                "metrics": cold["metrics"],
+                "metrics": cold.metrics,
             },
             indent=2,
         )

@@ -1,1 +1,2 @@
-"""tweetflow flows: retrain and (later) batch inference."""
+"""tweetflow flows: retrain and batch inference (wiring only), their parameters and
+command lines."""

@@ -1,4 +1,5 @@
-"""Shared fixtures: real tweets from the bundled corpus and one Prefect test API."""
+"""Shared fixtures and helpers: real tweets from the bundled corpus, one Prefect
+test API for the session, and the small retrain the flow tests run."""
 
 from __future__ import annotations
 
@@ -62,3 +63,50 @@ def task_states(flow_run_id) -> dict[str, str]:  # noqa: ANN001 - UUID
     # A stage re-run after a stale cache hit has two task runs; the later one counts.
     ordered = sorted(runs, key=lambda run: run.created)
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in ordered}
+
+
+# The retrain's stages (cached) and the steps that run every time.
+STAGES = {
+    "ingestion",
+    "preparation",
+    "preprocessing",
+    "features",
+    "clustering",
+    "categories",
+    "training",
+}
+EVERY_TIME = {"preflight", "publish", "track", "gate", "promote", "report"}
+
+
+def small_params(source: Path, artifacts: Path, **changes):  # noqa: ANN003, ANN201
+    """Retrain parameters for a few hundred tweets: fast, still real."""
+    from flows.parameters import RetrainParameters
+
+    base = {
+        "source": str(source),
+        "artifacts_dir": str(artifacts),
+        "features": {"min_count": 2},
+        "clustering": {"k_min": 2, "k_max": 5, "selection_sample": 300, "n_init": 2},
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            base[key] = {**base.get(key, {}), **value}
+        else:
+            base[key] = value
+    return RetrainParameters.model_validate(base)
+
+
+def run_retrain(params):  # noqa: ANN001, ANN201
+    """Run the retrain flow; return its result and the stages' task states.
+
+    The steps that run every time (pre-flight, publishing, registry, report)
+    must have completed; the stages are what caching is about.
+    """
+    from flows.retrain import retrain
+
+    state = retrain(**params.as_flow_kwargs(), return_state=True)
+    assert state.is_completed(), state.message
+    states = task_states(state.state_details.flow_run_id)
+    for step in EVERY_TIME:
+        assert states.pop(step) == "Completed", (step, states)
+    return state.result(), states

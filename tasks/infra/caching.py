@@ -1,24 +1,26 @@
-"""Cache keys and retry rules shared by every stage task.
+"""One cache mechanism and one retry policy for every task.
 
-A stage's cache key is its name, a hash of its code, and the canonical JSON of
-its inputs (artifact references by content hash, configuration models). Prefect
-never hashes frames or models here.
+Cache: Prefect's ``INPUTS`` policy (artifact references by content hash, the
+configuration models, the store's root) plus ``StageCode``, a policy hashing
+the source of the task's own module and of every project module it imports,
+transitively, read from the import statements. No module list is kept by
+hand: a stage re-runs when its code or any helper it uses changes, and only
+then. Prefect never hashes frames or models here: stages pass references.
+
+Retries: Prefect retries a task on transient failures only (timeouts,
+throttling, 5xx, connection errors), with exponential backoff and jitter.
+Storage clients below do not retry on their own (see ``tasks.infra.storage``),
+so attempts never multiply.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import json
-import logging
-import random
-import sys
-import time
-from collections.abc import Callable, Iterable
-from functools import cache
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel
 
 TRANSIENT_HTTP_STATUS = {408, 429, 500, 502, 503, 504}
 TRANSIENT_AWS_CODES = {
@@ -31,91 +33,133 @@ TRANSIENT_AWS_CODES = {
     "InternalError",
     "TooManyRequestsException",
 }
+PROJECT_PACKAGES = ("tasks", "data_contracts", "flows")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STAGE_RETRIES = 2
+# exponential_backoff(2) waits 2, 4, 8 ... s, each +-50% (jitter)
+BACKOFF_FACTOR = 2
+JITTER = 0.5
 
 
 class TransientStorageError(OSError):
     """A storage or network failure worth retrying (timeout, throttling, 5xx)."""
 
 
-@cache
-def code_version(*module_names: str) -> str:
-    """sha256 over the source files of the named modules (the code version)."""
+# Code versions ------------------------------------------------------------------
+def module_file(name: str, root: Path = PROJECT_ROOT) -> Path | None:
+    """The source file of a project module (a package's ``__init__.py``), if any."""
+    parts = name.split(".")
+    if parts[0] not in PROJECT_PACKAGES:
+        return None
+    base = root.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported(name: str, path: Path, root: Path) -> set[str]:
+    """Project modules a module's import statements name (with their packages)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        for target in targets:
+            parts = target.split(".")
+            for i in range(1, len(parts) + 1):  # a module runs its packages too
+                prefix = ".".join(parts[:i])
+                if module_file(prefix, root) is not None:
+                    found.add(prefix)
+    return found
+
+
+def project_modules(*names: str, root: Path = PROJECT_ROOT) -> list[str]:
+    """The named modules and every project module they import, transitively."""
+    seen: set[str] = set()
+    todo = [
+        ".".join(n.split(".")[:i])  # a module runs its packages' __init__ too
+        for n in names
+        for i in range(1, len(n.split(".")) + 1)
+        if module_file(".".join(n.split(".")[:i]), root) is not None
+    ]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = module_file(name, root)
+        if path is not None:
+            todo.extend(_imported(name, path, root) - seen)
+    return sorted(seen)
+
+
+def source_version(*names: str, root: Path = PROJECT_ROOT) -> str:
+    """sha256 over the source of the named modules and what they import."""
     digest = hashlib.sha256()
-    for name in sorted(module_names):
-        module = sys.modules.get(name)
-        if module is None or not getattr(module, "__file__", None):
-            raise RuntimeError(f"module {name!r} must be imported to version it")
-        digest.update(name.encode())
-        digest.update(Path(module.__file__).read_bytes())
+    for name in project_modules(*names, root=root):
+        path = module_file(name, root)
+        assert path is not None
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
-def canonical(value: Any) -> Any:
-    """Turn parameters into plain JSON-able values with a stable layout."""
-    if isinstance(value, BaseModel):
-        return canonical(value.model_dump(mode="json"))
-    if isinstance(value, dict):
-        return {str(k): canonical(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [canonical(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise TypeError(
-        f"cannot build a cache key from {type(value).__name__}; pass refs or configs"
-    )
+def _stage_code_policy() -> Any:  # a prefect CachePolicy
+    from prefect.cache_policies import INPUTS, CachePolicy
+
+    @dataclass
+    class StageCode(CachePolicy):
+        """The source of the task's module and of the project modules it imports."""
+
+        def compute_key(
+            self,
+            task_ctx: Any,
+            inputs: dict[str, Any],
+            flow_parameters: dict[str, Any],
+            **kwargs: Any,
+        ) -> str | None:
+            fn = task_ctx.task.fn
+            return f"{fn.__module__}:{fn.__name__}:{source_version(fn.__module__)}"
+
+    return INPUTS + StageCode()
 
 
-def stage_key(stage: str, code: str, inputs: dict[str, Any]) -> str:
-    """The cache key of one stage run."""
-    payload = json.dumps(
-        {"stage": stage, "code": code, "inputs": canonical(inputs)},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return f"{stage}-{hashlib.sha256(payload.encode()).hexdigest()}"
-
-
-def stage_cache_key_fn(
-    stage: str, modules: Iterable[str]
-) -> Callable[[Any, dict[str, Any]], str]:
-    """A Prefect ``cache_key_fn`` keyed on content, config and code of ``stage``."""
-    module_names = tuple(
-        sorted(set(modules) | {"tasks.infra.caching", "tasks.infra.store"})
-    )
-
-    def key_fn(_context: Any, parameters: dict[str, Any]) -> str:
-        return stage_key(stage, code_version(*module_names), parameters)
-
-    key_fn.__name__ = f"{stage}_cache_key"
-    return key_fn
-
-
-def stage_task(
-    stage: str, modules: Iterable[str], retries: int = 2
-) -> Callable[[Callable[..., Any]], Any]:
+# Tasks ---------------------------------------------------------------------------
+def stage_task(stage: str, retries: int = STAGE_RETRIES) -> Callable[..., Any]:
     """The ``@task`` every stage uses.
 
-    Named after the stage, cached on content, config and code (results persisted
-    so they survive across flow runs), retried with exponential backoff and
-    jitter, but only when the failure is transient.
+    Named after the stage; cached on its inputs and code (results persisted so
+    they survive across flow runs); retried on transient failures only. A
+    stage's output contract is checked when it stores its frames
+    (``ArtifactStore.put_frame``), so a broken output fails the task and is
+    never cached; the violation is published as a table artifact.
     """
     from prefect import task
 
-    return task(
-        name=stage,
-        **transient_retries(retries),
-        cache_key_fn=stage_cache_key_fn(stage, modules),
-        persist_result=True,
-    )
+    def decorate(fn: Callable[..., Any]) -> Any:
+        return task(
+            name=stage,
+            **transient_retries(retries),
+            cache_policy=_stage_code_policy(),
+            persist_result=True,
+        )(_publishing_violations(stage, fn))
+
+    return decorate
 
 
-def uncached_task(name: str, retries: int = 2) -> Callable[[Callable[..., Any]], Any]:
+def uncached_task(name: str, retries: int = STAGE_RETRIES) -> Callable[..., Any]:
     """A ``@task`` for steps that must run every time (registry, inference).
 
-    Same retry policy as the stages (backoff, jitter, transient errors only); no
-    cache and no persisted result (its values are models and live objects).
+    Same retry policy as the stages; no cache and no persisted result (its values
+    are models and live objects).
     """
     from prefect import task
     from prefect.cache_policies import NO_CACHE
@@ -128,6 +172,29 @@ def uncached_task(name: str, retries: int = 2) -> Callable[[Callable[..., Any]],
     )
 
 
+def _publishing_violations(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a stage so that a contract violation also becomes a table artifact."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from data_contracts import ContractViolation
+
+        try:
+            return fn(*args, **kwargs)
+        except ContractViolation as exc:
+            from prefect.artifacts import create_table_artifact
+
+            create_table_artifact(
+                key=f"contract-violation-{stage}",
+                table=exc.as_table(),
+                description=str(exc),
+            )
+            raise
+
+    return run
+
+
 def transient_retries(retries: int) -> dict[str, Any]:
     """The retry policy of every task: exponential backoff with jitter, and only
     for transient failures."""
@@ -135,8 +202,8 @@ def transient_retries(retries: int) -> dict[str, Any]:
 
     return {
         "retries": retries,
-        "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-        "retry_jitter_factor": 0.5,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=BACKOFF_FACTOR),
+        "retry_jitter_factor": JITTER,
         "retry_condition_fn": retry_only_transient,
     }
 
@@ -178,32 +245,90 @@ def retry_only_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     return False
 
 
-def call_with_retries(
-    fn: Callable[..., Any],
-    *args: Any,
-    attempts: int = 3,
-    base_delay: float = 1.0,
-    **kwargs: Any,
-) -> Any:  # noqa: ANN401 - whatever ``fn`` returns
-    """Call ``fn``, retrying transient failures with exponential backoff and jitter.
+# Running stages from a flow -----------------------------------------------------
+def result_storage_for(setting: str, root_uri: str) -> Any:  # storage or a block slug
+    """Prefect result storage: beside the artifacts (local folder or S3), or a block.
 
-    For the storage calls a flow makes outside its tasks (pre-flight checks);
-    any other error is raised at once.
+    'local' keeps cached results next to the artifact store: a folder, or for an
+    ``s3://`` store a ``RemoteFileSystem`` on the same bucket (fsspec, the
+    mechanism the store uses). Anything else is a saved block's slug.
     """
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            delay = base_delay * 2 ** (attempt - 1) * (1 + random.uniform(-0.5, 0.5))
-            logging.getLogger(__name__).warning(
-                "%s failed (%s); retry %d of %d in %.1fs",
-                getattr(fn, "__name__", "call"),
-                exc,
-                attempt,
-                attempts - 1,
-                delay,
+    from tasks.infra import storage
+
+    if setting != "local":
+        return setting
+    if storage.is_remote(root_uri):
+        from prefect.filesystems import RemoteFileSystem
+
+        # Prefect needs result storage saved server-side; the name is stable
+        # per store, so saving again only confirms it.
+        name = "tweetflow-results-" + hashlib.sha256(root_uri.encode()).hexdigest()[:16]
+        RemoteFileSystem(
+            basepath=storage.join(root_uri, "prefect-results"),
+            # Another process may have written a result since: never trust a
+            # cached listing.
+            settings={"use_listings_cache": False},
+        ).save(name, overwrite=True)
+        return f"remote-file-system/{name}"
+    return Path(storage.local_path(root_uri)) / "prefect-results"
+
+
+class StageRunner:
+    """Runs a flow's tasks against one artifact store, and says what happened.
+
+    Tasks that take ``artifacts_dir`` get the store's root; stage results go to
+    the flow's result storage. Each call logs whether the task was computed or
+    reused from cache, how long it took and where its outputs went; a cached
+    result that points at deleted artifacts is computed again. ``seconds``
+    collects the time per step.
+    """
+
+    def __init__(self, root_uri: str, result_storage: str, logger: Any) -> None:
+        """Run tasks on the store at ``root_uri``, logging to ``logger``."""
+        self.root_uri = root_uri
+        self.options = {"result_storage": result_storage_for(result_storage, root_uri)}
+        self.logger = logger
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``task(*args, **kwargs)`` as step ``name``; return its result."""
+        import inspect
+        import time
+
+        from tasks.infra.store import artifact_refs, missing_artifacts
+
+        if "artifacts_dir" in inspect.signature(task.fn).parameters:
+            kwargs["artifacts_dir"] = self.root_uri
+        started = time.perf_counter()
+        state = task.with_options(**self.options)(*args, return_state=True, **kwargs)
+        out = state.result()
+        missing = missing_artifacts(out)
+        if missing:
+            self.logger.warning(
+                "%s: cached result points at deleted artifacts (%s); re-running",
+                name,
+                ", ".join(missing),
             )
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+            state = task.with_options(**self.options, refresh_cache=True)(
+                *args, return_state=True, **kwargs
+            )
+            out = state.result()
+        elapsed = time.perf_counter() - started
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + elapsed, 3)
+        written = "; ".join(
+            (
+                f"{field} ({ref.rows} rows) -> {ref.uri}"
+                if ref.kind == "frame"
+                else f"{field} -> {ref.uri}"
+            )
+            for field, ref in artifact_refs(out).items()
+        )
+        served = "reused from cache" if state.name == "Cached" else "computed"
+        self.logger.info(
+            "%s: %s in %.2fs%s",
+            name,
+            served,
+            elapsed,
+            f"; {written}" if written else "",
+        )
+        return out

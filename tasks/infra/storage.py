@@ -1,5 +1,8 @@
 """One way to reach files: local paths, ``file://`` URIs and ``s3://`` URIs (fsspec).
 
+The one storage layer: sources, the artifact store, batch outputs and the
+frozen evaluation set all go through it.
+
 Sources, the artifact store and batch outputs all go through these helpers, so
 a laptop directory and an S3 bucket behave the same. S3 is reached with s3fs,
 which honours the usual AWS settings (``AWS_ENDPOINT_URL``, credentials, region).
@@ -66,11 +69,19 @@ def join(root: str, *parts: str) -> str:
     return str(Path(root, *parts))
 
 
-def s3() -> Any:  # noqa: ANN401 - s3fs.S3FileSystem
-    """The S3 filesystem (created on first use; s3fs caches the instance)."""
+# One retry layer: the Prefect task around a storage call retries transient
+# failures with backoff, so neither botocore nor s3fs retries on its own.
+# s3fs's timeouts stay (connect 5 s, read 15 s per request).
+BOTOCORE_CONFIG = {"retries": {"total_max_attempts": 1, "mode": "standard"}}
+
+
+def s3() -> Any:  # s3fs.S3FileSystem
+    """The S3 filesystem (created on first use; fsspec caches the instance)."""
     import fsspec
 
-    return fsspec.filesystem("s3")
+    fs = fsspec.filesystem("s3", config_kwargs=BOTOCORE_CONFIG)
+    fs.retries = 1  # s3fs's own loop: one attempt
+    return fs
 
 
 def _key(uri: str) -> str:

@@ -21,6 +21,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from data_contracts import get_contract, validate_frame
 from tasks.infra import storage
 
 CHUNK = 1 << 20
@@ -106,12 +107,17 @@ def verify_manifest(directory: Path) -> dict[str, str]:
     return listed
 
 
+def manifest_digest(files: dict[str, str]) -> str:
+    """A directory's content digest: sha256 of its manifest's file map."""
+    return sha256_bytes(json.dumps(files, sort_keys=True).encode())
+
+
 def write_manifest(directory: Path, extra: dict | None = None) -> str:
-    """Write ``manifest.json`` for ``directory``; return the manifest's own sha256."""
+    """Write ``manifest.json`` for ``directory``; return its content digest."""
     files = manifest_for(directory)
     body = json.dumps({"files": files, **(extra or {})}, indent=2, sort_keys=True)
     atomic_write_text(directory / "manifest.json", body + "\n")
-    return sha256_bytes(json.dumps(files, sort_keys=True).encode())
+    return manifest_digest(files)
 
 
 def local_cache_for(root_uri: str) -> Path:
@@ -156,7 +162,13 @@ class ArtifactStore:
     def put_frame(
         self, df: pd.DataFrame, stage: str, contract: str | None = None
     ) -> ArtifactRef:
-        """Store a frame as ``data/<stage>/<sha256>.parquet`` and return its ref."""
+        """Store a frame as ``data/<stage>/<sha256>.parquet`` and return its ref.
+
+        A frame meant to meet a contract is checked first: a stage whose output
+        breaks its contract raises ``ContractViolation`` and stores nothing.
+        """
+        if contract is not None:
+            validate_frame(df, get_contract(contract), stage)
         data = frame_to_parquet_bytes(df)
         digest = sha256_bytes(data)
         uri = self.uri(f"data/{stage}/{digest}.parquet")
@@ -263,20 +275,6 @@ class ArtifactStore:
             except FileNotFoundError:  # another sweep got there first
                 continue
         return removed
-
-    # Validation markers ----------------------------------------------------
-    def is_validated(self, ref: ArtifactRef, contract_version: str) -> bool:
-        """Whether this exact content already passed this contract version."""
-        return storage.exists(self._marker(ref, contract_version))
-
-    def mark_validated(self, ref: ArtifactRef, contract_version: str) -> None:
-        """Record that this exact content passed this contract version."""
-        storage.write_bytes(self._marker(ref, contract_version), b"ok\n")
-
-    def _marker(self, ref: ArtifactRef, contract_version: str) -> str:
-        return self.uri(
-            f"validated/{ref.contract}-{contract_version[:16]}-{ref.sha256}"
-        )
 
 
 def artifact_refs(output: object) -> dict[str, ArtifactRef]:

@@ -188,3 +188,9 @@ def common_components(docs: np.ndarray, n: int) -> np.ndarray:
         return np.zeros((0, docs.shape[1]), dtype=np.float32)
     _, _, vt = np.linalg.svd(docs, full_matrices=False)
     return vt[:n].astype(np.float32)
+
+
+def vectors_of(features: pd.DataFrame, prefix: str = "f") -> np.ndarray:
+    """The f000.. (or r000..) columns of a features frame as a float32 matrix."""
+    columns = [c for c in features.columns if c.startswith(prefix) and c[1:].isdigit()]
+    return features[columns].to_numpy(dtype=np.float32)

@@ -1,1 +1,2 @@
-
+"""From a trained run to a champion: publishing, MLflow tracking, the promotion
+gate, promotion, the report."""

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.infra.errors import ModelVerificationError
-from tasks.infra.store import ArtifactMissing
-
-if TYPE_CHECKING:
-    from tasks.serving.model import TweetClassifier
+from tasks.serving.model import TweetClassifier
 
 
 class GateConfig(BaseModel):
@@ -97,7 +92,7 @@ class GateConfig(BaseModel):
 class FrozenSet:
     """The fixed tweets both champion and challenger are scored on."""
 
-    path: Path
+    uri: str
     sha256: str
     frame: pd.DataFrame  # tweet_id, text
     created: bool = False
@@ -181,20 +176,6 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def document_vectors(
-    model: TweetClassifier, texts: pd.Series
-) -> tuple[np.ndarray, np.ndarray]:
-    """A model's own tweet vectors and known-word counts, tokenised as it predicts."""
-    from tasks.ml.text import tokenise
-
-    tokens = tokenise(
-        texts,
-        keep_mentions=model.preprocessing.get("keep_mentions", True),
-        remove_stop_words=model.preprocessing.get("remove_stop_words", True),
-    )
-    return model.embedder.embed(tokens)
-
-
 def score_model(
     model: TweetClassifier, texts: pd.Series, config: GateConfig
 ) -> ModelScores:
@@ -202,7 +183,7 @@ def score_model(
     from sklearn.metrics import silhouette_score
 
     predicted = model.predict(texts)
-    vectors, n_known = document_vectors(model, texts)
+    vectors, n_known = model.vectors(texts)
     known = n_known > 0
     cluster_id = predicted["cluster_id"].to_numpy()
     rows = np.flatnonzero(known)
@@ -234,34 +215,20 @@ def _skipped(name: str, threshold: float, why: str) -> RuleResult:
     return RuleResult(name, None, threshold, True, why, skipped=True)
 
 
-def evaluate_gate(
-    challenger_dir: str | Path,
-    champion_dir: str | Path | None,
+def gate_rules(
     run_metrics: dict[str, float],
-    frozen: FrozenSet,
+    new: ModelScores,
+    old: ModelScores | None,
     config: GateConfig,
-    champion_label: str | None = None,
     champion_problem: str | None = None,
-) -> GateDecision:
-    """Score the challenger (and the champion) on the frozen set against the rules.
+) -> list[RuleResult]:
+    """The gate's rules on a challenger's scores (and the champion's, if any).
 
-    ``run_metrics`` are the challenger run's metrics (run.json ``metrics``). Both
-    bundles are loaded through ``TweetClassifier.load``, which verifies them.
-    ``champion_problem`` says why a champion exists but cannot be used (its
-    files fail verification): that fails the gate, so only a forced promotion
-    replaces it.
+    Pure: ``run_metrics`` are the challenger run's silhouette and stability,
+    ``new`` and ``old`` the two models' scores on the same frozen tweets.
     """
     from sklearn.metrics import adjusted_rand_score
 
-    from tasks.serving.model import TweetClassifier
-
-    texts = frozen.frame["text"]
-    try:
-        challenger = TweetClassifier.load(challenger_dir)
-        champion = TweetClassifier.load(champion_dir) if champion_dir else None
-    except ArtifactMissing as exc:
-        raise ModelVerificationError(f"refusing model: {exc}") from None
-    new = score_model(challenger, texts, config)
     g = config
     rules = [
         _floor(
@@ -274,7 +241,7 @@ def evaluate_gate(
             "stability_ari",
             run_metrics.get("stability_ari"),
             g.min_stability_ari,
-            "KMeans stability ARI",
+            "clustering stability ARI",
         ),
         _floor(
             "frozen_silhouette",
@@ -295,55 +262,61 @@ def evaluate_gate(
             f"({'<=' if ok else '>'} {g.max_no_known_share:.2%})",
         )
     )
-    old: ModelScores | None = None
     if champion_problem:
         rules.append(RuleResult("champion_intact", None, None, False, champion_problem))
-    if champion is None:
+    if old is None:
         why = "skipped: " + ("champion unusable" if champion_problem else "no champion")
-        rules += [
+        return rules + [
             _skipped("agreement_ari", g.min_agreement_ari, why),
             _skipped("silhouette_drop", g.max_silhouette_drop, why),
             _skipped("coverage_drop", g.max_coverage_drop, why),
         ]
+    agreement = float(adjusted_rand_score(old.cluster_id, new.cluster_id))
+    rules.append(
+        _floor(
+            "agreement_ari",
+            agreement,
+            g.min_agreement_ari,
+            "ARI between champion's and challenger's categories on the frozen set",
+        )
+    )
+    drop = old.silhouette - new.silhouette
+    if np.isfinite(drop):
+        ok = drop <= g.max_silhouette_drop
+        text = (
+            f"frozen-set silhouette {new.silhouette:.3f} vs champion "
+            f"{old.silhouette:.3f}: drop {drop:+.3f} "
+            f"({'<=' if ok else '>'} {g.max_silhouette_drop:.3f})"
+        )
+    elif np.isfinite(new.silhouette):
+        ok, text = True, "the champion's frozen-set silhouette is unavailable"
     else:
-        old = score_model(champion, texts, config)
-        agreement = float(adjusted_rand_score(old.cluster_id, new.cluster_id))
-        rules.append(
-            _floor(
-                "agreement_ari",
-                agreement,
-                g.min_agreement_ari,
-                "ARI between champion's and challenger's categories on the frozen set",
-            )
+        ok, text = False, "the challenger's frozen-set silhouette is unavailable"
+    rules.append(RuleResult("silhouette_drop", drop, g.max_silhouette_drop, ok, text))
+    drop = old.known_share - new.known_share
+    ok = drop <= g.max_coverage_drop
+    rules.append(
+        RuleResult(
+            "coverage_drop",
+            drop,
+            g.max_coverage_drop,
+            ok,
+            f"known-word coverage {new.known_share:.2%} vs champion "
+            f"{old.known_share:.2%}: drop {drop:+.2%} "
+            f"({'<=' if ok else '>'} {g.max_coverage_drop:.2%})",
         )
-        drop = old.silhouette - new.silhouette
-        if np.isfinite(drop):
-            ok = drop <= g.max_silhouette_drop
-            text = (
-                f"frozen-set silhouette {new.silhouette:.3f} vs champion "
-                f"{old.silhouette:.3f}: drop {drop:+.3f} "
-                f"({'<=' if ok else '>'} {g.max_silhouette_drop:.3f})"
-            )
-        elif np.isfinite(new.silhouette):
-            ok, text = True, "the champion's frozen-set silhouette is unavailable"
-        else:
-            ok, text = False, "the challenger's frozen-set silhouette is unavailable"
-        rules.append(
-            RuleResult("silhouette_drop", drop, g.max_silhouette_drop, ok, text)
-        )
-        drop = old.known_share - new.known_share
-        ok = drop <= g.max_coverage_drop
-        rules.append(
-            RuleResult(
-                "coverage_drop",
-                drop,
-                g.max_coverage_drop,
-                ok,
-                f"known-word coverage {new.known_share:.2%} vs champion "
-                f"{old.known_share:.2%}: drop {drop:+.2%} "
-                f"({'<=' if ok else '>'} {g.max_coverage_drop:.2%})",
-            )
-        )
+    )
+    return rules
+
+
+def decide(
+    rules: list[RuleResult],
+    frozen: FrozenSet,
+    new: ModelScores,
+    old: ModelScores | None,
+    champion_label: str | None,
+) -> GateDecision:
+    """The verdict: promote only when no rule failed."""
     failed = [r for r in rules if not r.passed]
     skipped = sum(r.skipped for r in rules)
     if failed:
@@ -358,7 +331,7 @@ def evaluate_gate(
         reason=reason,
         frozen_sha256=frozen.sha256,
         frozen_rows=len(frozen.frame),
-        champion=champion_label if champion is not None else None,
+        champion=champion_label if old is not None else None,
         challenger_scores={
             "known_share": new.known_share,
             "silhouette": new.silhouette,
@@ -369,3 +342,29 @@ def evaluate_gate(
             else {}
         ),
     )
+
+
+def evaluate_gate(
+    challenger_dir: str | Path,
+    champion_dir: str | Path | None,
+    run_metrics: dict[str, float],
+    frozen: FrozenSet,
+    config: GateConfig,
+    champion_label: str | None = None,
+    champion_problem: str | None = None,
+) -> GateDecision:
+    """Score the challenger (and the champion) on the frozen set against the rules.
+
+    ``run_metrics`` are the challenger run's metrics (run.json ``metrics``). Both
+    bundles are loaded through ``TweetClassifier.load``, which verifies them.
+    ``champion_problem`` says why a champion exists but cannot be used (its
+    files fail verification): that fails the gate, so only a forced promotion
+    replaces it.
+    """
+    texts = frozen.frame["text"]
+    challenger = TweetClassifier.load(challenger_dir)
+    champion = TweetClassifier.load(champion_dir) if champion_dir else None
+    new = score_model(challenger, texts, config)
+    old = score_model(champion, texts, config) if champion else None
+    rules = gate_rules(run_metrics, new, old, config, champion_problem)
+    return decide(rules, frozen, new, old, champion_label)

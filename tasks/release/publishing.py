@@ -1,38 +1,36 @@
-"""Assemble a run's outputs: the run directory, the model bundle and the report.
+"""Publishing: a retrain's run directory, its model bundle and its row accounting.
 
 Everything is written under ``runs/.<run_id>.partial`` and renamed into place
-when complete; ``LATEST`` is replaced atomically last, so it only ever names a
-complete run.
+when complete (on S3, uploaded with ``run.json`` last); ``LATEST`` is replaced
+atomically last, so it only ever names a complete run. Publishing is a task:
+its uploads are retried like every other storage call.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
-from data_contracts import get_contract, validate_frame
+from data_contracts import check_row_accounting, get_contract, validate_frame
 from tasks.infra import storage
-from tasks.infra.store import ArtifactRef, ArtifactStore, write_manifest
-from tasks.ml.embedding import (
-    EMBEDDING_ARRAYS_FILE,
-    EMBEDDING_INFO_FILE,
-    WORD_VECTORS_FILE,
-)
-from tasks.stages.categories import Category
-from tasks.stages.clustering import (
-    CENTROIDS_FILE,
-    CLUSTERS_FILE,
-    CRITERION,
-    K_SELECTION_PLOT,
-    PROJECTION_PLOT,
-)
-from tasks.stages.training import CLASSIFIER_FILE, CONFUSION_PLOT, REPORT_FILE
+from tasks.infra.caching import uncached_task
+from tasks.infra.store import ArtifactRef, ArtifactStore
+from tasks.ml.bundle import CLUSTERS_FILE, Category, build_bundle
+from tasks.release.report import cluster_report, markdown_report
+from tasks.stages.clustering import K_SELECTION_PLOT, PROJECTION_PLOT, ClusteringOutput
+from tasks.stages.features import FeaturesOutput
+from tasks.stages.ingestion import IngestionOutput
+from tasks.stages.preparation import PreparationOutput
+from tasks.stages.preprocessing import PreprocessingOutput
+from tasks.stages.training import CONFUSION_PLOT, REPORT_FILE, TrainingOutput
 
 LATEST_FILE = "LATEST"
 RUN_INFO_FILE = "run.json"
@@ -108,148 +106,6 @@ def cluster_table(
     return rows
 
 
-def markdown_report(
-    record: RunRecord, clusters: list[dict], mlflow_note: str = ""
-) -> str:
-    """The run's report in markdown (also published as a Prefect artifact)."""
-    c, m = record.counts, record.metrics
-    lines = [
-        f"# tweetflow retrain {record.run_id}",
-        "",
-        f"- rows read: {c['rows_read']}; accepted: {c['accepted']}; "
-        f"quarantined: {c['quarantined']}; exact duplicates removed: "
-        f"{c['duplicates_removed']}",
-    ]
-    if c.get("replies_read"):
-        lines.append(
-            f"- brand replies read: {c['replies_read']}; linked to the customer "
-            f"tweets they answer: {c['replies_linked']} (with accepted tweets "
-            f"{c['replies_with_accepted']}, with quarantined ones "
-            f"{c['replies_with_quarantined']}); not linked: {c['replies_unlinked']}"
-            f"; tweets clustered with their replies: "
-            f"{c['tweets_clustered_with_replies']}"
-        )
-    lines += [
-        f"- categories discovered: k = {record.clusters['k']} "
-        f"({'chosen by the ' + CRITERION if record.clusters['k_selection'] else 'given'})",
-        f"- data snapshot: `{record.refs['raw'].sha256[:16]}`; code version: "
-        f"`{record.code_version[:16]}`",
-        "",
-        "## Metrics",
-        "",
-        "The classifier's scores measure agreement with the KMeans pseudo-labels "
-        "(how well it reproduces the partition), not correctness against true "
-        "categories; silhouette and stability describe the clustering itself.",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(m.items())]
-    lines += ["", cluster_report(clusters, record.clusters, level=2)]
-    lines += ["", "## Plots", "", f"![confusion matrix]({CONFUSION_PLOT})"]
-    if mlflow_note:
-        lines += ["", mlflow_note]
-    return "\n".join(lines) + "\n"
-
-
-def cluster_report(clusters: list[dict], description: dict, level: int = 1) -> str:
-    """Markdown cluster report: sizes, top words, example tweets, 2-D projection."""
-    h = "#" * level
-    scores = description.get("k_selection") or {}
-    lines = [
-        f"{h} Categories",
-        "",
-        f"k = {description['k']}; silhouette {description['silhouette']:.3f}; "
-        f"stability (ARI between two runs on other samples and seeds) "
-        f"{description['stability_ari']:.3f}.",
-    ]
-    if scores:
-        lines += [
-            "",
-            f"{h}# Choosing k",
-            "",
-            f"{CRITERION} per k (how much more it costs to merge k categories into "
-            "k - 1 than to reach k from k + 1; the largest jump is chosen, or the "
-            "previous run's k when it is as good): "
-            + ", ".join(
-                (
-                    f"**{k}: {float(v):.2f}**"
-                    if int(k) == description["k"]
-                    else f"{k}: {float(v):.2f}"
-                )
-                for k, v in scores.items()
-            )
-            + ".",
-            "",
-            f"![criterion per k]({K_SELECTION_PLOT})",
-        ]
-    lines += [
-        "",
-        "| id | category | name from | tweets | share | top words |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['cluster_id']} | {r['category']} | {r['name_from']} | {r['tweets']} | "
-        f"{r['share']:.1%} | {r['top_terms']} |"
-        for r in clusters
-    ]
-    lines += ["", f"{h}# Example tweets (closest to each centre)", ""]
-    lines += [f"- **{r['category']}**: {r['examples']}" for r in clusters]
-    lines += ["", f"![clusters]({PROJECTION_PLOT})"]
-    return "\n".join(lines) + "\n"
-
-
-def inline_images(markdown: str, folder: Path, names: list[str]) -> str:
-    """Embed the named images of ``folder`` in ``markdown`` as data URIs.
-
-    The Prefect UI cannot reach the run folder, so the report it shows carries
-    its plots inside.
-    """
-    for name in names:
-        path = folder / name
-        if path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            markdown = markdown.replace(
-                f"]({name})", f"](data:image/png;base64,{data})"
-            )
-    return markdown
-
-
-def build_model_bundle(
-    target: Path,
-    embedder: Path,
-    clustering: Path,
-    training: Path,
-    record: RunRecord,
-    preprocessing: dict,
-) -> str:
-    """Copy everything batch inference needs into ``target`` with a manifest.
-
-    ``embedder``, ``clustering`` and ``training`` are the stages' verified
-    model directories.
-    """
-    target.mkdir(parents=True)
-    for source, name in [
-        (embedder, WORD_VECTORS_FILE),
-        (embedder, EMBEDDING_ARRAYS_FILE),
-        (embedder, EMBEDDING_INFO_FILE),
-        (clustering, CENTROIDS_FILE),
-        (clustering, CLUSTERS_FILE),
-        (training, CLASSIFIER_FILE),
-    ]:
-        shutil.copy2(source / name, target / name)
-    (target / "categories.json").write_text(
-        json.dumps([c.model_dump() for c in record.categories], indent=2) + "\n"
-    )
-    (target / "preprocessing.json").write_text(
-        json.dumps(preprocessing, indent=2) + "\n"
-    )
-    return write_manifest(
-        target,
-        {"run_id": record.run_id, "code_version": record.code_version, "format": 1},
-    )
-
-
 def publish_run(
     store: ArtifactStore,
     record: RunRecord,
@@ -292,8 +148,14 @@ def publish_run(
     shutil.copy2(clustering / K_SELECTION_PLOT, partial / K_SELECTION_PLOT)
     shutil.copy2(training / CONFUSION_PLOT, partial / CONFUSION_PLOT)
     shutil.copy2(training / REPORT_FILE, partial / REPORT_FILE)
-    model_sha = build_model_bundle(
-        partial / "model", embedder, clustering, training, record, preprocessing
+    model_sha = build_bundle(
+        partial / "model",
+        embedder,
+        clustering,
+        training,
+        record.categories,
+        preprocessing,
+        {"run_id": record.run_id, "code_version": record.code_version},
     )
     info = {
         "run_id": record.run_id,
@@ -328,3 +190,181 @@ def previous_run(store: ArtifactStore) -> dict | None:
         return None
     info = store.read_text(f"runs/{latest.strip()}/{RUN_INFO_FILE}")
     return json.loads(info) if info is not None else None
+
+
+def run_id_now() -> str:
+    """A sortable run id: UTC time plus the flow run id's first characters."""
+    from prefect.runtime import flow_run
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    suffix = str(flow_run.id)[:8] if flow_run.id else "local"
+    return f"{stamp}-{suffix}"
+
+
+def naming_basis(previous: dict | None, clustering_sha: str) -> ArtifactRef | None:
+    """The previous labels that names are carried over from.
+
+    When the clustering is unchanged since the previous run, the previous run's
+    own basis is reused, so a repeated run computes the same names (and hits
+    the cache).
+    """
+    if previous is None:
+        return None
+    if previous["refs"]["clustering_model"]["sha256"] == clustering_sha:
+        basis = previous.get("naming_basis")
+        return ArtifactRef.model_validate(basis) if basis else None
+    return ArtifactRef.model_validate(previous["refs"]["pseudo_labels"])
+
+
+class StageOutputs(BaseModel):
+    """What a retrain's stages produced (references and figures)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ingestion: IngestionOutput
+    preparation: PreparationOutput
+    preprocessing: PreprocessingOutput
+    features: FeaturesOutput
+    clustering: ClusteringOutput
+    categories: list[Category]
+    training: TrainingOutput
+    naming_basis: ArtifactRef | None = None
+
+
+class PublishedRun(BaseModel):
+    """A published run: where it is and what the report needs."""
+
+    run_id: str
+    run_location: str  # the run folder's URI (S3) or local path
+    local_run_dir: str
+    counts: dict[str, int]
+    metrics: dict[str, float]
+    clusters: dict
+    categories: dict[int, str]
+    table: list[dict]
+    report: str
+
+
+def run_counts(
+    outputs: StageOutputs,
+    accepted: int,
+    replies_with_accepted: int,
+    quarantine: pd.DataFrame,
+    clusters: dict,
+) -> dict[str, int]:
+    """Every row and reply read, accounted for; raises if they do not add up."""
+    ing, prep = outputs.ingestion, outputs.preparation
+    counts = {
+        "rows_read": ing.rows_read - ing.outbound_skipped - ing.replies_read,
+        "outbound_skipped": ing.outbound_skipped,
+        "accepted": accepted,
+        "quarantined": len(quarantine),
+        "duplicates_removed": prep.duplicates_removed,
+        "no_known_words": outputs.features.no_known_words,
+        **{f"{k}_rows": v for k, v in prep.split_counts.items()},
+        "replies_read": ing.replies_read,
+        "replies_linked": ing.replies_linked,
+        "replies_unlinked": sum(ing.replies_unlinked.values()),
+        "replies_with_accepted": replies_with_accepted,
+        "replies_with_quarantined": int(quarantine["n_replies"].sum()),
+        "tweets_clustered_with_replies": int(clusters["tweets_with_reply_view"]),
+    }
+    check_row_accounting(counts, "accepted")
+    return counts
+
+
+@uncached_task("publish")
+def publish(
+    outputs: StageOutputs,
+    parameters: BaseModel,
+    code_version: str,
+    stage_seconds: dict[str, float],
+    *,
+    artifacts_dir: str,
+) -> PublishedRun:
+    """Write the run folder (labels, quarantine, report, model bundle) and LATEST.
+
+    ``parameters`` are the run's parameters (recorded in run.json; their
+    ``preprocessing`` settings go into the model bundle).
+    """
+    config = parameters.model_dump(mode="json")
+    from prefect import get_run_logger
+
+    started = time.perf_counter()
+    store = ArtifactStore(artifacts_dir)
+    clus, cats = outputs.clustering, outputs.categories
+    clusters = json.loads((store.get_dir(clus.model) / CLUSTERS_FILE).read_text())
+    prepared = store.get_frame(outputs.preparation.prepared)
+    assignments = store.get_frame(clus.assignments)
+    labels = pseudo_label_frame(prepared, assignments, cats)
+    labels_ref = store.put_frame(labels, "pseudo_labels", "pseudo_labels")
+    quarantine = pd.concat(
+        [
+            store.get_frame(outputs.ingestion.quarantine),
+            store.get_frame(outputs.preparation.quarantine),
+        ],
+        ignore_index=True,
+    )
+    counts = run_counts(
+        outputs, len(labels), int(prepared["n_replies"].sum()), quarantine, clusters
+    )
+    metrics = {
+        "silhouette": clus.silhouette,
+        "stability_ari": clus.stability_ari,
+        **{
+            k: v for k, v in outputs.training.metrics.items() if not k.endswith("_rows")
+        },
+    }
+    refs = {
+        "raw": outputs.ingestion.raw,
+        "prepared": outputs.preparation.prepared,
+        "preprocessed": outputs.preprocessing.preprocessed,
+        "features": outputs.features.features,
+        "embedder": outputs.features.embedder,
+        "assignments": clus.assignments,
+        "clustering_model": clus.model,
+        "training_model": outputs.training.model,
+        "pseudo_labels": labels_ref,
+    }
+    record = RunRecord(
+        run_id=run_id_now(),
+        counts=counts,
+        metrics=metrics,
+        clusters=clusters,
+        categories=cats,
+        refs=refs,
+        config=config,
+        code_version=code_version,
+        naming_basis=outputs.naming_basis,
+        extra={
+            "stage_seconds": stage_seconds,
+            "replies_unlinked": outputs.ingestion.replies_unlinked,
+        },
+    )
+    table = cluster_table(labels, assignments, cats)
+    report = markdown_report(record, table)
+    run_dir = publish_run(
+        store, record, labels, quarantine, report, table, config["preprocessing"]
+    )
+    location = (
+        storage.join(store.root_uri, "runs", record.run_id)
+        if store.remote
+        else str(run_dir)
+    )
+    get_run_logger().info(
+        "publish: run %s -> %s (%.2fs)",
+        record.run_id,
+        location,
+        time.perf_counter() - started,
+    )
+    return PublishedRun(
+        run_id=record.run_id,
+        run_location=location,
+        local_run_dir=str(run_dir),
+        counts=counts,
+        metrics=metrics,
+        clusters=clusters,
+        categories={c.cluster_id: c.category for c in cats},
+        table=table,
+        report=report,
+    )

@@ -1,1 +1,2 @@
-
+"""Using a verified model: loading it, resolving the champion, batch inference.
+Imports no training stage."""

@@ -1,14 +1,15 @@
 """Batch inference: classify new tweets with a verified model bundle.
 
-New tweets go through the same ingestion, preparation and tokenising code as
-training (``tasks.stages.ingestion``, ``tasks.stages.preparation``, ``tasks.ml.text`` via the
-model); only the steps that learn something are skipped. Every row read is
-either predicted, quarantined with its reason, or counted as an exact repeat.
+New tweets are read by the ingestion stage (the batch flow wires it), cleaned
+by the training code (``tasks.ml.cleaning``) and tokenised and embedded by the
+model (``tasks.ml.text``, ``tasks.ml.embedding``); only the steps that learn
+something are skipped. Every row read is either predicted, quarantined with
+its reason, or counted as an exact repeat.
 """
 
 from __future__ import annotations
 
-import io
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +17,30 @@ import pandas as pd
 
 from data_contracts import check_row_accounting, get_contract, validate_frame
 from tasks.infra import storage
+from tasks.infra.caching import uncached_task
+from tasks.infra.errors import InputError
+from tasks.infra.store import ArtifactRef, ArtifactStore, frame_to_parquet_bytes
+from tasks.ml.cleaning import CleaningConfig, clean_and_check
 from tasks.serving.model import TweetClassifier
-from tasks.stages.ingestion import IngestionConfig, ingest_frame
-from tasks.stages.preparation import PreparationConfig, prepare_for_inference
+from tasks.serving.resolve import LoadedModel
 
 STAGE = "batch_inference"
+
+
+class OutputError(InputError):
+    """The output URI cannot take the predictions."""
+
+
+def check_output(output: str) -> None:
+    """The output must be a .parquet file URI whose parent can be written."""
+    if not output.endswith(".parquet"):
+        raise OutputError(f"output {output!r} must name a .parquet file")
+    if not storage.is_remote(output):
+        parent = storage.local_path(output).parent
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"output folder {parent} is a file")
+
+
 PREDICTION_COLUMNS = [
     "tweet_id",
     "text",
@@ -41,18 +61,37 @@ class InferenceResult:
     no_known_words: int
 
 
+def prepare_for_inference(
+    raw: pd.DataFrame, config: CleaningConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The training preparation for new tweets: same cleaning, same checks.
+
+    Unlike training, repeated texts under different ids are all kept (each
+    tweet gets its prediction); only exact repeats of a row (same id, same
+    text) are dropped. Returns (usable rows, quarantine, exact repeats removed).
+    """
+    df, quarantined = clean_and_check(raw, config)
+    before = len(df)
+    df = df.drop_duplicates(subset=["tweet_id"], keep="first")
+    return (
+        df.reset_index(drop=True),
+        pd.concat(quarantined, ignore_index=True),
+        before - len(df),
+    )
+
+
 def classify_frame(
     raw: pd.DataFrame,
     model: TweetClassifier,
     model_version: str,
-    config: PreparationConfig | None = None,
+    config: CleaningConfig | None = None,
 ) -> InferenceResult:
     """Prepare raw tweets exactly as training does, then classify them.
 
     A pure function of one partition: rows in, predictions out.
     """
     prepared, quarantine, duplicates = prepare_for_inference(
-        raw, config or PreparationConfig()
+        raw, config or CleaningConfig()
     )
     scored = model.predict(prepared["text"])
     predictions = pd.DataFrame(
@@ -77,44 +116,102 @@ def classify_frame(
     )
 
 
-def classify_source(
-    source: str,
+def write_predictions(
+    result: InferenceResult, quarantine: pd.DataFrame, output: str
+) -> dict[str, str]:
+    """Write predictions (and any quarantine) as Parquet; return where they went."""
+    storage.write_bytes(output, frame_to_parquet_bytes(result.predictions))
+    written = {"predictions": output}
+    if len(quarantine):
+        written["quarantine"] = quarantine_uri(output)
+        storage.write_bytes(written["quarantine"], frame_to_parquet_bytes(quarantine))
+    return written
+
+
+def classify_raw(
+    raw: pd.DataFrame,
+    ingestion_quarantine: pd.DataFrame,
+    rows_read: int,
+    outbound_skipped: int,
     output: str,
     model: TweetClassifier,
     model_version: str,
-    ingestion: IngestionConfig,
-    preparation: PreparationConfig,
+    config: CleaningConfig,
 ) -> dict[str, Any]:
-    """Read a source, classify it, write predictions (and any quarantine) as Parquet.
+    """Classify ingested tweets and write the predictions; return the summary.
 
-    Returns the counts, the per-category table and where things were written.
     Raises if the row accounting does not add up: nothing is dropped silently.
     """
-    read = ingest_frame(source, ingestion)
-    result = classify_frame(read.raw, model, model_version, preparation)
-    quarantine = pd.concat([read.quarantine, result.quarantine], ignore_index=True)
+    result = classify_frame(raw, model, model_version, config)
+    quarantine = pd.concat([ingestion_quarantine, result.quarantine], ignore_index=True)
     counts = {
-        "rows_read": read.rows_read - read.outbound_skipped,
-        "outbound_skipped": read.outbound_skipped,
+        "rows_read": rows_read - outbound_skipped,
+        "outbound_skipped": outbound_skipped,
         "predicted": len(result.predictions),
         "quarantined": len(quarantine),
         "duplicates_removed": result.duplicates_removed,
         "no_known_words": result.no_known_words,
     }
     check_row_accounting(counts, "predicted")
-    storage.write_bytes(output, predictions_to_parquet(result.predictions))
-    written = {"predictions": output}
-    if len(quarantine):
-        written["quarantine"] = quarantine_uri(output)
-        storage.write_bytes(written["quarantine"], predictions_to_parquet(quarantine))
     return {
         "counts": counts,
         "categories": summary_table(result.predictions),
         "quarantine_reasons": (
             quarantine["reason"].value_counts().to_dict() if len(quarantine) else {}
         ),
-        "written": written,
+        "written": write_predictions(result, quarantine, output),
     }
+
+
+@uncached_task("classify")
+def classify(
+    raw: ArtifactRef,
+    ingestion_quarantine: ArtifactRef,
+    rows_read: int,
+    outbound_skipped: int,
+    output: str,
+    loaded: LoadedModel,
+    config: CleaningConfig,
+    artifacts_dir: str,
+) -> dict[str, Any]:
+    """Classify every usable ingested tweet; write predictions as Parquet."""
+    from prefect import get_run_logger
+
+    logger = get_run_logger()
+    started = time.perf_counter()
+    store = ArtifactStore(artifacts_dir)
+    summary = classify_raw(
+        store.get_frame(raw),
+        store.get_frame(ingestion_quarantine),
+        rows_read,
+        outbound_skipped,
+        output,
+        loaded.model,
+        loaded.version,
+        config,
+    )
+    counts = summary["counts"]
+    if counts["quarantined"]:
+        logger.warning(
+            "classify: %d rows quarantined (%s) -> %s",
+            counts["quarantined"],
+            summary["quarantine_reasons"],
+            summary["written"]["quarantine"],
+        )
+    seconds = time.perf_counter() - started
+    logger.info(
+        "classify: %d rows read; %d predicted, %d quarantined, %d exact repeats; "
+        "%d with no known word; -> %s (%.2fs, %.0f tweets/s)",
+        counts["rows_read"],
+        counts["predicted"],
+        counts["quarantined"],
+        counts["duplicates_removed"],
+        counts["no_known_words"],
+        output,
+        seconds,
+        counts["rows_read"] / max(seconds, 1e-9),
+    )
+    return {**summary, "seconds": round(seconds, 3)}
 
 
 def quarantine_uri(output: str) -> str:
@@ -132,8 +229,34 @@ def summary_table(predictions: pd.DataFrame) -> list[dict]:
     ]
 
 
-def predictions_to_parquet(predictions: pd.DataFrame) -> bytes:
-    """The predictions as Parquet bytes."""
-    buffer = io.BytesIO()
-    predictions.to_parquet(buffer, index=False, compression="zstd")
-    return buffer.getvalue()
+@uncached_task("report")
+def report_batch(summary: dict[str, Any], model_version: str, source: str) -> None:
+    """Publish the batch-inference summary as Prefect artifacts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    counts = summary["counts"]
+    share = counts["no_known_words"] / max(counts["predicted"], 1)
+    lines = [
+        "# tweetflow batch inference",
+        "",
+        f"- model: `{model_version}`",
+        f"- source: `{source}`",
+        f"- predictions: `{summary['written']['predictions']}`",
+        f"- rows read {counts['rows_read']}: predicted {counts['predicted']}, "
+        f"quarantined {counts['quarantined']}, exact repeats "
+        f"{counts['duplicates_removed']}",
+        f"- tweets with no known word: {counts['no_known_words']} ({share:.2%})",
+        "",
+        "| category | tweets | share |",
+        "|---|---|---|",
+        *(
+            f"| {row['category']} | {row['tweets']} | {row['share']:.2%} |"
+            for row in summary["categories"]
+        ),
+    ]
+    create_markdown_artifact(
+        key="batch-inference-summary",
+        markdown="\n".join(lines) + "\n",
+        description=f"predictions by {model_version}",
+    )
+    create_table_artifact(key="batch-inference-categories", table=summary["categories"])

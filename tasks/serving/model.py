@@ -5,19 +5,27 @@ Nothing is unpickled before every file's sha256 matches ``manifest.json``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
 import pandas as pd
 
-from tasks.infra.store import verify_manifest
+from tasks.infra.errors import ModelVerificationError
+from tasks.infra.store import ArtifactMissing, verify_manifest
+from tasks.ml.bundle import (
+    CLASSIFIER_FILE,
+    MANIFEST_FILE,
+    NO_WORDS_CATEGORY,
+    NO_WORDS_CLUSTER,
+    PREPROCESSING_FILE,
+    read_categories,
+    read_json,
+)
 from tasks.ml.embedding import DocumentEmbedder
 from tasks.ml.text import tokenise
-from tasks.stages.clustering import NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
-from tasks.stages.training import CLASSIFIER_FILE
 
 
 @dataclass
@@ -25,37 +33,43 @@ class TweetClassifier:
     """Everything needed to turn raw tweet texts into categories."""
 
     embedder: DocumentEmbedder
-    classifier: object
+    classifier: Any  # a fitted scikit-learn classifier
     categories: dict[int, str]
     preprocessing: dict
     version: str
 
     @classmethod
     def load(cls, directory: str | Path) -> TweetClassifier:
-        """Verify the bundle's manifest, then load it."""
+        """Verify the bundle's manifest, then load it.
+
+        Raises ModelVerificationError (one readable line) when a file is missing,
+        unlisted or altered.
+        """
         path = Path(directory)
-        verify_manifest(path)
-        manifest = json.loads((path / "manifest.json").read_text())
-        categories = {
-            int(c["cluster_id"]): str(c["category"])
-            for c in json.loads((path / "categories.json").read_text())
-        }
+        try:
+            verify_manifest(path)
+        except ArtifactMissing as exc:
+            raise ModelVerificationError(f"refusing model: {exc}") from None
         return cls(
             embedder=DocumentEmbedder.load(path),
             classifier=joblib.load(path / CLASSIFIER_FILE),
-            categories=categories,
-            preprocessing=json.loads((path / "preprocessing.json").read_text()),
-            version=str(manifest.get("run_id", "unknown")),
+            categories=read_categories(path),
+            preprocessing=read_json(path, PREPROCESSING_FILE),
+            version=str(read_json(path, MANIFEST_FILE).get("run_id", "unknown")),
         )
 
-    def predict(self, texts: pd.Series) -> pd.DataFrame:
-        """Category, cluster id and confidence for each text (index preserved)."""
+    def vectors(self, texts: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Tweet vectors and known-word counts, tokenised as the model was trained."""
         tokens = tokenise(
             texts,
             keep_mentions=self.preprocessing.get("keep_mentions", True),
             remove_stop_words=self.preprocessing.get("remove_stop_words", True),
         )
-        vectors, n_known = self.embedder.embed(tokens)
+        return self.embedder.embed(tokens)
+
+    def predict(self, texts: pd.Series) -> pd.DataFrame:
+        """Category, cluster id and confidence for each text (index preserved)."""
+        vectors, n_known = self.vectors(texts)
         cluster_id = np.full(len(texts), NO_WORDS_CLUSTER, dtype=np.int64)
         confidence = np.zeros(len(texts), dtype=np.float64)
         known = n_known > 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,7 +25,12 @@ from scipy.optimize import linear_sum_assignment
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InputError
 from tasks.infra.store import ArtifactRef, ArtifactStore
-from tasks.stages.clustering import CLUSTERS_FILE, NO_WORDS_CATEGORY, NO_WORDS_CLUSTER
+from tasks.ml.bundle import (
+    CLUSTERS_FILE,
+    NO_WORDS_CATEGORY,
+    NO_WORDS_CLUSTER,
+    Category,
+)
 
 STAGE = "categories"
 
@@ -76,16 +80,18 @@ def load_category_map(path: str | None) -> CategoryMap | None:
         raise CategoryMapError(f"category map {path} is invalid: {first}") from None
 
 
-class Category(BaseModel):
-    """The name given to one cluster, and where the name came from."""
+class CategoriesConfig(BaseModel):
+    """Naming settings: how names carry over from the previous run."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(extra="forbid")
 
-    cluster_id: int
-    category: str
-    origin: Literal["curated", "previous", "terms", "none"]
-    is_new: bool
-    top_terms: list[str]
+    carry_over_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="A cluster inherits a previous category's name when at least "
+        "this share of its tweets had that category in the previous run.",
+    )
 
 
 def name_words(cluster: dict) -> list[str]:
@@ -225,15 +231,16 @@ def name_clusters(
     return result
 
 
-@stage_task(STAGE, ["tasks.stages.categories", "tasks.stages.clustering"])
+@stage_task(STAGE)
 def name_categories(
     clustering_model: ArtifactRef,
     assignments: ArtifactRef,
     category_map: CategoryMap | None,
     previous_labels: ArtifactRef | None,
-    carry_over_share: float,
-    artifacts_dir: str,
+    config: CategoriesConfig,
     preprocessed: ArtifactRef | None = None,
+    *,
+    artifacts_dir: str,
 ) -> list[Category]:
     """Give each discovered cluster a category name."""
     logger = get_run_logger()
@@ -259,7 +266,7 @@ def name_categories(
         labelled[["tweet_id", "cluster_id"]],
         category_map,
         previous,
-        carry_over_share,
+        config.carry_over_share,
         concentration,
     )
     for c in names:

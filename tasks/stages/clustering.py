@@ -41,14 +41,10 @@ from threadpoolctl import threadpool_limits
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
 from tasks.infra.store import ArtifactRef, ArtifactStore
-from tasks.ml.embedding import doc_term_matrix, stem_words
-from tasks.stages.features import vectors_of
+from tasks.ml.bundle import CENTROIDS_FILE, CLUSTERS_FILE, NO_WORDS_CLUSTER
+from tasks.ml.embedding import doc_term_matrix, stem_words, vectors_of
 
 STAGE = "clustering"
-NO_WORDS_CLUSTER = -1
-NO_WORDS_CATEGORY = "unknown (no known words)"
-CLUSTERS_FILE = "clusters.json"
-CENTROIDS_FILE = "centroids.npy"
 PROJECTION_PLOT = "clusters_2d.png"
 K_SELECTION_PLOT = "k_selection.png"
 CRITERION = "Ward merge-cost ratio"
@@ -123,13 +119,6 @@ class ClusteringConfig(BaseModel):
     )
     min_term_count: int = Field(
         5, ge=1, description="Words rarer than this in a cluster are not distinctive."
-    )
-    carry_over_share: float = Field(
-        0.5,
-        gt=0.0,
-        le=1.0,
-        description="A cluster inherits a previous category's name when at least "
-        "this share of its tweets had that category in the previous run.",
     )
 
     @model_validator(mode="after")
@@ -590,19 +579,36 @@ class ClusteringOutput(BaseModel):
     k: int
     silhouette: float
     stability_ari: float
+    k_selection: dict[int, float] = Field(default_factory=dict)
 
 
-@stage_task(
-    STAGE, ["tasks.stages.clustering", "tasks.ml.embedding", "tasks.stages.features"]
-)
+def keeps_previous_k(
+    found: ClusteringOutput, config: ClusteringConfig, previous_k: int | None
+) -> bool:
+    """Whether the previous run's k is as good as the k chosen (within tolerance).
+
+    Then the flow asks the stage to keep it (a separate, equally cached run), so
+    categories do not change number between retrains for nothing.
+    """
+    if config.n_clusters != "auto" or previous_k in (None, found.k):
+        return False
+    best = max(found.k_selection.values(), default=0.0)
+    return (
+        found.k_selection.get(int(previous_k), 0.0)
+        >= (1 - config.keep_k_tolerance) * best
+    )
+
+
+@stage_task(STAGE)
 def cluster(
     features: ArtifactRef,
     preprocessed: ArtifactRef,
     config: ClusteringConfig,
     seed: int,
-    artifacts_dir: str,
     replies: ArtifactRef | None = None,
     keep_k: int | None = None,
+    *,
+    artifacts_dir: str,
 ) -> ClusteringOutput:
     """Pseudo-label tweets and describe each cluster (keeping ``keep_k`` if as good)."""
     logger = get_run_logger()
@@ -674,4 +680,5 @@ def cluster(
         k=description["k"],
         silhouette=description["silhouette"],
         stability_ari=description["stability_ari"],
+        k_selection={int(k): v for k, v in description["k_selection"].items()},
     )

@@ -311,12 +311,6 @@ def context_frame(tweet_ids: pd.Series, vectors: np.ndarray) -> pd.DataFrame:
     return frame.astype({"tweet_id": "str"})
 
 
-def vectors_of(features: pd.DataFrame, prefix: str = "f") -> np.ndarray:
-    """The f000.. (or r000..) columns of a features frame as a float32 matrix."""
-    columns = [c for c in features.columns if c.startswith(prefix) and c[1:].isdigit()]
-    return features[columns].to_numpy(dtype=np.float32)
-
-
 def embed_frame(
     embedder: DocumentEmbedder, frame: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -347,13 +341,14 @@ class FeaturesOutput(BaseModel):
     tweets_with_replies: int = 0
 
 
-@stage_task(STAGE, ["tasks.stages.features", "tasks.ml.embedding"])
+@stage_task(STAGE)
 def build_features(
     preprocessed: ArtifactRef,
     config: FeaturesConfig,
     seed: int,
-    artifacts_dir: str,
     addressees: list[str] | None = None,
+    *,
+    artifacts_dir: str,
 ) -> FeaturesOutput:
     """Train word vectors and term weights on discovery and embed every tweet."""
     logger = get_run_logger()

@@ -70,9 +70,9 @@ class PreprocessingOutput(BaseModel):
     mean_tokens: float
 
 
-@stage_task(STAGE, ["tasks.stages.preprocessing", "tasks.ml.text"])
+@stage_task(STAGE)
 def preprocess(
-    prepared: ArtifactRef, config: PreprocessingConfig, artifacts_dir: str
+    prepared: ArtifactRef, config: PreprocessingConfig, *, artifacts_dir: str
 ) -> PreprocessingOutput:
     """Tokenise the prepared tweets."""
     logger = get_run_logger()

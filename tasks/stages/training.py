@@ -32,10 +32,10 @@ from sklearn.svm import LinearSVC
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
 from tasks.infra.store import ArtifactRef, ArtifactStore
-from tasks.stages.features import vectors_of
+from tasks.ml.bundle import CLASSIFIER_FILE
+from tasks.ml.embedding import vectors_of
 
 STAGE = "training"
-CLASSIFIER_FILE = "classifier.joblib"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "classification_report.txt"
 CONFUSION_PLOT = "confusion_matrix.png"
@@ -156,12 +156,13 @@ class TrainingOutput(BaseModel):
     metrics: dict[str, float]
 
 
-@stage_task(STAGE, ["tasks.stages.training", "tasks.stages.features"])
+@stage_task(STAGE)
 def train(
     features: ArtifactRef,
     assignments: ArtifactRef,
     config: TrainingConfig,
     seed: int,
+    *,
     artifacts_dir: str,
 ) -> TrainingOutput:
     """Train the classifier on the pseudo-labels and write its evaluation."""

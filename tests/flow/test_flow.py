@@ -10,48 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import task_states
+from tests.conftest import STAGES, small_params
+from tests.conftest import run_retrain as run
 
 pytestmark = pytest.mark.flow
-
-STAGES = {
-    "ingestion",
-    "preparation",
-    "preprocessing",
-    "features",
-    "clustering",
-    "categories",
-    "training",
-}
-
-
-def small_params(source: Path, artifacts: Path, **changes):  # noqa: ANN003, ANN201
-    from flows.retrain import RetrainParameters
-
-    base = {
-        "source": str(source),
-        "artifacts_dir": str(artifacts),
-        "features": {"min_count": 2},
-        "clustering": {"k_min": 2, "k_max": 5, "selection_sample": 300, "n_init": 2},
-    }
-    for key, value in changes.items():
-        if isinstance(value, dict):
-            base[key] = {**base.get(key, {}), **value}
-        else:
-            base[key] = value
-    return RetrainParameters.model_validate(base)
-
-
-def run(params):  # noqa: ANN001, ANN201
-    from flows.retrain import retrain
-
-    state = retrain(**params.as_flow_kwargs(), return_state=True)
-    assert state.is_completed(), state.message
-    states = task_states(state.state_details.flow_run_id)
-    # The registry step runs every time (it registers a new version); the
-    # stages are what caching is about.
-    assert states.pop("registry") == "Completed", states
-    return state.result(), states
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +31,10 @@ def test_first_run_executes_every_stage_and_writes_outputs(
     artifacts, result, states = first_run
     assert set(states) == STAGES
     assert set(states.values()) == {"Completed"}
-    assert result["model_version"].startswith("tweetflow-classifier/")
-    assert result["promotion"] in {"promoted", "rejected"}
-    run_dir = artifacts / "runs" / result["run_id"]
-    assert (artifacts / "LATEST").read_text().strip() == result["run_id"]
+    assert result.model_version.startswith("tweetflow-classifier/")
+    assert result.promotion in {"promoted", "rejected"}
+    run_dir = artifacts / "runs" / result.run_id
+    assert (artifacts / "LATEST").read_text().strip() == result.run_id
     for name in [
         "pseudo_labels.parquet",
         "metrics.json",
@@ -92,10 +54,10 @@ def test_first_run_executes_every_stage_and_writes_outputs(
         "cluster_id",
         "category",
     ]
-    assert len(labels) == result["counts"]["accepted"]
+    assert len(labels) == result.counts["accepted"]
     assert labels["tweet_id"].is_unique
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["k"] == result["k"] >= 2
+    assert metrics["k"] == result.k >= 2
     assert 0.0 <= metrics["evaluation_accuracy"] <= 1.0
     assert "## Categories" in (run_dir / "report.md").read_text()
     from prefect.client.orchestration import get_client
@@ -117,7 +79,7 @@ def test_first_run_executes_every_stage_and_writes_outputs(
     } <= keys
     # The report links the MLflow run and the registered model version.
     registry = json.loads((run_dir / "registry.json").read_text())
-    assert registry["model_version"] == result["model_version"]
+    assert registry["model_version"] == result.model_version
     assert registry["mlflow_run_id"] and registry["gate"]
     assert "## Registry" in report.data and "MLflow run" in report.data
 
@@ -127,9 +89,9 @@ def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:  # noqa
     result, states = run(small_params(small_csv, artifacts))
     assert set(states) == STAGES
     assert set(states.values()) == {"Cached"}, states
-    assert result["metrics"] == first["metrics"]
-    assert result["categories"] == first["categories"]
-    assert result["run_id"] != first["run_id"]
+    assert result.metrics == first.metrics
+    assert result.categories == first.categories
+    assert result.run_id != first.run_id
 
 
 @pytest.mark.parametrize(
@@ -234,12 +196,12 @@ def test_quarantine_counts_add_up(
         source, index=False, quoting=csv.QUOTE_ALL
     )
     result, _ = run(small_params(source, tmp_path / "artifacts"))
-    counts = result["counts"]
+    counts = result.counts
     assert counts["rows_read"] == 305
     assert (
         counts["accepted"] + counts["quarantined"] + counts["duplicates_removed"] == 305
     )
-    quarantine = pd.read_parquet(Path(result["run_dir"]) / "quarantine.parquet")
+    quarantine = pd.read_parquet(Path(result.run_dir) / "quarantine.parquet")
     assert len(quarantine) == counts["quarantined"] == 5
     assert quarantine["reason"].value_counts().to_dict() == {
         "tweet_id repeated with a different text": 2,
@@ -258,8 +220,8 @@ def test_model_bundle_is_invariant_to_swapped_urls_and_mentions(
     from tasks.serving.model import TweetClassifier
 
     artifacts, result, _ = first_run
-    model = TweetClassifier.load(Path(result["run_dir"]) / "model")
-    labels = pd.read_parquet(Path(result["run_dir"]) / "pseudo_labels.parquet")
+    model = TweetClassifier.load(Path(result.run_dir) / "model")
+    labels = pd.read_parquet(Path(result.run_dir) / "pseudo_labels.parquet")
     texts = labels["text"].head(100)
     swapped = texts.str.replace(r"https?://\S+", "http://t.co/Zz9Yy8Xx", regex=True)
     swapped = swapped.str.replace(
@@ -366,7 +328,7 @@ def test_deleted_artifacts_are_rebuilt_not_served_stale(
     result, states = run(small_params(small_csv, tmp_path))
     assert states["features"] == "Completed"
     assert states["preprocessing"] == "Cached"
-    assert Path(result["run_dir"], "pseudo_labels.parquet").is_file()
+    assert Path(result.run_dir, "pseudo_labels.parquet").is_file()
 
 
 def test_tampered_model_bundle_is_refused_before_unpickling(
@@ -374,15 +336,15 @@ def test_tampered_model_bundle_is_refused_before_unpickling(
 ) -> None:
     import shutil
 
-    from tasks.infra.store import ArtifactMissing
+    from tasks.infra.errors import ModelVerificationError
     from tasks.serving.model import TweetClassifier
 
     _, result, _ = first_run
     bundle = tmp_path / "model"
-    shutil.copytree(Path(result["run_dir"]) / "model", bundle)
+    shutil.copytree(Path(result.run_dir) / "model", bundle)
     with open(bundle / "classifier.joblib", "ab") as fh:
         fh.write(b"\x00")
-    with pytest.raises(ArtifactMissing, match="classifier.joblib"):
+    with pytest.raises(ModelVerificationError, match="classifier.joblib"):
         TweetClassifier.load(bundle)
 
 
@@ -392,7 +354,7 @@ def test_two_cold_runs_produce_identical_artifacts(
     first, _ = run(small_params(small_csv, tmp_path / "one"))
     second, _ = run(small_params(small_csv, tmp_path / "two"))
     info = [
-        json.loads(Path(r["run_dir"], "run.json").read_text()) for r in (first, second)
+        json.loads(Path(r.run_dir, "run.json").read_text()) for r in (first, second)
     ]
     for name in [
         "raw",
@@ -403,7 +365,7 @@ def test_two_cold_runs_produce_identical_artifacts(
         "pseudo_labels",
     ]:
         assert info[0]["refs"][name]["sha256"] == info[1]["refs"][name]["sha256"], name
-    assert first["metrics"] == second["metrics"]
+    assert first.metrics == second.metrics
 
 
 def test_crash_while_publishing_leaves_latest_on_the_last_complete_run(
@@ -416,7 +378,7 @@ def test_crash_while_publishing_leaves_latest_on_the_last_complete_run(
     def crash(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise OSError("disk full while copying the model")
 
-    monkeypatch.setattr(publishing, "build_model_bundle", crash)
+    monkeypatch.setattr(publishing, "build_bundle", crash)
     from flows.retrain import retrain
 
     state = retrain(
@@ -424,11 +386,11 @@ def test_crash_while_publishing_leaves_latest_on_the_last_complete_run(
         return_state=True,
     )
     assert state.is_failed()
-    assert (tmp_path / "LATEST").read_text().strip() == done["run_id"]
+    assert (tmp_path / "LATEST").read_text().strip() == done.run_id
     complete = [
         p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")
     ]
-    assert complete == [done["run_id"]]
+    assert complete == [done.run_id]
 
 
 @pytest.mark.parametrize(
@@ -475,8 +437,8 @@ def test_a_rerun_after_a_crash_resumes_from_the_cached_stages(
     assert {s: states[s] for s in before} == dict.fromkeys(before, "Cached")
     assert states[stage] == "Completed"
     _, clean, _ = first_run
-    ours = json.loads(Path(result["run_dir"], "run.json").read_text())
-    theirs = json.loads(Path(clean["run_dir"], "run.json").read_text())
+    ours = json.loads(Path(result.run_dir, "run.json").read_text())
+    theirs = json.loads(Path(clean.run_dir, "run.json").read_text())
     for name in ["raw", "prepared", "features", "assignments", "pseudo_labels"]:
         assert ours["refs"][name]["sha256"] == theirs["refs"][name]["sha256"], name
     assert ours["model_sha256"] == theirs["model_sha256"]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import STAGES as FLOW_STAGES
 from tests.servers import BIN, REPO, prefect, prefect_server, stop
-from tests.test_flow import STAGES as FLOW_STAGES
 
 pytestmark = pytest.mark.e2e
 

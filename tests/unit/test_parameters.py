@@ -32,7 +32,8 @@ def test_flow_signature_is_the_parameter_model() -> None:
     """The flow's form and the model cannot drift apart: same names, same defaults."""
     import inspect
 
-    from flows.retrain import RetrainParameters, retrain
+    from flows.parameters import RetrainParameters
+    from flows.retrain import retrain
 
     signature = inspect.signature(retrain.fn)
     assert list(signature.parameters) == list(RetrainParameters.model_fields)
@@ -58,7 +59,7 @@ def test_flow_signature_is_the_parameter_model() -> None:
     ],
 )
 def test_result_storage_is_local_or_a_block_slug(value: str, ok: bool) -> None:
-    from flows.retrain import RetrainParameters
+    from flows.parameters import RetrainParameters
 
     if ok:
         assert RetrainParameters(result_storage=value).result_storage == value
@@ -68,7 +69,7 @@ def test_result_storage_is_local_or_a_block_slug(value: str, ok: bool) -> None:
 
 
 def test_cli_arguments_map_onto_the_parameter_model() -> None:
-    from flows.retrain import parse_args
+    from flows.cli import parse_retrain_args as parse_args
 
     params = parse_args(
         [
@@ -99,8 +100,41 @@ def test_cli_arguments_map_onto_the_parameter_model() -> None:
     assert parse_args([]).clustering.n_clusters == "auto"
 
 
+def test_command_line_defaults_are_the_models_and_help_shows_them(capsys) -> None:
+    from flows.cli import batch_parser, parse_batch_args, parse_retrain_args
+    from flows.parameters import BatchInferenceParameters, RetrainParameters
+
+    assert parse_retrain_args([]) == RetrainParameters()
+    batch = parse_batch_args(["--source", "in.csv", "--output", "out.parquet"])
+    assert batch == BatchInferenceParameters(source="in.csv", output="out.parquet")
+    with pytest.raises(SystemExit):
+        batch_parser().parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default: champion)" in shown and "(default: artifacts)" in shown
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--n-clusters", "many"], "--n-clusters must be 'auto' or a number"),
+        (["--promote", "sometimes"], "invalid choice: 'sometimes'"),
+        (["--log-level", "LOUD"], "invalid choice: 'LOUD'"),
+        (["--seed", "x"], "invalid int value"),
+    ],
+)
+def test_bad_arguments_are_one_usage_error(
+    argv, message, capsys
+) -> None:  # noqa: ANN001
+    from flows.cli import parse_retrain_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_retrain_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_invalid_settings_are_rejected() -> None:
-    from flows.retrain import RetrainParameters
+    from flows.parameters import RetrainParameters
 
     with pytest.raises(ValidationError):
         RetrainParameters.model_validate({"clustering": {"k_min": 9, "k_max": 3}})

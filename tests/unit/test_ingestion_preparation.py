@@ -12,10 +12,10 @@ from tasks.stages.ingestion import (
     IngestionConfig,
     SourceError,
     check_source,
-    derive_ids,
     ingest_frame,
     resolve_source,
 )
+from tasks.stages.ingestion.schema import derive_ids
 from tasks.stages.preparation import PreparationConfig, prepare_frame, split_of
 
 
@@ -191,7 +191,7 @@ def test_preparation_accounts_for_every_row() -> None:
 
 
 def test_preflight_reads_only_the_head_of_large_files(tmp_path: Path) -> None:
-    from tasks.stages.ingestion import PREVIEW_BYTES, _head
+    from tasks.stages.ingestion.readers import PREVIEW_BYTES, _head
 
     path = tmp_path / "big.csv"
     path.write_text(

@@ -11,8 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 import tasks.ml.text as text_module
-from tasks.ml.text import URL, _tokenise_reference, token_counts, tokenise
-from tasks.stages.preparation import (
+from tasks.ml.cleaning import (
     MOJIBAKE_HINT,
     MOJIBAKE_HINT_RE2,
     SPACE_LIKE,
@@ -20,6 +19,7 @@ from tasks.stages.preparation import (
     _clean_text_reference,
     clean_text,
 )
+from tasks.ml.text import URL, _tokenise_reference, token_counts, tokenise
 
 
 def tok(text: str, **kwargs: bool) -> list[str]:

@@ -19,7 +19,7 @@ from typing import get_args
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -385,7 +385,7 @@ def test_retrain_passes_every_input_through_env():
 
 
 def test_retrain_choices_are_the_deployments_and_log_levels():
-    from flows.retrain import LogLevel  # deferred: the flow module imports Prefect
+    from flows.parameters import LogLevel  # deferred: it imports Prefect
 
     dispatch = triggers(workflow("retrain.yml"))["workflow_dispatch"]["inputs"]
     names = {
@@ -394,7 +394,7 @@ def test_retrain_choices_are_the_deployments_and_log_levels():
         if d["entrypoint"] == "flows/retrain.py:retrain"
     }
     assert set(dispatch["deployment"]["options"]) == names
-    from tasks.release.registry import PromoteMode
+    from tasks.release.promotion import PromoteMode
 
     assert set(dispatch["promote"]["options"]) == set(get_args(PromoteMode))
     assert dispatch["log_level"]["options"] == list(get_args(LogLevel))

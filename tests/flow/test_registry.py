@@ -13,11 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_flow import small_params
+from tasks.infra.store import ArtifactStore
+from tests.conftest import small_params
 
 pytestmark = pytest.mark.flow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def retrain_run_dir(params) -> Path:  # noqa: ANN001
@@ -25,7 +26,7 @@ def retrain_run_dir(params) -> Path:  # noqa: ANN001
 
     state = retrain(**params.as_flow_kwargs(), return_state=True)
     assert state.is_completed(), state.message
-    return Path(state.result()["run_dir"])
+    return Path(state.result().run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,8 @@ def runs(
 @pytest.fixture(scope="module")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite store, created once (its migrations take seconds)."""
-    from tasks.release.registry import Registry, RegistryConfig, embedded_db
+    from tasks.infra.registry import Registry, embedded_db
+    from tasks.release.config import ReleaseConfig as RegistryConfig
 
     root = tmp_path_factory.mktemp("mlflow-template")
     with pytest.MonkeyPatch.context() as env:
@@ -74,14 +76,14 @@ def artifacts(tmp_path: Path, empty_store: Path, monkeypatch) -> Path:  # noqa: 
 
 
 def champion_version(artifacts: Path, config) -> str | None:  # noqa: ANN001
-    from tasks.release.registry import Registry
+    from tasks.infra.registry import Registry
 
     mv = Registry.open(artifacts, config).champion()
     return None if mv is None else str(mv.version)
 
 
 def version_tags(artifacts: Path, config, version: str) -> dict:  # noqa: ANN001
-    from tasks.release.registry import Registry
+    from tasks.infra.registry import Registry
 
     return Registry.open(artifacts, config).version(version).tags
 
@@ -90,7 +92,7 @@ def registered_file(
     artifacts: Path, config, version: str, name: str
 ) -> Path:  # noqa: ANN001
     """The file as it sits in the MLflow artifact store (the registered copy)."""
-    from tasks.release.registry import Registry
+    from tasks.infra.registry import Registry
 
     source = Registry.open(artifacts, config).version(version).source
     return Path(source.removeprefix("file://")) / name
@@ -105,16 +107,13 @@ def flip_a_byte(path: Path) -> None:
 def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     runs: dict[str, Path], artifacts: Path
 ) -> None:
-    from tasks.release.registry import (
-        RegistryConfig,
-        log_run,
-        promote,
-        register_and_promote,
-        resolve_model,
-    )
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.promotion import promote, register_and_promote
+    from tasks.release.tracking import log_run
+    from tasks.serving.resolve import resolve_model
 
     config = RegistryConfig()
-    first = register_and_promote(runs["good"], artifacts, config)
+    first = register_and_promote(runs["good"], ArtifactStore(artifacts), config)
     assert first.tracked.version == "1"
     assert first.promotion.status == "promoted" and not first.promotion.forced
     assert champion_version(artifacts, config) == "1"
@@ -141,7 +140,7 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     assert f"/runs/{first.tracked.mlflow_run_id}" in first.tracked.run_url
 
     # The MLflow run holds params, metrics, reports and the bundle under model/.
-    from tasks.release.registry import Registry
+    from tasks.infra.registry import Registry
 
     client = Registry.open(artifacts, config).client
     run = client.get_run(first.tracked.mlflow_run_id)
@@ -163,7 +162,7 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     # Registering the same run again (a retried task) reuses its version.
     assert log_run(runs["good"], artifacts, config).version == "1"
 
-    second = register_and_promote(runs["worse"], artifacts, config)
+    second = register_and_promote(runs["worse"], ArtifactStore(artifacts), config)
     assert second.tracked.version == "2"
     assert second.promotion.status == "rejected"
     assert champion_version(artifacts, config) == "1"
@@ -192,15 +191,15 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
 def test_never_registers_without_a_champion(
     runs: dict[str, Path], artifacts: Path
 ) -> None:
-    from tasks.release.registry import (
-        NoChampionError,
-        RegistryConfig,
-        register_and_promote,
-        resolve_model,
-    )
+    from tasks.infra.errors import NoChampionError
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.promotion import register_and_promote
+    from tasks.serving.resolve import resolve_model
 
-    config = RegistryConfig(promote="never")
-    outcome = register_and_promote(runs["good"], artifacts, config)
+    config = RegistryConfig()
+    outcome = register_and_promote(
+        runs["good"], ArtifactStore(artifacts), config, mode="never"
+    )
     assert outcome.promotion.status == "skipped"
     assert version_tags(artifacts, config, "1")["promotion"] == "skipped"
     with pytest.raises(NoChampionError, match="no champion yet: run a retrain first"):
@@ -213,17 +212,13 @@ def test_a_tampered_registered_file_is_refused_before_unpickling(
     runs: dict[str, Path], artifacts: Path, monkeypatch
 ) -> None:  # noqa: ANN001
     import tasks.serving.model
-    from tasks.infra.errors import InputError
-    from tasks.release.registry import (
-        ModelVerificationError,
-        RegistryConfig,
-        promote,
-        register_and_promote,
-        resolve_model,
-    )
+    from tasks.infra.errors import InputError, ModelVerificationError
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.promotion import promote, register_and_promote
+    from tasks.serving.resolve import resolve_model
 
     config = RegistryConfig()
-    register_and_promote(runs["good"], artifacts, config)
+    register_and_promote(runs["good"], ArtifactStore(artifacts), config)
     loaded = resolve_model("champion", artifacts, config)
     texts = pd.Series(["my flight was delayed again", "new iphone looks great"])
     assert len(loaded.model.predict(texts)) == 2
@@ -260,7 +255,9 @@ def test_a_tampered_registered_file_is_refused_before_unpickling(
     # A damaged champion fails the gate of the next retrain (only force can
     # replace it), and promotion checks the registered files too: a forced
     # promotion of a damaged version is refused and the alias stays.
-    second = register_and_promote(runs["worse"], artifacts, config, mode="never")
+    second = register_and_promote(
+        runs["worse"], ArtifactStore(artifacts), config, mode="never"
+    )
     assert "champion_intact" in {r.name for r in second.decision.failed}
     flip_a_byte(registered_file(artifacts, config, "2", "word_vectors.bin"))
     with pytest.raises(ModelVerificationError, match="word_vectors.bin"):
@@ -274,10 +271,11 @@ def test_a_crash_before_the_alias_moves_keeps_the_old_champion(
 ) -> None:  # noqa: ANN001
     from mlflow import MlflowClient
 
-    from tasks.release.registry import RegistryConfig, register_and_promote
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.promotion import register_and_promote
 
-    config = RegistryConfig(promote="force")
-    register_and_promote(runs["good"], artifacts, config)
+    config = RegistryConfig()
+    register_and_promote(runs["good"], ArtifactStore(artifacts), config, mode="force")
     assert champion_version(artifacts, config) == "1"
 
     def crash(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -285,7 +283,9 @@ def test_a_crash_before_the_alias_moves_keeps_the_old_champion(
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        register_and_promote(runs["worse"], artifacts, config)
+        register_and_promote(
+            runs["worse"], ArtifactStore(artifacts), config, mode="force"
+        )
     assert champion_version(artifacts, config) == "1"
     assert version_tags(artifacts, config, "2")["promotion"] == "pending"
 
@@ -293,12 +293,9 @@ def test_a_crash_before_the_alias_moves_keeps_the_old_champion(
 def test_local_paths_versions_and_bad_specs(
     runs: dict[str, Path], artifacts: Path
 ) -> None:
-    from tasks.release.registry import (
-        NoChampionError,
-        RegistryConfig,
-        RegistryError,
-        resolve_model,
-    )
+    from tasks.infra.errors import NoChampionError, RegistryError
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.serving.resolve import resolve_model
 
     config = RegistryConfig()
     run_id = json.loads((runs["good"] / "run.json").read_text())["run_id"]
@@ -326,19 +323,18 @@ def test_local_paths_versions_and_bad_specs(
 def test_a_configured_frozen_set_is_used_as_given(
     runs: dict[str, Path], tmp_path: Path
 ) -> None:
-    from tasks.release.registry import (
-        GateConfig,
-        RegistryConfig,
-        RegistryError,
-        evaluate_gate,
-        frozen_evaluation_set,
-    )
+    from tasks.infra.errors import RegistryError
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.frozen import frozen_evaluation_set
+    from tasks.release.gate import GateConfig, evaluate_gate
 
     given = tmp_path / "frozen.parquet"
     labels = pd.read_parquet(runs["good"] / "pseudo_labels.parquet")
     labels[["tweet_id", "text"]].head(60).to_parquet(given, index=False)
     config = RegistryConfig(frozen_evaluation=str(given))
-    frozen = frozen_evaluation_set(tmp_path / "art", config, runs["worse"])
+    frozen = frozen_evaluation_set(
+        ArtifactStore(tmp_path / "art"), config, runs["worse"]
+    )
     assert len(frozen.frame) == 60 and not frozen.created
     assert not (tmp_path / "art").exists()
     metrics = json.loads((runs["good"] / "run.json").read_text())["metrics"]
@@ -351,15 +347,13 @@ def test_a_configured_frozen_set_is_used_as_given(
     assert rules["coverage_drop"].passed
     missing = RegistryConfig(frozen_evaluation=str(tmp_path / "missing.parquet"))
     with pytest.raises(RegistryError, match="does not exist"):
-        frozen_evaluation_set(tmp_path / "art", missing, runs["good"])
+        frozen_evaluation_set(ArtifactStore(tmp_path / "art"), missing, runs["good"])
 
 
 def test_promotion_yaml_holds_the_defaults_and_bad_settings_are_one_line() -> None:
-    from tasks.release.registry import (
-        RegistryConfig,
-        RegistryError,
-        load_registry_config,
-    )
+    from tasks.infra.errors import RegistryError
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.config import load_release_config as load_registry_config
 
     assert load_registry_config(ROOT / "config" / "promotion.yaml") == RegistryConfig()
     with pytest.raises(RegistryError, match="promote"):
@@ -370,7 +364,8 @@ def test_promotion_yaml_holds_the_defaults_and_bad_settings_are_one_line() -> No
 
 def test_importing_the_registry_does_no_work() -> None:
     code = (
-        "import sys, tasks.release.registry; "
+        "import sys, tasks.infra.registry, tasks.release.promotion, "
+        "tasks.release.tracking, tasks.serving.resolve; "
         "assert 'mlflow' not in sys.modules, 'mlflow imported at import time'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -11,12 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import task_states
-from tests.test_flow import small_params
+from tests.conftest import small_params, task_states
 
 pytestmark = pytest.mark.flow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ["tweet_id", "text", "category", "cluster_id", "confidence", "model_version"]
 
 
@@ -34,7 +33,7 @@ def trained(
         state = retrain(**params.as_flow_kwargs(), return_state=True)
         assert state.is_completed(), state.message
         result = state.result()
-        assert result["promotion"] == "promoted"
+        assert result.promotion == "promoted"
         yield artifacts, result
 
 
@@ -79,10 +78,10 @@ def test_generic_csv_gets_predictions_for_every_usable_tweet(
     predictions = pd.read_parquet(output)
     assert list(predictions.columns) == COLUMNS
     assert len(predictions) == 300 and predictions["tweet_id"].is_unique
-    assert set(predictions["model_version"]) == {retrained["model_version"]}
-    assert set(predictions["category"]) <= set(retrained["categories"].values())
+    assert set(predictions["model_version"]) == {retrained.model_version}
+    assert set(predictions["category"]) <= set(retrained.categories.values())
     assert predictions["confidence"].between(0, 1).all()
-    counts = result["counts"]
+    counts = result.counts
     assert counts == {
         "rows_read": 304,
         "outbound_skipped": 0,
@@ -137,7 +136,7 @@ def test_customer_support_schema_classifies_inbound_tweets_only(
     output = tmp_path / "twcs-predictions.parquet"
     result, _ = run_inference(source, output, artifacts)
     predictions = pd.read_parquet(output)
-    assert result["counts"]["outbound_skipped"] == int((~inbound).sum())
+    assert result.counts["outbound_skipped"] == int((~inbound).sum())
     assert sorted(predictions["tweet_id"]) == sorted(
         frame.loc[inbound, "tweet_id"].tolist()
     )
@@ -147,16 +146,16 @@ def test_a_model_path_and_a_version_number_can_be_chosen(
     trained, small_csv: Path, tmp_path: Path
 ) -> None:  # noqa: ANN001
     artifacts, retrained = trained
-    model_dir = Path(retrained["run_dir"]) / "model"
+    model_dir = Path(retrained.run_dir) / "model"
     by_path, _ = run_inference(
         small_csv, tmp_path / "a.parquet", artifacts, model=str(model_dir)
     )
-    assert by_path["model_version"] == f"path:{retrained['run_id']}"
-    number = retrained["model_version"].rsplit("/", 1)[1]
+    assert by_path.model_version == f"path:{retrained.run_id}"
+    number = retrained.model_version.rsplit("/", 1)[1]
     by_version, _ = run_inference(
         small_csv, tmp_path / "b.parquet", artifacts, model=number
     )
-    assert by_version["model_version"] == retrained["model_version"]
+    assert by_version.model_version == retrained.model_version
     a = pd.read_parquet(tmp_path / "a.parquet")
     b = pd.read_parquet(tmp_path / "b.parquet")
     assert a.drop(columns="model_version").equals(b.drop(columns="model_version"))
@@ -184,7 +183,7 @@ def test_a_tampered_model_is_refused_with_one_line(
 ) -> None:  # noqa: ANN001
     artifacts, retrained = trained
     tampered = tmp_path / "model"
-    shutil.copytree(Path(retrained["run_dir"]) / "model", tampered)
+    shutil.copytree(Path(retrained.run_dir) / "model", tampered)
     classifier = tampered / "classifier.joblib"
     data = bytearray(classifier.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -256,7 +255,7 @@ def test_make_mlflow_ui_serves_the_embedded_registry(trained) -> None:  # noqa: 
         assert answered, "the MLflow UI did not answer"
         with urllib.request.urlopen(f"{base}/", timeout=10) as page:
             assert b"<html" in page.read().lower()
-        name, version = retrained["model_version"].split("/")
+        name, version = retrained.model_version.split("/")
         url = (
             f"{base}/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion"
         )

@@ -9,28 +9,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.infra.caching import (
-    TransientStorageError,
-    is_transient,
-    stage_cache_key_fn,
-    stage_key,
-)
+from tasks.infra.caching import TransientStorageError, is_transient
 from tasks.infra.store import ArtifactMissing, ArtifactStore, verify_manifest
 from tasks.ml.embedding import DocumentEmbedder
 from tasks.stages.features import FeaturesConfig, fit_embedder
-from tasks.stages.training import TrainingConfig
 
 
 def test_frames_are_content_addressed(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
-    first = store.put_frame(frame, "stage", "c")
-    again = store.put_frame(frame.copy(), "stage", "c")
+    first = store.put_frame(frame, "stage")
+    again = store.put_frame(frame.copy(), "stage")
     assert first == again
     assert first.uri.endswith(f"/data/stage/{first.sha256}.parquet")
     assert store.get_frame(first).equals(frame)
-    other = store.put_frame(frame.assign(a=[1, 3]), "stage", "c")
+    other = store.put_frame(frame.assign(a=[1, 3]), "stage")
     assert other.sha256 != first.sha256
+
+
+def test_a_frame_that_breaks_its_contract_is_never_stored(tmp_path: Path) -> None:
+    from data_contracts import ContractViolation
+
+    store = ArtifactStore(tmp_path)
+    bad = pd.DataFrame({"tweet_id": ["1"], "split": ["nowhere"]})
+    with pytest.raises(ContractViolation, match="'preparation'"):
+        store.put_frame(bad, "preparation", "prepared")
+    assert not (tmp_path / "data").exists()
 
 
 def test_tampered_or_missing_frames_are_refused(tmp_path: Path) -> None:
@@ -59,28 +63,6 @@ def test_directory_artifacts_verify_their_manifest(tmp_path: Path) -> None:
     (path / "intruder.pkl").write_bytes(b"x")
     with pytest.raises(ArtifactMissing, match="not in manifest"):
         verify_manifest(path)
-
-
-def test_cache_key_depends_on_inputs_config_and_code() -> None:
-    base = {"ref": {"sha256": "a"}, "config": TrainingConfig(), "seed": 1}
-    key = stage_key("training", "code1", base)
-    assert key == stage_key("training", "code1", dict(base))
-    assert key != stage_key("training", "code2", base)
-    assert key != stage_key("training", "code1", {**base, "seed": 2})
-    assert key != stage_key(
-        "training", "code1", {**base, "config": TrainingConfig(C=2.0)}
-    )
-    assert key != stage_key("training", "code1", {**base, "ref": {"sha256": "b"}})
-    with pytest.raises(TypeError, match="cache key"):
-        stage_key("training", "code1", {"frame": pd.DataFrame()})
-
-
-def test_cache_key_fn_hashes_the_stage_source() -> None:
-    import tasks.stages.training  # noqa: F401 - the module must be imported to be versioned
-
-    key_fn = stage_cache_key_fn("training", ["tasks.stages.training"])
-    assert key_fn(None, {"seed": 1}) == key_fn(None, {"seed": 1})
-    assert key_fn(None, {"seed": 1}).startswith("training-")
 
 
 def test_transient_errors_are_classified() -> None:

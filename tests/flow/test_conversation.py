@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from bench.quality import SHARED_DATA, THREADS_FILE
-from tests.test_flow import run, small_params
+from tests.conftest import run_retrain as run
+from tests.conftest import small_params
 
 pytestmark = pytest.mark.flow
 
@@ -54,7 +55,7 @@ def runs(prefect_api, threads, tmp_path_factory):  # noqa: ANN001, ANN201
 def test_replies_are_counted_and_linked(runs, threads) -> None:  # noqa: ANN001
     _, result, _, _ = runs
     frame = pd.read_csv(threads[0], dtype=str, keep_default_na=False)
-    c = result["counts"]
+    c = result.counts
     assert c["rows_read"] == int(frame["inbound"].str.lower().eq("true").sum())
     assert c["replies_read"] == len(frame) - c["rows_read"]
     assert c["replies_read"] == c["replies_linked"] + c["replies_unlinked"]
@@ -63,7 +64,7 @@ def test_replies_are_counted_and_linked(runs, threads) -> None:  # noqa: ANN001
         == c["replies_with_accepted"] + c["replies_with_quarantined"]
     )
     assert c["replies_linked"] > 0.95 * c["replies_read"]
-    report = (Path(result["local_run_dir"]) / "report.md").read_text()
+    report = (Path(result.local_run_dir) / "report.md").read_text()
     assert f"brand replies read: {c['replies_read']}" in report
 
 
@@ -84,7 +85,7 @@ def test_word_vectors_learn_from_the_replies(runs, threads) -> None:  # noqa: AN
         stems(frame.loc[~inbound, "text"]).value_counts().loc[lambda n: n >= 10].index
     ) - set(stems(frame.loc[inbound, "text"]))
     assert replies_only, "the slice should hold words only the airline uses"
-    embedder = DocumentEmbedder.load(Path(result["local_run_dir"]) / "model")
+    embedder = DocumentEmbedder.load(Path(result.local_run_dir) / "model")
     assert replies_only <= set(embedder.vocab)
 
 
@@ -92,41 +93,36 @@ def test_clustering_uses_the_replies(runs) -> None:  # noqa: ANN001
     artifacts, with_replies, alone, states = runs
     # Only clustering and what follows it re-ran for the reply weight.
     assert states["features"] == "Cached" and states["clustering"] == "Completed"
-    assert with_replies["counts"]["tweets_clustered_with_replies"] > 0
-    assert alone["counts"]["tweets_clustered_with_replies"] == 0
-    a = pd.read_parquet(Path(with_replies["local_run_dir"]) / "pseudo_labels.parquet")
-    b = pd.read_parquet(Path(alone["local_run_dir"]) / "pseudo_labels.parquet")
+    assert with_replies.counts["tweets_clustered_with_replies"] > 0
+    assert alone.counts["tweets_clustered_with_replies"] == 0
+    a = pd.read_parquet(Path(with_replies.local_run_dir) / "pseudo_labels.parquet")
+    b = pd.read_parquet(Path(alone.local_run_dir) / "pseudo_labels.parquet")
     assert a["tweet_id"].equals(b["tweet_id"])
     assert not a["cluster_id"].equals(b["cluster_id"])
-    clusters = json.loads(
-        (Path(with_replies["local_run_dir"]) / "run.json").read_text()
-    )
+    clusters = json.loads((Path(with_replies.local_run_dir) / "run.json").read_text())
     assert clusters["counts"]["tweets_clustered_with_replies"] == (
-        with_replies["counts"]["tweets_clustered_with_replies"]
+        with_replies.counts["tweets_clustered_with_replies"]
     )
 
 
 def test_the_classifier_learns_from_the_customer_tweet_alone(
     runs, threads, tmp_path  # noqa: ANN001
 ) -> None:
-    from tasks.serving.inference import classify_source
+    from flows.batch_inference import batch_inference
     from tasks.serving.model import TweetClassifier
-    from tasks.stages.ingestion import IngestionConfig
-    from tasks.stages.preparation import PreparationConfig
 
-    _, result, _, _ = runs
-    model = TweetClassifier.load(Path(result["local_run_dir"]) / "model")
+    artifacts, result, _, _ = runs
+    bundle = Path(result.local_run_dir) / "model"
+    model = TweetClassifier.load(bundle)
     assert model.classifier.n_features_in_ == model.embedder.dim
     written = {}
     for source in threads:
         out = tmp_path / f"{source.stem}.parquet"
-        classify_source(
-            str(source),
-            str(out),
-            model,
-            "v",
-            IngestionConfig(),
-            PreparationConfig(),
+        batch_inference(
+            source=str(source),
+            output=str(out),
+            model=str(bundle),
+            artifacts_dir=str(artifacts),
         )
         written[source.stem] = pd.read_parquet(out)
     # The same customer tweets get the same categories with or without the

@@ -1,0 +1,273 @@
+"""The connection to MLflow's tracking store and model registry.
+
+Release (tracking, promotion) and serving (resolving the champion) both talk
+to the registry through this module: where it is, what the registered model
+and its tags are called, and a thin client. MLflow is imported lazily (it is
+slow to import), nothing happens at import time, telemetry is switched off
+before MLflow is first imported unless the environment says otherwise, and
+MLflow's own HTTP retries are off by default: the Prefect task calling the
+registry retries transient failures, once, with backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.infra.errors import RegistryError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+CHAMPION = "champion"
+MODEL_ARTIFACT_PATH = "model"
+ARTIFACT_LOCATION_ENV = "TWEETFLOW_MLFLOW_ARTIFACT_LOCATION"
+LOCAL_UI = "http://127.0.0.1:5000"  # `make mlflow-ui` serves the embedded store here
+# Tags on every registered version.
+TAG_RUN_ID = "tweetflow_run_id"
+TAG_DATA_SHA = "data_snapshot_sha256"
+TAG_MANIFEST_SHA = "manifest_sha256"
+TAG_CODE_VERSION = "code_version"
+TAG_FROZEN_SHA = "frozen_evaluation_sha256"
+TAG_PROMOTION = "promotion"
+TAG_REASON = "promotion_reason"
+TAG_FORCED = "promotion_forced"
+TAG_PREVIOUS = "previous_champion"
+TAG_VALUE_LIMIT = 5000
+READY_TIMEOUT_SECONDS = 300.0
+
+
+class RegistryConfig(BaseModel):
+    """Where runs are tracked and models registered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking (and registry) URI; empty: $MLFLOW_TRACKING_URI "
+        "if set, else an embedded SQLite store under <artifacts_dir>/mlflow.",
+    )
+    artifact_location: str | None = Field(
+        None,
+        description="Artifact location of the experiment when it is created (e.g. "
+        "s3://bucket/mlflow); empty: $TWEETFLOW_MLFLOW_ARTIFACT_LOCATION, else "
+        "<artifacts_dir>/mlflow/artifacts for a local store or the server's default.",
+    )
+    experiment: str = Field(
+        "tweetflow-retrain", description="MLflow experiment that retrains log to."
+    )
+    model_name: str = Field(
+        "tweetflow-classifier", description="Registered model that versions go to."
+    )
+
+
+def _mlflow() -> Any:  # the mlflow module
+    """Import MLflow with telemetry, progress bars and its own retries off."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    import mlflow
+    from mlflow.telemetry.client import set_telemetry_client
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    if is_telemetry_disabled():  # MLflow may have been imported before us
+        set_telemetry_client()
+    return mlflow
+
+
+def root_of(registry_root: str | Path) -> Path:
+    """The local folder the registry's embedded store and caches live in."""
+    return Path(registry_root).expanduser().resolve()
+
+
+def embedded_db(registry_root: str | Path) -> Path:
+    """The embedded SQLite store under a registry root."""
+    return root_of(registry_root) / "mlflow" / "mlflow.db"
+
+
+def tracking_uri_for(config: RegistryConfig, registry_root: str | Path) -> str:
+    """The tracking URI: the setting, else $MLFLOW_TRACKING_URI, else embedded SQLite."""
+    return (
+        config.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{embedded_db(registry_root)}"
+    )
+
+
+def embedded_store_missing(config: RegistryConfig, registry_root: str | Path) -> bool:
+    """Whether the registry is the embedded store and it was never created."""
+    uri = tracking_uri_for(config, registry_root)
+    return (
+        uri == f"sqlite:///{embedded_db(registry_root)}"
+        and not embedded_db(registry_root).is_file()
+    )
+
+
+def _is_local_store(uri: str) -> bool:
+    scheme = urllib.parse.urlparse(uri).scheme
+    return scheme in ("", "file", "sqlite") or len(scheme) == 1  # C:\ paths
+
+
+def artifact_location_for(
+    config: RegistryConfig, registry_root: str | Path, tracking_uri: str
+) -> str | None:
+    """Artifact location for a new experiment (None: the server decides)."""
+    explicit = config.artifact_location or os.environ.get(ARTIFACT_LOCATION_ENV)
+    if explicit:
+        return explicit
+    if _is_local_store(tracking_uri):
+        return (root_of(registry_root) / "mlflow" / "artifacts").as_uri()
+    return None
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Web address for links: the tracking server itself, else `make mlflow-ui`'s."""
+    if urllib.parse.urlparse(tracking_uri).scheme in ("http", "https"):
+        return tracking_uri.rstrip("/")
+    return LOCAL_UI
+
+
+@dataclass
+class Registry:
+    """An open connection to the tracking store and model registry."""
+
+    client: MlflowClient
+    tracking_uri: str
+    config: RegistryConfig
+    root: Path
+
+    @classmethod
+    def open(cls, registry_root: str | Path, config: RegistryConfig) -> Registry:
+        """Connect (creating the embedded SQLite store's folder if needed)."""
+        uri = tracking_uri_for(config, registry_root)
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        mlflow = _mlflow()
+        registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or uri
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
+        return cls(client, uri, config, root_of(registry_root))
+
+    @property
+    def name(self) -> str:
+        """The registered model's name."""
+        return self.config.model_name
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        """Web address of an MLflow run."""
+        return (
+            f"{ui_base(self.tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+        )
+
+    def version_url(self, version: str) -> str:
+        """Web address of a registered model version."""
+        name = urllib.parse.quote(self.name, safe="")
+        return f"{ui_base(self.tracking_uri)}/#/models/{name}/versions/{version}"
+
+    def experiment_id(self) -> str:
+        """The experiment's id, creating it (with its artifact location) if missing."""
+        from mlflow.exceptions import MlflowException
+
+        name = self.config.experiment
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            location = artifact_location_for(self.config, self.root, self.tracking_uri)
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = self.client.get_experiment_by_name(name)
+        if experiment is None or experiment.lifecycle_stage == "deleted":
+            raise RegistryError(
+                f"MLflow experiment {name!r} is deleted: restore it or choose "
+                "another experiment name"
+            )
+        return str(experiment.experiment_id)
+
+    def ensure_registered_model(self) -> None:
+        """Create the registered model unless it exists."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(
+                self.name,
+                description="tweetflow tweet classifier; the champion alias is what "
+                "batch inference uses.",
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def version(self, version: str) -> ModelVersion:
+        """One registered version; a clear error when it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(self.name, str(version))
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise RegistryError(
+                    f"model {self.name!r} has no version {version}"
+                ) from None
+            raise
+
+    def champion(self) -> ModelVersion | None:
+        """The version carrying the champion alias, if any."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(self.name, CHAMPION)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def wait_until_ready(self, version: str) -> ModelVersion:
+        """Poll a version until MLflow reports it READY (remote stores copy files)."""
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while True:
+            mv = self.version(version)
+            if mv.status == "READY":
+                return mv
+            if mv.status == "FAILED_REGISTRATION":
+                raise RegistryError(
+                    f"{self.name}/{version} failed registration: {mv.status_message}"
+                )
+            if time.monotonic() > deadline:
+                raise RegistryError(
+                    f"{self.name}/{version} not ready after {READY_TIMEOUT_SECONDS:.0f}s"
+                )
+            time.sleep(1.0)
+
+    def download(self, version: str, target: Path) -> Path:
+        """Download a version's registered files into ``target`` (a new folder).
+
+        The version's source URI is downloaded directly: ``models:/`` URIs
+        ignore an explicitly passed registry in MLflow 3.17.
+        """
+        mlflow = _mlflow()
+        source = self.client.get_model_version_download_uri(self.name, str(version))
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            fetched = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source,
+                    dst_path=str(staging),
+                    tracking_uri=self.tracking_uri,
+                )
+            )
+            os.replace(fetched, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
