@@ -66,10 +66,7 @@ pools: install
 ARTIFACTS ?= artifacts
 MLFLOW_PORT ?= 5000
 mlflow-ui: install
-	test -f $(abspath $(ARTIFACTS))/mlflow/mlflow.db || { echo "error: no MLflow store in $(ARTIFACTS)/mlflow: run a retrain first (make run)" >&2; exit 1; }
-	DO_NOT_TRACK=true exec $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
-	  --backend-store-uri sqlite:///$(abspath $(ARTIFACTS))/mlflow/mlflow.db \
-	  --default-artifact-root $(abspath $(ARTIFACTS))/mlflow/artifacts
+	MLFLOW_PORT=$(MLFLOW_PORT) deployments/mlflow_ui.sh $(ARTIFACTS)
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

@@ -137,7 +137,7 @@ def make_quarantine(rows: pd.DataFrame, stage: str, reasons: object) -> pd.DataF
         }
     ).reset_index(drop=True)
     out["stage"] = stage
-    out["reason"] = reasons if isinstance(reasons, str) else list(reasons)
+    out["reason"] = reasons if isinstance(reasons, str) else list(reasons)  # type: ignore[call-overload]
     return out[QUARANTINE_COLUMNS].astype(
         {"stage": "str", "reason": "str", "tweet_id": "str", "text": "str"}
     )

@@ -88,7 +88,7 @@ def check_source_now(source: str, config: IngestionConfig) -> None:
             raise
 
 
-def _described(text: str, default: Any) -> str:  # noqa: ANN401 - any default
+def _described(text: str, default: Any) -> str:
     return f"{text} (default: {default})" if default not in (None, "") else text
 
 
@@ -170,7 +170,7 @@ def parse_retrain_args(argv: list[str] | None = None) -> RetrainParameters:
     )
 
 
-def retrain_summary(result: Any) -> str:  # noqa: ANN401 - a RetrainResult
+def retrain_summary(result: Any) -> str:
     """A short human summary of a finished retrain."""
     c, m = result.counts, result.metrics
     lines = [
@@ -207,7 +207,7 @@ def retrain_main(argv: list[str] | None = None) -> int:
         check_source_now(params.source, params.ingestion)
         return params
 
-    def run(params: RetrainParameters) -> Any:  # noqa: ANN401 - a RetrainResult
+    def run(params: RetrainParameters) -> Any:
         from flows.retrain import retrain
 
         return retrain(**params.as_flow_kwargs())
@@ -223,21 +223,21 @@ def batch_parser() -> argparse.ArgumentParser:
         description="Classify new tweets with the champion (or a chosen) model and "
         "write predictions as Parquet.",
     )
-    for flag, name, extra in [
+    options: list[tuple[str, str, dict[str, Any]]] = [
         ("--source", "source", {"required": True}),
         ("--output", "output", {"required": True}),
         ("--model", "model", {}),
         ("--artifacts-dir", "artifacts_dir", {}),
         ("--promotion-config", "promotion_config", {}),
         ("--log-level", "log_level", {"choices": LOG_LEVELS}),
-    ]:
+    ]
+    for flag, name, extra in options:
         field = fields[name]
         default = None if field.is_required() else field.default
+        if not field.is_required():
+            extra = {"default": default, **extra}
         parser.add_argument(
-            flag,
-            **({} if field.is_required() else {"default": default}),
-            help=_described(field.description or "", default),
-            **extra,
+            flag, help=_described(field.description or "", default), **extra
         )
     _ingestion_arguments(parser)
     return parser
@@ -261,7 +261,7 @@ def parse_batch_args(argv: list[str] | None = None) -> BatchInferenceParameters:
     )
 
 
-def batch_summary(result: Any) -> str:  # noqa: ANN401 - a BatchInferenceResult
+def batch_summary(result: Any) -> str:
     """A short human summary of a finished batch inference."""
     c = result.counts
     lines = [
@@ -296,7 +296,7 @@ def batch_main(argv: list[str] | None = None) -> int:
         )
         return params
 
-    def run(params: BatchInferenceParameters) -> Any:  # noqa: ANN401
+    def run(params: BatchInferenceParameters) -> Any:
         from flows.batch_inference import batch_inference
 
         return batch_inference(**params.as_flow_kwargs())

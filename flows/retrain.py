@@ -79,7 +79,7 @@ class RetrainResult(BaseModel):
 
 
 @flow(name="retrain", log_prints=False)
-def retrain(  # noqa: PLR0913 - the parameters are the form's fields
+def retrain(
     source: str = D.source,
     artifacts_dir: str = D.artifacts_dir,
     seed: int = D.seed,
@@ -130,7 +130,7 @@ def retrain(  # noqa: PLR0913 - the parameters are the form's fields
     store = ArtifactStore(p.artifacts_dir)
     for leftover in store.sweep_stale():
         logger.info("removed what a crashed run left behind: %s", leftover)
-    category_map = load_category_map(p.category_map)
+    curated = load_category_map(p.category_map)
     release = load_release_config(p.promotion_config)  # bad settings fail first
     run = StageRunner(store.root_uri, p.result_storage, logger)
     fingerprint = run("preflight", preflight, p.source, p.ingestion)
@@ -143,15 +143,16 @@ def retrain(  # noqa: PLR0913 - the parameters are the form's fields
     args = (feats.features, pre.preprocessed, p.clustering, p.seed, feats.replies)
     clus = run("clustering", cluster, *args)
     previous = previous_run(store)
-    if keeps_previous_k(clus, p.clustering, previous and previous["k"]):
-        clus = run("clustering", cluster, *args, previous["k"])
+    previous_k = previous["k"] if previous else None
+    if keeps_previous_k(clus, p.clustering, previous_k):
+        clus = run("clustering", cluster, *args, previous_k)
     basis = naming_basis(previous, clus.model.sha256)
     cats = run(
         "categories",
         name_categories,
         clus.model,
         clus.assignments,
-        category_map,
+        curated,
         basis,
         p.categories,
         pre.preprocessed,

@@ -51,7 +51,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
-def task_states(flow_run_id) -> dict[str, str]:  # noqa: ANN001 - UUID
+def task_states(flow_run_id) -> dict[str, str]:
     """Map task name -> state name of its last task run in one flow run (from the API)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -78,7 +78,7 @@ STAGES = {
 EVERY_TIME = {"preflight", "publish", "track", "gate", "promote", "report"}
 
 
-def small_params(source: Path, artifacts: Path, **changes):  # noqa: ANN003, ANN201
+def small_params(source: Path, artifacts: Path, **changes):
     """Retrain parameters for a few hundred tweets: fast, still real."""
     from flows.parameters import RetrainParameters
 
@@ -96,7 +96,7 @@ def small_params(source: Path, artifacts: Path, **changes):  # noqa: ANN003, ANN
     return RetrainParameters.model_validate(base)
 
 
-def run_retrain(params):  # noqa: ANN001, ANN201
+def run_retrain(params):
     """Run the retrain flow; return its result and the stages' task states.
 
     The steps that run every time (pre-flight, publishing, registry, report)

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ EMBEDDING_INFO_FILE = "embedding.json"
 
 
 @lru_cache(maxsize=1)
-def _stemmer() -> object:
+def _stemmer() -> Any:
     import Stemmer  # PyStemmer: the Snowball algorithms in C
 
     return Stemmer.Stemmer("english")

@@ -13,6 +13,7 @@ array of runs. There is no Python call per word (nor per tweet).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
@@ -166,7 +167,7 @@ TOKEN = re.compile(r"@?[a-z][a-z0-9_]+|xx[a-z]+")
 APOSTROPHE = re.compile(r"['\u2019`]")
 
 
-def trie_pattern(words: set[str]) -> str:
+def trie_pattern(words: Iterable[str]) -> str:
     """A regex alternation of ``words`` factored as a trie.
 
     Python's regex engine tries alternatives one by one; sharing prefixes

@@ -186,15 +186,15 @@ def log_run(
 def _tracked(reg: Registry, mv: ModelVersion, experiment_id: str) -> TrackedRun:
     return TrackedRun(
         tweetflow_run_id=mv.tags.get(TAG_RUN_ID, ""),
-        mlflow_run_id=mv.run_id,
+        mlflow_run_id=mv.run_id or "",
         experiment_id=experiment_id,
         model_name=reg.name,
         version=str(mv.version),
-        source=mv.source,
+        source=mv.source or "",
         manifest_sha256=mv.tags.get(TAG_MANIFEST_SHA, ""),
         data_sha256=mv.tags.get(TAG_DATA_SHA, ""),
         tracking_uri=reg.tracking_uri,
-        run_url=reg.run_url(experiment_id, mv.run_id),
+        run_url=reg.run_url(experiment_id, mv.run_id or ""),
         version_url=reg.version_url(str(mv.version)),
     )
 

@@ -561,7 +561,13 @@ def projection_plot(
     for i, cluster_id in enumerate(present):
         members = labels[idx] == cluster_id
         label = f"{cluster_id}: {(names or {}).get(int(cluster_id), '')}".rstrip(": ")
-        ax.scatter(*points[members].T, s=4, color=palette(i % palette.N), label=label)
+        ax.scatter(
+            points[members, 0],
+            points[members, 1],
+            s=4,
+            color=palette(i % palette.N),
+            label=label,
+        )
     ax.legend(title="cluster: top words", loc="best", fontsize=7, markerscale=3)
     ax.set_title("Tweets by discovered cluster (PCA of document vectors)")
     fig.tight_layout()

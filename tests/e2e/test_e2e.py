@@ -34,7 +34,7 @@ ROW_COUNT_LINES = {
 }
 
 
-def client_for(env: dict[str, str]):  # noqa: ANN201 - a Prefect sync client
+def client_for(env: dict[str, str]):
     """A sync Prefect client pointed at the test server."""
     from prefect.client.orchestration import SyncPrefectClient
 
@@ -80,7 +80,7 @@ def run_deployment(env: dict[str, str], name: str, *params: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def deployed(tmp_path_factory: pytest.TempPathFactory):
     """A real server with both pools and both deployments from prefect.yaml."""
     work = tmp_path_factory.mktemp("e2e")
     started = time.perf_counter()
@@ -112,7 +112,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 @pytest.fixture(scope="module")
-def two_runs(deployed, small_csv: Path):  # noqa: ANN001, ANN201
+def two_runs(deployed, small_csv: Path):
     """The same small-data retrain run twice through the deployment and the worker."""
     env, work = deployed
     params = (
@@ -126,7 +126,7 @@ def two_runs(deployed, small_csv: Path):  # noqa: ANN001, ANN201
     return env, first, second
 
 
-def test_the_deployed_run_completes_every_stage(two_runs) -> None:  # noqa: ANN001
+def test_the_deployed_run_completes_every_stage(two_runs) -> None:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     env, first, _ = two_runs
@@ -142,7 +142,7 @@ def test_the_deployed_run_completes_every_stage(two_runs) -> None:  # noqa: ANN0
     )
 
 
-def test_the_logs_give_each_stages_row_counts(two_runs) -> None:  # noqa: ANN001
+def test_the_logs_give_each_stages_row_counts(two_runs) -> None:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     env, first, _ = two_runs
@@ -160,7 +160,7 @@ def test_the_logs_give_each_stages_row_counts(two_runs) -> None:  # noqa: ANN001
     )
 
 
-def test_the_report_artifact_is_published(two_runs) -> None:  # noqa: ANN001
+def test_the_report_artifact_is_published(two_runs) -> None:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     env, first, _ = two_runs
@@ -177,7 +177,7 @@ def test_the_report_artifact_is_published(two_runs) -> None:  # noqa: ANN001
 
 def test_the_second_identical_run_is_served_from_cache(
     two_runs,
-) -> None:  # noqa: ANN001
+) -> None:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     env, _, second = two_runs
@@ -192,7 +192,7 @@ def test_the_second_identical_run_is_served_from_cache(
     )
 
 
-def test_the_deployment_is_scheduled_weekly(deployed) -> None:  # noqa: ANN001
+def test_the_deployment_is_scheduled_weekly(deployed) -> None:
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,

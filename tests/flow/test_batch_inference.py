@@ -20,9 +20,7 @@ COLUMNS = ["tweet_id", "text", "category", "cluster_id", "confidence", "model_ve
 
 
 @pytest.fixture(scope="module")
-def trained(
-    prefect_api, small_csv: Path, tmp_path_factory: pytest.TempPathFactory
-):  # noqa: ANN001, ANN201
+def trained(prefect_api, small_csv: Path, tmp_path_factory: pytest.TempPathFactory):
     """A retrain with its own embedded MLflow registry; its model is the champion."""
     from flows.retrain import retrain
 
@@ -50,9 +48,7 @@ def new_tweets(
     return pd.concat([fresh, bad, repeat], ignore_index=True)
 
 
-def run_inference(
-    source: Path | str, output: Path | str, artifacts: Path, **kwargs
-):  # noqa: ANN003, ANN201
+def run_inference(source: Path | str, output: Path | str, artifacts: Path, **kwargs):
     from flows.batch_inference import batch_inference
 
     state = batch_inference(
@@ -68,7 +64,7 @@ def run_inference(
 
 def test_generic_csv_gets_predictions_for_every_usable_tweet(
     trained, new_tweets: pd.DataFrame, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     artifacts, retrained = trained
     source = tmp_path / "new.csv"
     new_tweets.to_csv(source, index=False, quoting=csv.QUOTE_ALL)
@@ -113,7 +109,7 @@ def test_generic_csv_gets_predictions_for_every_usable_tweet(
 
 def test_customer_support_schema_classifies_inbound_tweets_only(
     trained, corpus: pd.DataFrame, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     artifacts, _ = trained
     sample = corpus.drop_duplicates("text").sample(40, random_state=5)
     sample = sample.reset_index(drop=True)
@@ -144,7 +140,7 @@ def test_customer_support_schema_classifies_inbound_tweets_only(
 
 def test_a_model_path_and_a_version_number_can_be_chosen(
     trained, small_csv: Path, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     artifacts, retrained = trained
     model_dir = Path(retrained.run_dir) / "model"
     by_path, _ = run_inference(
@@ -163,7 +159,7 @@ def test_a_model_path_and_a_version_number_can_be_chosen(
 
 def cli(
     *args: str, cwd: Path = ROOT, env_drop: tuple[str, ...] = ("MLFLOW_TRACKING_URI",)
-):  # noqa: ANN201
+):
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in env_drop}
@@ -180,7 +176,7 @@ def cli(
 
 def test_a_tampered_model_is_refused_with_one_line(
     trained, small_csv: Path, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     artifacts, retrained = trained
     tampered = tmp_path / "model"
     shutil.copytree(Path(retrained.run_dir) / "model", tampered)
@@ -224,20 +220,25 @@ def test_bad_input_is_one_error_line(
     assert "Traceback" not in done.stderr
 
 
-def test_make_mlflow_ui_serves_the_embedded_registry(trained) -> None:  # noqa: ANN001
+def test_the_mlflow_ui_script_serves_the_embedded_registry(trained) -> None:
+    """``make mlflow-ui`` runs deployments/mlflow_ui.sh: the UI on the run's store."""
     import json
     import os
     import time
     import urllib.request
 
-    from tests.servers import free_port, stop
+    from tests.servers import BIN, free_port, stop
 
     artifacts, retrained = trained
     port = free_port()
     proc = subprocess.Popen(
-        ["make", "-s", "mlflow-ui", f"ARTIFACTS={artifacts}", f"MLFLOW_PORT={port}"],
+        [str(ROOT / "deployments" / "mlflow_ui.sh"), str(artifacts)],
         cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        env={
+            **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+            "MLFLOW_PORT": str(port),
+            "TWEETFLOW_BIN": str(BIN),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -246,7 +247,7 @@ def test_make_mlflow_ui_serves_the_embedded_registry(trained) -> None:  # noqa: 
     try:
         deadline, answered = time.monotonic() + 90, False
         while not answered and time.monotonic() < deadline:
-            assert proc.poll() is None, "make mlflow-ui exited"
+            assert proc.poll() is None, "mlflow_ui.sh exited"
             try:
                 with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
                     answered = r.status == 200

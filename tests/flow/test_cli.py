@@ -42,7 +42,7 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 )
 def test_bad_source_is_one_line_and_nonzero(
     tmp_path: Path, make_source, expected: str
-) -> None:  # noqa: ANN001
+) -> None:
     result = cli(
         "--source", str(make_source(tmp_path)), "--artifacts-dir", str(tmp_path / "a")
     )

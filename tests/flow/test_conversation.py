@@ -39,7 +39,7 @@ def threads(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def runs(prefect_api, threads, tmp_path_factory):  # noqa: ANN001, ANN201
+def runs(prefect_api, threads, tmp_path_factory):
     source, _ = threads
     artifacts = tmp_path_factory.mktemp("artifacts")
     settings = {"clustering": {"k_min": 3, "k_max": 8, "selection_sample": 1500}}
@@ -52,7 +52,7 @@ def runs(prefect_api, threads, tmp_path_factory):  # noqa: ANN001, ANN201
     return artifacts, with_replies, alone, states
 
 
-def test_replies_are_counted_and_linked(runs, threads) -> None:  # noqa: ANN001
+def test_replies_are_counted_and_linked(runs, threads) -> None:
     _, result, _, _ = runs
     frame = pd.read_csv(threads[0], dtype=str, keep_default_na=False)
     c = result.counts
@@ -68,7 +68,7 @@ def test_replies_are_counted_and_linked(runs, threads) -> None:  # noqa: ANN001
     assert f"brand replies read: {c['replies_read']}" in report
 
 
-def test_word_vectors_learn_from_the_replies(runs, threads) -> None:  # noqa: ANN001
+def test_word_vectors_learn_from_the_replies(runs, threads) -> None:
     from tasks.ml.embedding import DocumentEmbedder, stem_words
     from tasks.ml.text import tokenise
 
@@ -89,7 +89,7 @@ def test_word_vectors_learn_from_the_replies(runs, threads) -> None:  # noqa: AN
     assert replies_only <= set(embedder.vocab)
 
 
-def test_clustering_uses_the_replies(runs) -> None:  # noqa: ANN001
+def test_clustering_uses_the_replies(runs) -> None:
     artifacts, with_replies, alone, states = runs
     # Only clustering and what follows it re-ran for the reply weight.
     assert states["features"] == "Cached" and states["clustering"] == "Completed"
@@ -106,7 +106,7 @@ def test_clustering_uses_the_replies(runs) -> None:  # noqa: ANN001
 
 
 def test_the_classifier_learns_from_the_customer_tweet_alone(
-    runs, threads, tmp_path  # noqa: ANN001
+    runs, threads, tmp_path
 ) -> None:
     from flows.batch_inference import batch_inference
     from tasks.serving.model import TweetClassifier

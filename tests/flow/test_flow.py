@@ -17,9 +17,7 @@ pytestmark = pytest.mark.flow
 
 
 @pytest.fixture(scope="module")
-def first_run(
-    prefect_api, small_csv: Path, tmp_path_factory: pytest.TempPathFactory
-):  # noqa: ANN001, ANN201
+def first_run(prefect_api, small_csv: Path, tmp_path_factory: pytest.TempPathFactory):
     artifacts = tmp_path_factory.mktemp("artifacts")
     result, states = run(small_params(small_csv, artifacts))
     return artifacts, result, states
@@ -27,7 +25,7 @@ def first_run(
 
 def test_first_run_executes_every_stage_and_writes_outputs(
     first_run,
-) -> None:  # noqa: ANN001
+) -> None:
     artifacts, result, states = first_run
     assert set(states) == STAGES
     assert set(states.values()) == {"Completed"}
@@ -84,7 +82,7 @@ def test_first_run_executes_every_stage_and_writes_outputs(
     assert "## Registry" in report.data and "MLflow run" in report.data
 
 
-def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:  # noqa: ANN001
+def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:
     artifacts, first, _ = first_run
     result, states = run(small_params(small_csv, artifacts))
     assert set(states) == STAGES
@@ -107,7 +105,7 @@ def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:  # noqa
 )
 def test_a_changed_setting_reruns_only_its_stage_and_downstream(
     first_run, small_csv: Path, changes: dict, expected_reruns: set[str]
-) -> None:  # noqa: ANN001
+) -> None:
     artifacts, _, _ = first_run
     _, states = run(small_params(small_csv, artifacts, **changes))
     rerun = {name for name, state in states.items() if state != "Cached"}
@@ -116,14 +114,14 @@ def test_a_changed_setting_reruns_only_its_stage_and_downstream(
 
 def test_transient_storage_error_is_retried(
     prefect_api, small_csv: Path, tmp_path: Path, monkeypatch
-) -> None:  # noqa: ANN001
+) -> None:
     from tasks.infra.caching import TransientStorageError
     from tasks.infra.store import ArtifactStore
 
     original = ArtifactStore.put_frame
     failures = {"preprocessing": 1}
 
-    def flaky(self, df, stage, contract=None):  # noqa: ANN001, ANN202
+    def flaky(self, df, stage, contract=None):
         if failures.get(stage):
             failures[stage] -= 1
             raise TransientStorageError(f"simulated 503 writing {stage}")
@@ -153,12 +151,12 @@ def test_transient_storage_error_is_retried(
 
 def test_programming_errors_are_not_retried(
     prefect_api, small_csv: Path, tmp_path: Path, monkeypatch
-) -> None:  # noqa: ANN001
+) -> None:
     import tasks.stages.training as training
 
     calls = {"n": 0}
 
-    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def broken(*args, **kwargs):
         calls["n"] += 1
         raise ValueError("a bug, not a flaky disk")
 
@@ -175,7 +173,7 @@ def test_programming_errors_are_not_retried(
 
 def test_quarantine_counts_add_up(
     prefect_api, corpus: pd.DataFrame, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     tweets = corpus.sample(300, random_state=11)[["tweet_id", "text"]].reset_index(
         drop=True
     )
@@ -216,7 +214,7 @@ def test_quarantine_counts_add_up(
 
 def test_model_bundle_is_invariant_to_swapped_urls_and_mentions(
     first_run,
-) -> None:  # noqa: ANN001
+) -> None:
     from tasks.serving.model import TweetClassifier
 
     artifacts, result, _ = first_run
@@ -235,14 +233,14 @@ def test_model_bundle_is_invariant_to_swapped_urls_and_mentions(
 
 
 def test_contract_violation_fails_the_flow_with_a_readable_message(
-    prefect_api, small_csv: Path, tmp_path: Path, monkeypatch  # noqa: ANN001
+    prefect_api, small_csv: Path, tmp_path: Path, monkeypatch
 ) -> None:
     import tasks.stages.preprocessing as preprocessing
     from data_contracts import ContractViolation
 
     original = preprocessing.preprocess_frame
 
-    def broken(prepared, config):  # noqa: ANN001, ANN202
+    def broken(prepared, config):
         frame = original(prepared, config)
         frame.loc[frame.index[:3], "split"] = "training"
         return frame
@@ -270,7 +268,7 @@ def test_contract_violation_fails_the_flow_with_a_readable_message(
     assert "contract-violation-preprocessing" in keys
 
 
-def flow_run_logs(flow_run_id) -> list[tuple[int, str]]:  # noqa: ANN001
+def flow_run_logs(flow_run_id) -> list[tuple[int, str]]:
     """(level, message) of every log line the API holds for one flow run."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -286,7 +284,7 @@ def flow_run_logs(flow_run_id) -> list[tuple[int, str]]:  # noqa: ANN001
 
 def test_log_level_sets_the_run_verbosity(
     prefect_api, small_csv: Path, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     from flows.retrain import retrain
 
     verbose = retrain(
@@ -320,7 +318,7 @@ def test_log_level_sets_the_run_verbosity(
 
 def test_deleted_artifacts_are_rebuilt_not_served_stale(
     prefect_api, small_csv: Path, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     import shutil
 
     run(small_params(small_csv, tmp_path))
@@ -350,7 +348,7 @@ def test_tampered_model_bundle_is_refused_before_unpickling(
 
 def test_two_cold_runs_produce_identical_artifacts(
     prefect_api, small_csv: Path, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     first, _ = run(small_params(small_csv, tmp_path / "one"))
     second, _ = run(small_params(small_csv, tmp_path / "two"))
     info = [
@@ -369,13 +367,13 @@ def test_two_cold_runs_produce_identical_artifacts(
 
 
 def test_crash_while_publishing_leaves_latest_on_the_last_complete_run(
-    prefect_api, small_csv: Path, tmp_path: Path, monkeypatch  # noqa: ANN001
+    prefect_api, small_csv: Path, tmp_path: Path, monkeypatch
 ) -> None:
     import tasks.release.publishing as publishing
 
     done, _ = run(small_params(small_csv, tmp_path))
 
-    def crash(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def crash(*args, **kwargs):
         raise OSError("disk full while copying the model")
 
     monkeypatch.setattr(publishing, "build_bundle", crash)
@@ -412,7 +410,7 @@ def test_a_rerun_after_a_crash_resumes_from_the_cached_stages(
     method: str,
     stage: str,
     before: list[str],
-) -> None:  # noqa: ANN001
+) -> None:
     """A crash while a stage writes its output; the rerun reuses every stage that
     finished, recomputes the rest, and ends with the outputs of a clean run."""
     from flows.retrain import retrain
@@ -420,7 +418,7 @@ def test_a_rerun_after_a_crash_resumes_from_the_cached_stages(
 
     original = getattr(ArtifactStore, method)
 
-    def crash(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def crash(self, *args, **kwargs):
         if args[1] == stage:
             raise RuntimeError(f"machine lost while writing {stage}")
         return original(self, *args, **kwargs)

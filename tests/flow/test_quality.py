@@ -53,7 +53,7 @@ def airline() -> object:
 
 @pytest.mark.flow
 def test_bundled_corpus_finds_its_six_subjects_with_automatic_k(
-    prefect_api, tmp_path  # noqa: ANN001
+    prefect_api, tmp_path
 ) -> None:
     row = evaluate(bundled_corpus(), "auto", artifacts=tmp_path)
     assert row["k"] == 6
@@ -81,7 +81,7 @@ def test_bundled_corpus_finds_its_six_subjects_with_automatic_k(
 
 
 @pytest.mark.flow
-def test_airline_complaints_with_k_given(prefect_api, airline) -> None:  # noqa: ANN001
+def test_airline_complaints_with_k_given(prefect_api, airline) -> None:
     row = evaluate(airline, 9)
     assert row["scored"] == 7988
     assert row["nmi"] >= 0.25, row
@@ -92,9 +92,7 @@ def test_airline_complaints_with_k_given(prefect_api, airline) -> None:  # noqa:
 
 
 @pytest.mark.flow
-def test_airline_complaints_with_automatic_k(
-    prefect_api, airline
-) -> None:  # noqa: ANN001
+def test_airline_complaints_with_automatic_k(prefect_api, airline) -> None:
     row = evaluate(airline, "auto")
     assert 6 <= row["k"] <= 18, row
     assert row["nmi"] >= 0.22, row

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.flow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def retrain_run_dir(params) -> Path:  # noqa: ANN001
+def retrain_run_dir(params) -> Path:
     from flows.retrain import retrain
 
     state = retrain(**params.as_flow_kwargs(), return_state=True)
@@ -32,7 +32,7 @@ def retrain_run_dir(params) -> Path:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def runs(
     prefect_api, small_csv: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:  # noqa: ANN001
+) -> dict[str, Path]:
     """Two real retrains: 400 real tweets as usual, and a worse model trained
     on 100 of them with one Word2Vec epoch."""
     base = tmp_path_factory.mktemp("registry-runs")
@@ -62,7 +62,7 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def artifacts(tmp_path: Path, empty_store: Path, monkeypatch) -> Path:  # noqa: ANN001
+def artifacts(tmp_path: Path, empty_store: Path, monkeypatch) -> Path:
     """An artifacts dir with a fresh copy of the empty store; no outside MLflow."""
     for name in (
         "MLFLOW_TRACKING_URI",
@@ -75,22 +75,20 @@ def artifacts(tmp_path: Path, empty_store: Path, monkeypatch) -> Path:  # noqa: 
     return tmp_path
 
 
-def champion_version(artifacts: Path, config) -> str | None:  # noqa: ANN001
+def champion_version(artifacts: Path, config) -> str | None:
     from tasks.infra.registry import Registry
 
     mv = Registry.open(artifacts, config).champion()
     return None if mv is None else str(mv.version)
 
 
-def version_tags(artifacts: Path, config, version: str) -> dict:  # noqa: ANN001
+def version_tags(artifacts: Path, config, version: str) -> dict:
     from tasks.infra.registry import Registry
 
     return Registry.open(artifacts, config).version(version).tags
 
 
-def registered_file(
-    artifacts: Path, config, version: str, name: str
-) -> Path:  # noqa: ANN001
+def registered_file(artifacts: Path, config, version: str, name: str) -> Path:
     """The file as it sits in the MLflow artifact store (the registered copy)."""
     from tasks.infra.registry import Registry
 
@@ -210,7 +208,7 @@ def test_never_registers_without_a_champion(
 
 def test_a_tampered_registered_file_is_refused_before_unpickling(
     runs: dict[str, Path], artifacts: Path, monkeypatch
-) -> None:  # noqa: ANN001
+) -> None:
     import tasks.serving.model
     from tasks.infra.errors import InputError, ModelVerificationError
     from tasks.release.config import ReleaseConfig as RegistryConfig
@@ -228,7 +226,7 @@ def test_a_tampered_registered_file_is_refused_before_unpickling(
     assert resolve_model("champion", artifacts, config).version.endswith("/1")
 
     # A damaged registered file is refused, and nothing gets unpickled.
-    def no_unpickling(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def no_unpickling(*args, **kwargs):
         raise AssertionError("unverified file unpickled")
 
     shutil.rmtree(loaded.path)
@@ -268,7 +266,7 @@ def test_a_tampered_registered_file_is_refused_before_unpickling(
 
 def test_a_crash_before_the_alias_moves_keeps_the_old_champion(
     runs: dict[str, Path], artifacts: Path, monkeypatch
-) -> None:  # noqa: ANN001
+) -> None:
     from mlflow import MlflowClient
 
     from tasks.release.config import ReleaseConfig as RegistryConfig
@@ -278,7 +276,7 @@ def test_a_crash_before_the_alias_moves_keeps_the_old_champion(
     register_and_promote(runs["good"], ArtifactStore(artifacts), config, mode="force")
     assert champion_version(artifacts, config) == "1"
 
-    def crash(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def crash(*args, **kwargs):
         raise RuntimeError("simulated crash before the alias moves")
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", crash)

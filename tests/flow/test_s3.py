@@ -35,7 +35,7 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory, prefect_api):  # noqa: ANN001, ANN201
+def s3(tmp_path_factory: pytest.TempPathFactory, prefect_api):
     """moto's S3 behind a fault-injecting proxy; this process's AWS settings use it."""
     import s3fs
 
@@ -66,18 +66,18 @@ def s3(tmp_path_factory: pytest.TempPathFactory, prefect_api):  # noqa: ANN001, 
             s3fs.S3FileSystem.clear_instance_cache()
 
 
-def read_object(boto, bucket: str, key: str) -> bytes:  # noqa: ANN001
+def read_object(boto, bucket: str, key: str) -> bytes:
     """An object's bytes, straight from moto."""
     return boto.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def keys(boto, bucket: str, prefix: str) -> list[str]:  # noqa: ANN001
+def keys(boto, bucket: str, prefix: str) -> list[str]:
     """Every key under a prefix."""
     pages = boto.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-def retrain_s3(source: str, store: str, **changes):  # noqa: ANN003, ANN201
+def retrain_s3(source: str, store: str, **changes):
     """Run the retrain flow; return (result, task states, flow run id)."""
     from flows.retrain import retrain
 
@@ -90,7 +90,7 @@ def retrain_s3(source: str, store: str, **changes):  # noqa: ANN003, ANN201
 
 
 @pytest.fixture(scope="module")
-def incoming(s3, corpus: pd.DataFrame):  # noqa: ANN001, ANN201
+def incoming(s3, corpus: pd.DataFrame):
     """Two CSV objects of real tweets under s3://tweets/incoming/."""
     sample = corpus.sample(500, random_state=11)
     for i, part in enumerate([sample.iloc[:250], sample.iloc[250:]], start=1):
@@ -101,12 +101,12 @@ def incoming(s3, corpus: pd.DataFrame):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def first_s3_run(s3, incoming):  # noqa: ANN001, ANN201
+def first_s3_run(s3, incoming):
     """A retrain from the incoming prefix into an S3 artifact store."""
     return retrain_s3(f"s3://{SOURCE_BUCKET}/incoming/", f"s3://{STORE_BUCKET}/store")
 
 
-def test_retrain_reads_and_writes_s3(s3, first_s3_run) -> None:  # noqa: ANN001
+def test_retrain_reads_and_writes_s3(s3, first_s3_run) -> None:
     result, states, _ = first_s3_run
     assert {states[s] for s in STAGES} == {"Completed"}
     assert result.counts["rows_read"] == 500
@@ -139,9 +139,7 @@ def test_retrain_reads_and_writes_s3(s3, first_s3_run) -> None:  # noqa: ANN001
     assert keys(s3.boto, STORE_BUCKET, "store/prefect-results/")
 
 
-def test_an_unchanged_rerun_is_served_from_the_s3_cache(
-    s3, first_s3_run
-) -> None:  # noqa: ANN001
+def test_an_unchanged_rerun_is_served_from_the_s3_cache(s3, first_s3_run) -> None:
     result, states, _ = retrain_s3(
         f"s3://{SOURCE_BUCKET}/incoming/", f"s3://{STORE_BUCKET}/store"
     )
@@ -151,7 +149,7 @@ def test_an_unchanged_rerun_is_served_from_the_s3_cache(
 
 def test_a_new_object_is_ingested_incrementally(
     s3, first_s3_run, corpus: pd.DataFrame, incoming: pd.DataFrame
-) -> None:  # noqa: ANN001
+) -> None:
     extra = corpus.drop(incoming.index).sample(100, random_state=12)
     s3.boto.put_object(
         Bucket=SOURCE_BUCKET, Key="incoming/part-3.csv", Body=csv_bytes(extra)
@@ -194,9 +192,7 @@ def test_a_new_object_is_ingested_incrementally(
     assert len(first["objects"]) == 2
 
 
-def test_batch_inference_from_an_s3_prefix_to_s3(
-    s3, first_s3_run
-) -> None:  # noqa: ANN001
+def test_batch_inference_from_an_s3_prefix_to_s3(s3, first_s3_run) -> None:
     from flows.batch_inference import batch_inference
 
     state = batch_inference(
@@ -217,7 +213,7 @@ def test_batch_inference_from_an_s3_prefix_to_s3(
     assert result.model_version.startswith("tweetflow-classifier/")
 
 
-def ingestion_run_count(flow_run_id) -> int:  # noqa: ANN001
+def ingestion_run_count(flow_run_id) -> int:
     """How many times the ingestion task ran in a flow run (from the API)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -237,7 +233,7 @@ def ingestion_run_count(flow_run_id) -> int:  # noqa: ANN001
 )
 def test_a_transient_s3_fault_is_retried_with_nothing_lost(
     s3, first_s3_run, skip: int, where: str, task_runs: int, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     """A 500 on reading an object: the first GET is the pre-flight check's, the
     second the ingestion task's; either way the run completes with every row."""
     s3.proxy.faults.clear()
@@ -253,7 +249,7 @@ def test_a_transient_s3_fault_is_retried_with_nothing_lost(
 
 def test_result_storage_in_the_prefect_aws_s3_bucket_block(
     s3, incoming, tmp_path: Path
-) -> None:  # noqa: ANN001
+) -> None:
     """The production choice: cached results in an S3Bucket block (prefect-aws)."""
     from deployments.blocks import save_result_storage
 
@@ -271,7 +267,7 @@ def test_result_storage_in_the_prefect_aws_s3_bucket_block(
 
 def test_the_frozen_set_is_one_object_every_machine_shares(
     s3, incoming, tmp_path: Path, monkeypatch
-) -> None:  # noqa: ANN001
+) -> None:
     """Two retrains into one S3 store from two machines (two local caches, one
     team MLflow): both gate on the same frozen object in the store, written once."""
     from tasks.infra.registry import TAG_FROZEN_SHA, Registry

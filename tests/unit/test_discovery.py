@@ -39,7 +39,7 @@ def test_word_forms_share_one_stem_and_handles_are_left_alone() -> None:
 
 def test_an_old_bundle_without_the_stem_flag_loads_unstemmed(
     tmp_path,
-) -> None:  # noqa: ANN001
+) -> None:
     embedder = DocumentEmbedder(
         vocab=pd.Index(["cancelled", "flight"]),
         vectors=np.eye(2, 4, dtype=np.float32),

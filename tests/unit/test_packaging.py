@@ -9,6 +9,7 @@ the deploy step's environment, the retrain workflow's choices and the flow.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -417,3 +418,16 @@ def test_deploy_creates_the_work_pools_prefect_yaml_uses():
     pools_script = (ROOT / "deployments" / "embedded.sh").read_text()
     created = set(re.findall(r"prefect\" work-pool create ([\w-]+)", pools_script))
     assert created == pools == {"tweetflow-ecs", "tweetflow-local"}
+
+
+def test_server_make_targets_are_thin_wrappers_of_the_scripts_the_tests_drive():
+    """Tests run the scripts directly (never ``make``, which may install); the
+    Makefile targets must call the same scripts, or the tests prove nothing."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipes = dict(re.findall(r"^([\w-]+):[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M))
+    assert "deployments/embedded.sh up" in recipes["up"]
+    assert "deployments/embedded.sh down" in recipes["down"]
+    assert "deployments/embedded.sh pools" in recipes["pools"]
+    assert "deployments/mlflow_ui.sh" in recipes["mlflow-ui"]
+    for script in ("embedded.sh", "mlflow_ui.sh"):
+        assert os.access(ROOT / "deployments" / script, os.X_OK), script

@@ -122,9 +122,7 @@ def test_command_line_defaults_are_the_models_and_help_shows_them(capsys) -> Non
         (["--seed", "x"], "invalid int value"),
     ],
 )
-def test_bad_arguments_are_one_usage_error(
-    argv, message, capsys
-) -> None:  # noqa: ANN001
+def test_bad_arguments_are_one_usage_error(argv, message, capsys) -> None:
     from flows.cli import parse_retrain_args
 
     with pytest.raises(SystemExit) as exit_info:

@@ -58,6 +58,8 @@ def normalise_frame(
     columns = set(df.columns)
     replies = _no_replies()
     outbound = 0
+    text_col: str | None
+    id_col: str | None
     if config.text_column is None and columns >= CUSTOMER_SUPPORT_COLUMNS:
         inbound = (
             df["inbound"].astype("str").str.strip().str.lower().isin(["true", "1"])
