@@ -34,6 +34,7 @@ test: install
 lint: install
 	$(VENV)/bin/black --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 format: install
 	$(VENV)/bin/black .

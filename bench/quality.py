@@ -19,7 +19,7 @@ Prints one Markdown table (corpus, k chosen, NMI, ARI, cluster precision /
 recall / F1, seconds) and writes ``bench/results/quality.json``. Cluster
 precision is the sum over predicted clusters of their largest overlap with one
 true class, divided by N; recall the same with the roles swapped; F1 their
-harmonic mean (Perkins & Yang, EMNLP 2019). Not a test: tests/test_quality.py
+harmonic mean (Perkins & Yang, EMNLP 2019). Not a test: tests/flow/test_quality.py
 asserts the thresholds on the same functions.
 
 Usage: ``python -m bench.quality [--corpus PATH --label-column C [--text-column

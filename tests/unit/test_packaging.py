@@ -262,7 +262,7 @@ def test_dockerignore_keeps_everything_the_image_copies():
 @pytest.mark.parametrize(
     "path",
     [
-        "tests/test_packaging.py",
+        "tests/unit/test_packaging.py",
         "bench/retrain_bench.py",
         ".github/workflows/ci.yml",
         "requirements-dev.txt",
@@ -431,3 +431,20 @@ def test_server_make_targets_are_thin_wrappers_of_the_scripts_the_tests_drive():
     assert "deployments/mlflow_ui.sh" in recipes["mlflow-ui"]
     for script in ("embedded.sh", "mlflow_ui.sh"):
         assert os.access(ROOT / "deployments" / script, os.X_OK), script
+
+
+def test_the_type_checker_runs_in_make_lint_ci_and_pre_commit():
+    """One set of checks everywhere: black, ruff and mypy, with mypy's scope in
+    pyproject.toml so every caller checks the same packages."""
+    import tomllib
+
+    scope = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert set(scope["files"]) == {"flows", "tasks", "data_contracts"}
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    assert lint and "bin/mypy" in lint.group(1) and "bin/ruff" in lint.group(1)
+    ci = "\n".join(s.get("run", "") for s in steps(workflow("ci.yml")))
+    assert ".venv/bin/mypy" in ci and ".venv/bin/ruff check" in ci
+    hooks = load_yaml(ROOT / ".pre-commit-config.yaml")["repos"][0]["hooks"]
+    assert {h["id"] for h in hooks} == {"black", "ruff", "mypy"}
+    assert all(h["entry"].startswith(".venv/bin/") for h in hooks)
+    assert "make lint" in (ROOT / ".ci" / "run").read_text()
