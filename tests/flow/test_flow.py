@@ -101,6 +101,11 @@ def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:
             {"clustering", "categories", "training"},
             id="clustering-and-downstream",
         ),
+        pytest.param(
+            {"categories": {"carry_over_share": 0.8}},
+            {"categories"},  # names only: KMeans and the classifier stay cached
+            id="naming-only",
+        ),
     ],
 )
 def test_a_changed_setting_reruns_only_its_stage_and_downstream(
