@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.infra import storage
 from tasks.infra.errors import RegistryError
 
 if TYPE_CHECKING:
@@ -267,7 +268,7 @@ class Registry:
                     tracking_uri=self.tracking_uri,
                 )
             )
-            os.replace(fetched, target)
+            storage.move_into_place(fetched, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target

@@ -1,20 +1,20 @@
 """One way to reach files: local paths, ``file://`` URIs and ``s3://`` URIs (fsspec).
 
-The one storage layer: sources, the artifact store, batch outputs and the
-frozen evaluation set all go through it.
-
-Sources, the artifact store and batch outputs all go through these helpers, so
-a laptop directory and an S3 bucket behave the same. S3 is reached with s3fs,
+The one storage layer: sources, the artifact store, batch outputs, run folders
+and the frozen evaluation set all go through it, so a laptop directory and an
+S3 bucket behave the same. S3 is reached with s3fs,
 which honours the usual AWS settings (``AWS_ENDPOINT_URL``, credentials, region).
 
-Atomicity: a local write goes to a temporary file and is renamed into place; an
-S3 object written with one PUT is only visible once complete, so no reader can
-ever see half of it.
+Atomicity, in one place: a local write goes to a synced temporary file renamed
+into place (``write_bytes``, ``write_new``), a folder is assembled aside and
+renamed (``move_into_place``); an S3 object written with one PUT is only
+visible once complete. No reader ever sees half of anything.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +108,27 @@ def write_bytes(uri: str, data: bytes) -> None:
     if is_remote(uri):
         s3().pipe_file(_key(uri), data)
         return
-    path = local_path(uri)
+    _write_local(local_path(uri), data, exclusive=False)
+
+
+def write_new(uri: str, data: bytes) -> bool:
+    """Write a complete file or object only if there is none yet.
+
+    Returns False (and writes nothing) when one already exists. Locally the
+    check and the write are one step (a hard link fails on an existing name), so
+    of two concurrent writers exactly one wins; on S3 the object is checked, then
+    written with one PUT.
+    """
+    if is_remote(uri):
+        if exists(uri):
+            return False
+        s3().pipe_file(_key(uri), data)
+        return True
+    return _write_local(local_path(uri), data, exclusive=True)
+
+
+def _write_local(path: Path, data: bytes, exclusive: bool) -> bool:
+    """The one atomic local write: a synced temporary file renamed (or linked) in."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -116,10 +136,42 @@ def write_bytes(uri: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # fails if another writer got there first
+        except FileExistsError:
+            return False
+        except OSError:  # filesystems without hard links
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def move_into_place(staging: Path, final: Path) -> bool:
+    """Rename a completely written local folder (or file) to ``final``.
+
+    Content-addressed targets are never rewritten: when ``final`` already exists
+    (another run or process got there first) the staged copy is dropped and
+    False returned.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        try:
+            os.replace(staging, final)
+            return True
+        except OSError:  # a concurrent writer filled it meanwhile
+            if not final.exists():
+                raise
+    if staging.is_dir():
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        staging.unlink(missing_ok=True)
+    return False
 
 
 def exists(uri: str) -> bool:

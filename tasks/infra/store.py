@@ -215,12 +215,7 @@ class ArtifactStore:
         relative = f"models/{stage}/{digest}"
         if self.remote and not storage.exists(self.uri(f"{relative}/manifest.json")):
             storage.upload_tree(staging, self.uri(relative), last="manifest.json")
-        final = self.root / relative
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, final)
+        storage.move_into_place(staging, self.root / relative)
         return ArtifactRef(uri=self.uri(relative), sha256=digest, kind="dir")
 
     def get_dir(self, ref: ArtifactRef) -> Path:
@@ -247,11 +242,7 @@ class ArtifactStore:
         staging = self.staging_dir("download")
         storage.download_tree(ref.uri, staging)
         verify_manifest(staging)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        if local.exists():
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, local)
+        storage.move_into_place(staging, local)
         return local
 
     def sweep_stale(self, max_age_seconds: float = 24 * 3600) -> list[str]:

@@ -9,8 +9,6 @@ once and never replaced; a configured file must exist.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -65,9 +63,8 @@ def frozen_evaluation_set(
 def freeze(run_dir: Path, uri: str) -> bool:
     """Write the run's evaluation split to ``uri`` unless something is there.
 
-    Returns whether this call wrote it. Locally the file is linked into place
-    (a concurrent writer cannot be overwritten); on S3 it is written only when
-    absent.
+    Returns whether this call wrote it (``storage.write_new``: a concurrent
+    writer is never overwritten).
     """
     labels = run_dir / "pseudo_labels.parquet"
     if not labels.is_file():
@@ -81,27 +78,4 @@ def freeze(run_dir: Path, uri: str) -> bool:
     data = frame_to_parquet_bytes(
         frame.astype({"tweet_id": "str", "text": "str"}).sort_values("tweet_id")
     )
-    if storage.is_remote(uri):
-        if storage.exists(uri):
-            return False
-        storage.write_bytes(uri, data)
-        return True
-    path = storage.local_path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)  # fails if another writer got there first
-        except FileExistsError:
-            return False
-        except OSError:  # filesystems without hard links
-            if path.exists():
-                return False
-            os.replace(tmp, path)
-        return True
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return storage.write_new(uri, data)

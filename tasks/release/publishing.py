@@ -9,7 +9,6 @@ its uploads are retried like every other storage call.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -178,7 +177,8 @@ def publish_run(
         storage.upload_tree(
             partial, store.uri(f"runs/{record.run_id}"), last=RUN_INFO_FILE
         )
-    os.replace(partial, final)
+    if not storage.move_into_place(partial, final):
+        raise RuntimeError(f"run folder {final} already exists (run ids are unique)")
     store.write_text(LATEST_FILE, record.run_id + "\n")
     return final
 

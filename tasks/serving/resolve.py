@@ -7,7 +7,6 @@ every time; nothing unverified is unpickled.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tasks.infra import storage
 from tasks.infra.caching import uncached_task
 from tasks.infra.errors import ModelVerificationError, NoChampionError, RegistryError
 from tasks.infra.registry import (
@@ -134,11 +134,7 @@ def cached_version(reg: Registry, mv: ModelVersion) -> Path:
     with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".fetch-") as tmp:
         local = reg.download(mv.version, Path(tmp) / "model")
         check_registered_bundle(local, mv, reg.name)
-        try:
-            os.replace(local, cache)
-        except OSError:  # another process filled the cache meanwhile
-            if not cache.is_dir():
-                raise
+        storage.move_into_place(local, cache)  # or another process filled it
     check_registered_bundle(cache, mv, reg.name)
     return cache
 
