@@ -110,3 +110,15 @@ def run_retrain(params):
     for step in EVERY_TIME:
         assert states.pop(step) == "Completed", (step, states)
     return state.result(), states
+
+
+@pytest.fixture(scope="session")
+def first_run(prefect_api, small_csv: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The seeded 400-tweet retrain into a fresh store: (artifacts, result, states).
+
+    Shared by the flow tests that build on it and the golden-output test, which
+    reads only this run's own folder.
+    """
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    result, states = run_retrain(small_params(small_csv, artifacts))
+    return artifacts, result, states

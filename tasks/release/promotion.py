@@ -219,12 +219,8 @@ def gate(
     store = ArtifactStore(artifacts_dir)
     decision = gate_challenger(run_dir, store, store.root, config, tracked)
     for rule in decision.rules:
-        logger.info(
-            "gate: %s %s: %s",
-            rule.name,
-            "skipped" if rule.skipped else ("passed" if rule.passed else "FAILED"),
-            rule.explanation,
-        )
+        verdict = "" if rule.skipped else ("passed: " if rule.passed else "FAILED: ")
+        logger.info("gate: %s %s%s", rule.name, verdict, rule.explanation)
     return decision
 
 

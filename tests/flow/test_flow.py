@@ -16,13 +16,6 @@ from tests.conftest import run_retrain as run
 pytestmark = pytest.mark.flow
 
 
-@pytest.fixture(scope="module")
-def first_run(prefect_api, small_csv: Path, tmp_path_factory: pytest.TempPathFactory):
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    result, states = run(small_params(small_csv, artifacts))
-    return artifacts, result, states
-
-
 def test_first_run_executes_every_stage_and_writes_outputs(
     first_run,
 ) -> None:

@@ -16,8 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_retrain, small_params
-
 pytestmark = pytest.mark.flow
 
 # sha256 of the stage outputs of the seeded 400-tweet run (conftest.small_csv,
@@ -35,9 +33,8 @@ RECORDED_K = 5
 
 
 @pytest.fixture(scope="module")
-def golden_run(prefect_api, small_csv: Path, tmp_path_factory) -> tuple[dict, Path]:
-    artifacts = tmp_path_factory.mktemp("golden")
-    result, _ = run_retrain(small_params(small_csv, artifacts))
+def golden_run(first_run) -> tuple[dict, Path]:
+    _, result, _ = first_run
     run_dir = Path(result.local_run_dir)
     return json.loads((run_dir / "run.json").read_text()), run_dir
 
