@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test lint format bench quality clean up down pools mlflow-ui
+.PHONY: install run test lint format bench bench-scale quality clean up down pools mlflow-ui
 
 install: $(STAMP)
 
@@ -44,6 +44,14 @@ bench: install
 	rm -rf bench/results/artifacts
 	$(PY) -m bench.retrain_bench --artifacts-dir bench/results/artifacts --keep
 	$(PY) -m bench.inference_bench --artifacts-dir bench/results/artifacts
+
+# The original dataset's size: a generated customer-support file of N customer
+# tweets (+0.8 N replies), cold retrain and batch inference as processes, per-stage
+# seconds, peak RSS, NMI against the generator's subjects (bench/scale_bench.py).
+# Several sizes in one table: make bench-scale N="100000 1000000 2000000".
+N ?= 1000000
+bench-scale: install
+	$(PY) -m bench.scale_bench $(N)
 
 # Category quality on every labelled corpus (bench/quality.py): the real retrain
 # flow with k automatic and given; the support threads' classifier scored on the

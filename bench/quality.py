@@ -185,6 +185,8 @@ def run_retrain(
                 "id_column": corpus.id_column,
             },
             **settings,
+            # One Word2Vec thread: the table is reproducible bit for bit.
+            "features": {"workers": 1, **settings.get("features", {})},
             "clustering": {**settings.get("clustering", {}), "n_clusters": k},
         }
     )

@@ -75,6 +75,21 @@ def test_first_run_executes_every_stage_and_writes_outputs(
     assert "## Registry" in report.data and "MLflow run" in report.data
 
 
+def test_word_vector_training_shows_a_progress_bar_that_ends_full(first_run) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        bars = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["features-progress"])
+            )
+        )
+    assert bars, "no features-progress artifact"
+    assert {b.type for b in bars} == {"progress"}
+    assert all(float(b.data) == 100.0 for b in bars)
+
+
 def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:
     artifacts, first, _ = first_run
     result, states = run(small_params(small_csv, artifacts))

@@ -1,0 +1,200 @@
+"""The retrain and batch inference at the original dataset's size, on this machine.
+
+For each N: generate (once, kept in ``bench/results/scale/``) a customer-support
+file of N customer tweets and about 0.8 N brand replies (``bench.scale_data``),
+run a cold ``python -m flows.retrain`` on it into an empty store, then
+``python -m flows.batch_inference`` on the same file, each as its own process.
+Prints per-stage seconds and seconds per million tweets, the whole process's
+wall time and peak RSS (``wait4``: the largest of the process and the children
+it waited for), the longest silence in the retrain's log, the NMI of the
+categories against the generator's subjects and the gate's verdict. Results go
+to ``bench/results/scale.json``. Not a test: nothing here asserts a time.
+
+Usage: ``python -m bench.scale_bench N [N ...] [--keep]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+from sklearn.metrics import normalized_mutual_info_score
+
+from bench import scale_data
+
+RESULTS = Path(__file__).parent / "results"
+LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \|")
+
+
+def scale_file(n: int) -> Path:
+    """The generated file for N customer tweets (generated on first use)."""
+    path = RESULTS / "scale" / f"support-{n}.csv"
+    if not path.exists():
+        started = time.perf_counter()
+        rows, _ = scale_data.write(n, path)
+        print(f"generated {path} ({rows} rows) in {time.perf_counter() - started:.0f}s")
+    return path
+
+
+def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float]:
+    """Run a command with its output in ``log``; (exit code, seconds, peak RSS MB)."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    started = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, seconds, usage.ru_maxrss / 1024
+
+
+def longest_silence(log: Path) -> tuple[float, str]:
+    """The longest gap between two timestamped log lines, and the line after it."""
+    stamps: list[tuple[float, str]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = LOG_TIME.match(line)
+        if m:
+            h, mi, s, ms = (int(g) for g in m.groups())
+            stamps.append((h * 3600 + mi * 60 + s + ms / 1000, line))
+    gap, after = 0.0, ""
+    for (t0, _), (t1, line) in zip(stamps, stamps[1:], strict=False):
+        if (t1 - t0) % 86400 > gap:
+            gap, after = (t1 - t0) % 86400, line
+    return gap, after[:160]
+
+
+def bench_one(n: int, keep: bool) -> dict:
+    """Cold retrain and batch inference on the N-tweet file; the figures."""
+    source = scale_file(n)
+    work = Path(tempfile.mkdtemp(prefix=f"tweetflow-scale-{n}-"))
+    try:
+        artifacts = work / "artifacts"
+        py = sys.executable
+        code, retrain_s, retrain_rss = run_measured(
+            [py, "-m", "flows.retrain", "--source", str(source)]
+            + ["--artifacts-dir", str(artifacts)],
+            work / "retrain.log",
+        )
+        if code:
+            raise SystemExit(f"retrain failed, see {work / 'retrain.log'}")
+        silence, after = longest_silence(work / "retrain.log")
+        run_dir = artifacts / "runs" / (artifacts / "LATEST").read_text().strip()
+        info = json.loads((run_dir / "run.json").read_text())
+        registry = json.loads((run_dir / "registry.json").read_text())
+        labels = pd.read_parquet(run_dir / "pseudo_labels.parquet")
+        subjects = pd.read_parquet(scale_data.subjects_path(source))
+        scored = labels.merge(subjects, on="tweet_id")
+        scored = scored[scored["cluster_id"] >= 0]
+        nmi = normalized_mutual_info_score(scored["subject"], scored["cluster_id"])
+        output = work / "predictions.parquet"
+        code, batch_s, batch_rss = run_measured(
+            [py, "-m", "flows.batch_inference", "--source", str(source)]
+            + ["--output", str(output), "--artifacts-dir", str(artifacts)],
+            work / "batch.log",
+        )
+        if code:
+            raise SystemExit(f"batch inference failed, see {work / 'batch.log'}")
+        batch_flow_s = flow_seconds(work / "batch.log")
+        return {
+            "n": n,
+            "rows_in_file": info["counts"]["rows_read"]
+            + info["counts"]["outbound_skipped"]
+            + info["counts"]["replies_read"],
+            "counts": info["counts"],
+            "k": info["k"],
+            "stage_seconds": info["stage_seconds"],
+            "retrain_process_seconds": round(retrain_s, 1),
+            "retrain_peak_rss_mb": round(retrain_rss),
+            "longest_log_silence_seconds": round(silence, 1),
+            "line_after_longest_silence": after,
+            "nmi_vs_subjects": round(float(nmi), 3),
+            "promotion": registry["promotion"],
+            "batch_process_seconds": round(batch_s, 1),
+            "batch_flow_seconds": batch_flow_s,
+            "batch_peak_rss_mb": round(batch_rss),
+        }
+    finally:
+        if keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def flow_seconds(log: Path) -> float | None:
+    """Seconds between a flow run's first and last log line (its own time)."""
+    times = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = LOG_TIME.match(line)
+        if m and "Flow run" in line:
+            h, mi, s, ms = (int(g) for g in m.groups())
+            times.append(h * 3600 + mi * 60 + s + ms / 1000)
+    return round((times[-1] - times[0]) % 86400, 1) if len(times) > 1 else None
+
+
+def print_table(results: list[dict]) -> None:
+    """Per stage: seconds and seconds per million customer tweets, for each N."""
+    stages = list(results[0]["stage_seconds"])
+    head = "".join(f"{'N=' + format(r['n'], ','):>24}" for r in results)
+    print(f"{'':<28}{head}")
+    print(f"{'stage':<28}" + "".join(f"{'s':>12}{'s/1M':>12}" for _ in results))
+    for stage in stages:
+        cells = "".join(
+            f"{r['stage_seconds'].get(stage, 0):>12.1f}"
+            f"{r['stage_seconds'].get(stage, 0) / r['n'] * 1e6:>12.1f}"
+            for r in results
+        )
+        print(f"{stage:<28}{cells}")
+    rows = [
+        ("retrain, whole process s", "retrain_process_seconds"),
+        ("retrain peak RSS MB", "retrain_peak_rss_mb"),
+        ("longest log silence s", "longest_log_silence_seconds"),
+        ("k", "k"),
+        ("NMI vs subjects", "nmi_vs_subjects"),
+        ("gate", "promotion"),
+        ("batch, whole process s", "batch_process_seconds"),
+        ("batch, flow run s", "batch_flow_seconds"),
+        ("batch peak RSS MB", "batch_peak_rss_mb"),
+    ]
+    for label, key in rows:
+        print(f"{label:<28}" + "".join(f"{str(r[key]):>24}" for r in results))
+    print(
+        f"{'retrain tweets/s':<28}"
+        + "".join(f"{r['n'] / r['retrain_process_seconds']:>24,.0f}" for r in results)
+    )
+    print(
+        f"{'batch tweets/s (flow run)':<28}"
+        + "".join(
+            f"{r['n'] / (r['batch_flow_seconds'] or r['batch_process_seconds']):>24,.0f}"
+            for r in results
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scale benchmark for each N and print one table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("n", type=int, nargs="+", help="customer tweets")
+    parser.add_argument("--keep", action="store_true", help="keep each run's folder")
+    args = parser.parse_args(argv)
+    results = []
+    for n in args.n:
+        print(f"{datetime.now():%H:%M:%S} N={n:,}: cold retrain, then batch inference")
+        results.append(bench_one(n, args.keep))
+    print_table(results)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
