@@ -137,8 +137,9 @@ def stage_task(stage: str, retries: int = STAGE_RETRIES) -> Callable[..., Any]:
     """The ``@task`` every stage uses.
 
     Named after the stage; cached on its inputs and code (results persisted so
-    they survive across flow runs); retried on transient failures only. A
-    stage's output contract is checked when it stores its frames
+    they survive across flow runs); retried on transient failures only; its
+    progress reported every few seconds while it runs. A stage's output
+    contract is checked when it stores its frames
     (``ArtifactStore.put_frame``), so a broken output fails the task and is
     never cached; the violation is published as a table artifact.
     """
@@ -150,7 +151,7 @@ def stage_task(stage: str, retries: int = STAGE_RETRIES) -> Callable[..., Any]:
             **transient_retries(retries),
             cache_policy=_stage_code_policy(),
             persist_result=True,
-        )(_publishing_violations(stage, fn))
+        )(_stage_body(stage, fn))
 
     return decorate
 
@@ -172,16 +173,19 @@ def uncached_task(name: str, retries: int = STAGE_RETRIES) -> Callable[..., Any]
     )
 
 
-def _publishing_violations(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a stage so that a contract violation also becomes a table artifact."""
+def _stage_body(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a stage: its progress is reported while it runs (``tasks.infra.progress``)
+    and a contract violation also becomes a table artifact."""
     import functools
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         from data_contracts import ContractViolation
+        from tasks.infra.progress import Progress
 
         try:
-            return fn(*args, **kwargs)
+            with Progress(stage, "running", 1):
+                return fn(*args, **kwargs)
         except ContractViolation as exc:
             from prefect.artifacts import create_table_artifact
 

@@ -40,6 +40,7 @@ from threadpoolctl import threadpool_limits
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
+from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CENTROIDS_FILE, CLUSTERS_FILE, NO_WORDS_CLUSTER
 from tasks.ml.embedding import doc_term_matrix, stem_words, vectors_of
@@ -225,7 +226,10 @@ def merge_trees(
     """``selection_trees`` merge trees, each on its own seeded sample."""
     n = min(len(vectors), config.selection_sample)
     trees = []
+    progress = current()
+    progress.phase(f"merge trees on samples of {n:,}", config.selection_trees)
     for i in range(config.selection_trees):
+        progress.update(i, f"tree {i + 1}/{config.selection_trees}")
         rng = np.random.default_rng(seed + 1000 * i)
         rows = np.sort(rng.choice(len(vectors), size=n, replace=False))
         sample = vectors[rows]
@@ -284,8 +288,11 @@ def discover(
         ):
             k = int(keep_k)
     first, rows = trees[0]
+    progress = current()
+    progress.phase(f"KMeans k={k} on {len(vectors):,} tweets", 2)
     model = KMeans(k, init=first.centres(k), n_init=1, random_state=seed).fit(vectors)
     stability = 1.0
+    progress.update(1, "stability")
     if len(trees) > 1:
         second, other_rows = trees[1]
         other = KMeans(k, init=second.centres(k), n_init=1, random_state=seed + 1)
@@ -435,6 +442,7 @@ def fit_clusters(
             found.stability,
         )
         k = model.n_clusters
+        current().phase("assigning and scoring", 1)
         labels = np.full(len(features), NO_WORDS_CLUSTER, dtype=np.int64)
         distance = np.full(len(features), np.nan)
         all_distances = model.transform(vectors[has_words])
@@ -442,6 +450,7 @@ def fit_clusters(
         distance[has_words] = all_distances.min(axis=1)
         scored = rows[: config.silhouette_sample]
         silhouette = float(silhouette_score(train[scored], model.labels_[scored]))
+    current().phase("describing the clusters", 1)
     discovery_tokens = tokens[discovery].reset_index(drop=True)
     terms = distinctive_terms(
         discovery_tokens, model.labels_, k, config.min_term_count, config.top_terms

@@ -37,7 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
-from tasks.infra.progress import Progress
+from tasks.infra.progress import Progress, current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.embedding import (
     DocumentEmbedder,
@@ -204,16 +204,19 @@ def train_word_vectors(
         workers=worker_count(config),
         seed=seed,
     )
+    progress = current()
+    progress.phase(f"word vectors: vocabulary of {len(token_lists):,} texts", 1)
     model.build_vocab(token_lists)
-    what = f"word vectors, {len(token_lists):,} texts x {epochs} passes"
-    with Progress(STAGE, what, epochs) as progress:
-        model.train(
-            token_lists,
-            total_examples=model.corpus_count,
-            total_words=model.corpus_total_words,
-            epochs=epochs,
-            callbacks=[_EpochProgress(progress)],
-        )
+    progress.phase(
+        f"word vectors, {len(token_lists):,} texts x {epochs} passes", epochs
+    )
+    model.train(
+        token_lists,
+        total_examples=model.corpus_count,
+        total_words=model.corpus_total_words,
+        epochs=epochs,
+        callbacks=[_EpochProgress(progress)],
+    )
     wv = model.wv
     vocab = list(wv.index_to_key)
     counts = np.array([wv.get_vecattr(w, "count") for w in vocab], dtype=np.float64)
@@ -319,6 +322,7 @@ def fit_embedder(
         components=np.zeros((0, vectors.shape[1]), dtype=np.float32),
         stem=config.stem,
     )
+    current().phase("term weights (pilot KMeans)", 1)
     discovery_counts = embedder.counts(tokens)
     if config.weighting == "sif":
         embedder.weights = sif_weights(counts, config.sif_a)
@@ -419,6 +423,7 @@ def build_features(
         addressees or [],
     )
     trained = time.perf_counter()
+    current().phase(f"embedding {len(frame):,} tweets", 1)
     features_frame, replies_frame = embed_frame(embedder, frame)
     staging = store.staging_dir(STAGE)
     embedder.save(staging, {"config": config.model_dump(mode="json"), "seed": seed})

@@ -9,10 +9,12 @@ from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.infra.caching import stage_task
+from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.text import token_counts, tokenise
 
 STAGE = "preprocessing"
+CHUNK_ROWS = 100_000  # rows tokenised between two progress updates
 
 
 class PreprocessingConfig(BaseModel):
@@ -60,6 +62,21 @@ def preprocess_frame(
     )
 
 
+def tokenise_in_chunks(
+    prepared: pd.DataFrame, config: PreprocessingConfig, chunk: int = CHUNK_ROWS
+) -> pd.DataFrame:
+    """``preprocess_frame`` a chunk of rows at a time, reporting rows done."""
+    progress = current()
+    progress.phase("tokenising", len(prepared), "rows")
+    parts = []
+    for start in range(0, len(prepared), chunk):
+        parts.append(preprocess_frame(prepared.iloc[start : start + chunk], config))
+        progress.advance(len(parts[-1]))
+    if len(parts) == 1:
+        return parts[0]
+    return pd.concat(parts) if parts else preprocess_frame(prepared, config)
+
+
 class PreprocessingOutput(BaseModel):
     """Reference and counts produced by preprocessing."""
 
@@ -78,7 +95,8 @@ def preprocess(
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
-    frame = preprocess_frame(store.get_frame(prepared), config)
+    frame = tokenise_in_chunks(store.get_frame(prepared), config)
+    current().phase("writing", 1)
     ref = store.put_frame(frame, STAGE, "preprocessed")
     empty = int(frame["n_tokens"].eq(0).sum())
     mean = float(frame["n_tokens"].mean()) if len(frame) else 0.0

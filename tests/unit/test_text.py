@@ -273,3 +273,25 @@ def test_re2_url_stops_at_python_whitespace_on_every_code_point() -> None:
         pa.array([text], pa.large_string()), text_module._URL_RE2, " xxurl "
     )
     assert re2[0].as_py() == URL.sub(" xxurl ", text)
+
+
+def test_tokenising_in_chunks_gives_the_frame_tokenising_at_once_gives() -> None:
+    from tasks.stages.preprocessing import (
+        PreprocessingConfig,
+        preprocess_frame,
+        tokenise_in_chunks,
+    )
+
+    prepared = pd.DataFrame(
+        {
+            "tweet_id": [str(i) for i in range(25)],
+            "split": "discovery",
+            "text": [f"@united flight {i} cancelled again #fail" for i in range(25)],
+            "context": ["" if i % 3 else "@c sorry about that" for i in range(25)],
+            "n_replies": [0 if i % 3 else 1 for i in range(25)],
+        }
+    )
+    config = PreprocessingConfig()
+    whole = preprocess_frame(prepared, config)
+    pd.testing.assert_frame_equal(tokenise_in_chunks(prepared, config, chunk=7), whole)
+    pd.testing.assert_frame_equal(tokenise_in_chunks(prepared, config), whole)
