@@ -2,6 +2,8 @@
 # The embedded set-up: a local Prefect server (SQLite), the work pools, the
 # deployments from prefect.yaml and a process worker, all in the background.
 #   deployments/embedded.sh up     start (idempotent), print the UI address
+#   deployments/embedded.sh server start only the server (idempotent): what a
+#                                  command-line run uses (flows/local_server.py)
 #   deployments/embedded.sh down   stop exactly the processes `up` started
 #   deployments/embedded.sh pools  create/update the work pools on PREFECT_API_URL
 # Logs and pids live in $TWEETFLOW_STATE_DIR (default .state/).
@@ -81,7 +83,7 @@ pools() {
     say "work pools: tweetflow-local (process), tweetflow-ecs (ecs)"
 }
 
-up() {
+server() {
     mkdir -p "$STATE"
     export PREFECT_HOME=$STATE/prefect-home
     export PREFECT_API_URL=http://$HOST:$PORT/api
@@ -99,6 +101,11 @@ up() {
         sleep 0.5
     done
     say "server: http://$HOST:$PORT (answered after $((SECONDS - started))s)"
+}
+
+up() {
+    local started=$SECONDS
+    server
     pools
     (cd "$ROOT" && TWEETFLOW_HOME=$ROOT "$BIN/prefect" --no-prompt deploy --all) >"$STATE/deploy.log" 2>&1 \
         || { tail -n 30 "$STATE/deploy.log" >&2; die "prefect deploy failed; log: $STATE/deploy.log"; }
@@ -121,7 +128,8 @@ down() {
 
 case ${1:-} in
     up) up ;;
+    server) server ;;
     down) down ;;
     pools) pools ;;
-    *) die "usage: $0 up|down|pools" ;;
+    *) die "usage: $0 up|server|down|pools" ;;
 esac

@@ -7,12 +7,14 @@ models), a cheap pre-flight, one ``error:`` line for bad input, a summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, get_args
 
 from data_contracts import ContractViolation
+from flows.local_server import api_for_command_line
 from flows.parameters import (
     RETRAIN_DEFAULTS,
     BatchInferenceParameters,
@@ -69,13 +71,34 @@ def run_command(
     quiet = QuietInputErrors()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(quiet)
+    api_url = api_for_command_line()
     try:
-        result = run(checked)
+        with prefect_api(api_url):
+            result = run(checked)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report(result))
+    if api_url:
+        print(f"  runs: {api_url.removesuffix('/api')}/runs")
     return 0
+
+
+@contextlib.contextmanager
+def prefect_api(api_url: str | None) -> Iterator[None]:
+    """Run against ``api_url`` (or Prefect's own choice when None); a temporary
+    server Prefect starts has its analytics off, so offline it stays quiet."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+
+    updates: dict[Any, Any] = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    if api_url:
+        updates[PREFECT_API_URL] = api_url
+    with temporary_settings(updates=updates):
+        yield
 
 
 def check_source_now(source: str, config: IngestionConfig) -> None:

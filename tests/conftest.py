@@ -11,6 +11,9 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Command lines the tests start use their own temporary Prefect server, never the
+# persistent local one (tests stop every process they start; see test_local_server).
+os.environ["TWEETFLOW_LOCAL_SERVER"] = "0"
 
 SMALL_SAMPLE = 400
 
