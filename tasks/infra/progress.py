@@ -15,6 +15,7 @@ written. On a terminal (stderr is a TTY) a one-line bar is drawn as well;
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import sys
@@ -114,8 +115,14 @@ class Progress:
                 )
             except Exception as exc:  # progress must never fail the work
                 self.logger.debug("no progress artifact: %s", exc)
+        # The reporter runs in this context's copy: the same Prefect settings (API
+        # address) and run context; a bare thread would start a temporary server.
+        context = contextvars.copy_context()
         self._thread = threading.Thread(
-            target=self._loop, name=f"progress-{self.stage}", daemon=True
+            target=context.run,
+            args=(self._loop,),
+            name=f"progress-{self.stage}",
+            daemon=True,
         )
         self._thread.start()
         return self

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from gensim.models import KeyedVectors
 
 WORD_VECTORS_FILE = "word_vectors.bin"
 EMBEDDING_ARRAYS_FILE = "embedding.npz"
@@ -142,6 +141,8 @@ class DocumentEmbedder:
 
     def save(self, directory: Path, info: dict) -> None:
         """Write word vectors (word2vec binary format) and arrays (npz, no pickle)."""
+        from gensim.models import KeyedVectors  # imported when used: ~1 s
+
         kv = KeyedVectors(vector_size=self.dim, dtype=np.float32)
         kv.add_vectors(list(self.vocab), self.vectors)
         # gensim writes words by descending "count"; a decreasing rank keeps the
@@ -161,6 +162,8 @@ class DocumentEmbedder:
     @classmethod
     def load(cls, directory: Path) -> DocumentEmbedder:
         """Load an embedder saved by ``save`` (the caller verifies the manifest)."""
+        from gensim.models import KeyedVectors
+
         kv = KeyedVectors.load_word2vec_format(
             str(directory / WORD_VECTORS_FILE), binary=True
         )

@@ -28,8 +28,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from gensim.models import FastText, Word2Vec
-from gensim.models.callbacks import CallbackAny2Vec
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.cluster import KMeans
@@ -172,18 +170,6 @@ def worker_count(config: FeaturesConfig) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class _EpochProgress(CallbackAny2Vec):
-    """Moves a Progress report on at the end of each training pass."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.epoch = 0
-
-    def on_epoch_end(self, model: Any) -> None:
-        self.epoch += 1
-        self.progress.update(self.epoch, f"epoch {self.epoch}/{model.epochs}")
-
-
 def train_word_vectors(
     token_lists: list[list[str]], config: FeaturesConfig, seed: int
 ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
@@ -191,6 +177,20 @@ def train_word_vectors(
 
     Progress is reported per training pass (``tasks.infra.progress``).
     """
+    from gensim.models import FastText, Word2Vec  # imported when used: ~1 s
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    class EpochProgress(CallbackAny2Vec):
+        """Moves the progress report on at the end of each training pass."""
+
+        def __init__(self, progress: Progress) -> None:
+            self.progress = progress
+            self.epoch = 0
+
+        def on_epoch_end(self, model: Any) -> None:
+            self.epoch += 1
+            self.progress.update(self.epoch, f"epoch {self.epoch}/{model.epochs}")
+
     cls = FastText if config.algorithm == "fasttext" else Word2Vec
     words = sum(len(t) for t in token_lists)
     epochs = epochs_for(config, words)
@@ -215,7 +215,7 @@ def train_word_vectors(
         total_examples=model.corpus_count,
         total_words=model.corpus_total_words,
         epochs=epochs,
-        callbacks=[_EpochProgress(progress)],
+        callbacks=[EpochProgress(progress)],
     )
     wv = model.wv
     vocab = list(wv.index_to_key)
