@@ -41,9 +41,20 @@ class LinkedReplies:
     def context(self) -> pd.DataFrame:
         """Per customer tweet id: its replies' texts joined (nearest first) and count."""
         ordered = self.linked.sort_values(["tweet_id", "depth"], kind="stable")
-        grouped = ordered.groupby("tweet_id", sort=False)["text"]
+        ids = ordered["tweet_id"].to_numpy(dtype=object)
+        texts = ordered["text"].to_numpy(dtype=object)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else []
+        sizes = np.diff(np.r_[starts, len(ids)]).astype("int64")
+        context = texts[starts].copy()
+        for group in np.flatnonzero(sizes > 1):  # most tweets have one reply
+            first = starts[group]
+            context[group] = "\n".join(texts[first : first + sizes[group]])
+        index = pd.Index(ids[starts], dtype=ordered["tweet_id"].dtype, name="tweet_id")
         return pd.DataFrame(
-            {"context": grouped.agg("\n".join), "n_replies": grouped.size()}
+            {
+                "context": pd.Series(context, index=index, dtype=ordered["text"].dtype),
+                "n_replies": pd.Series(sizes, index=index),
+            }
         )
 
 
@@ -59,12 +70,15 @@ def link_replies(
     replies = replies.reset_index(drop=True)
     repeated = replies["reply_id"].duplicated(keep="first").to_numpy()
     unique = replies[~repeated].reset_index(drop=True)
+    # Plain object arrays: pandas' isin on Arrow-backed strings converts every
+    # value of the pool to a Python object one by one (minutes at 1M replies).
     parent_of = pd.Series(
-        unique["in_response_to"].to_numpy(), index=unique["reply_id"].to_numpy()
+        unique["in_response_to"].to_numpy(dtype=object),
+        index=pd.Index(unique["reply_id"].to_numpy(dtype=object), dtype=object),
     )
-    customers = pd.Index(customer_ids.dropna().unique())
-    start = unique["reply_id"].to_numpy()
-    current = unique["in_response_to"]
+    customers = pd.Index(customer_ids.dropna().unique(), dtype=object)
+    start = unique["reply_id"].to_numpy(dtype=object)
+    current = unique["in_response_to"].astype(object)
     n = len(unique)
     target = np.full(n, None, dtype=object)
     depth = np.zeros(n, dtype=np.int64)
@@ -79,7 +93,7 @@ def link_replies(
         missing = pending & ~current.isin(parent_of.index).to_numpy()
         reason[missing] = PARENT_MISSING
         pending &= ~missing
-        current = current.map(parent_of)
+        current = current.map(parent_of).astype(object)
         ended = pending & current.isna().to_numpy()
         reason[ended] = NO_CUSTOMER
         pending &= ~ended
