@@ -56,30 +56,48 @@ def _term_columns(words: np.ndarray, vocab: pd.Index, stem: bool) -> np.ndarray:
 
 def term_lists(tokens: pd.Series, stem: bool) -> list[list[str]]:
     """Space-joined token strings as lists of terms (stems when ``stem``)."""
-    exploded = tokens.reset_index(drop=True).str.split(" ").explode()
-    exploded = exploded[exploded.notna() & exploded.ne("")]
-    if stem and len(exploded):
-        codes, distinct = pd.factorize(exploded.to_numpy())
-        exploded = pd.Series(
-            stem_words(np.asarray(distinct, dtype=object))[codes],
-            index=exploded.index,
+    lists = [[w for w in text.split(" ") if w] for text in tokens.tolist()]
+    if stem:
+        distinct = list({w for terms in lists for w in terms})
+        stems = dict(
+            zip(distinct, stem_words(np.asarray(distinct, dtype=object)), strict=True)
         )
-    grouped = exploded.groupby(level=0).agg(list)
-    return [grouped.get(i, []) for i in range(len(tokens))]
+        lists = [[stems[w] for w in terms] for terms in lists]
+    return lists
+
+
+def split_words(tokens: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Every space-separated word of every row (an empty row gives one empty
+    word), and the position of the row it came from."""
+    texts = tokens.tolist()
+    if not texts:
+        return np.array([], dtype=object), np.array([], dtype=np.int64)
+    per_row = np.fromiter((t.count(" ") + 1 for t in texts), np.int64, len(texts))
+    words = np.array(" ".join(texts).split(" "), dtype=object)
+    return words, np.repeat(np.arange(len(texts)), per_row)
 
 
 def doc_term_matrix(
-    tokens: pd.Series, vocab: pd.Index, stem: bool = False
+    tokens: pd.Series, vocab: pd.Index, stem: bool = False, chunk: int = 200_000
 ) -> sp.csr_matrix:
-    """Counts of known vocabulary terms per tweet, as a sparse matrix."""
-    exploded = tokens.reset_index(drop=True).str.split(" ").explode()
-    columns = _term_columns(exploded.to_numpy(), vocab, stem)
-    known = columns >= 0
-    rows = exploded.index.to_numpy()[known]
-    data = np.ones(int(known.sum()), dtype=np.float32)
-    return sp.csr_matrix(
-        (data, (rows, columns[known])), shape=(len(tokens), len(vocab))
-    )
+    """Counts of known vocabulary terms per tweet, as a sparse matrix.
+
+    Rows are split ``chunk`` at a time, so the words of a million tweets are never
+    Python strings all at once.
+    """
+    parts = []
+    for start in range(0, max(len(tokens), 1), chunk):
+        piece = tokens.iloc[start : start + chunk]
+        words, rows = split_words(piece)
+        columns = _term_columns(words, vocab, stem)
+        known = columns >= 0
+        data = np.ones(int(known.sum()), dtype=np.float32)
+        parts.append(
+            sp.csr_matrix(
+                (data, (rows[known], columns[known])), shape=(len(piece), len(vocab))
+            )
+        )
+    return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
 
 
 @dataclass
