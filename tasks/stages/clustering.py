@@ -43,7 +43,7 @@ from tasks.infra.errors import InsufficientDataError
 from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CENTROIDS_FILE, CLUSTERS_FILE, NO_WORDS_CLUSTER
-from tasks.ml.embedding import doc_term_matrix, stem_words, vectors_of
+from tasks.ml.embedding import doc_term_matrix, split_words, stem_words, vectors_of
 
 STAGE = "clustering"
 PROJECTION_PLOT = "clusters_2d.png"
@@ -302,13 +302,18 @@ def discover(
 
 
 # Describing clusters -------------------------------------------------------------
-def _cluster_counts(
-    tokens: pd.Series, labels: np.ndarray, k: int
+def cluster_word_counts(
+    tokens: pd.Series, labels: np.ndarray, k: int, chunk: int = 200_000
 ) -> tuple[pd.Index, np.ndarray]:
-    """Vocabulary of ``tokens`` and each word's count per cluster (k x V)."""
-    vocab = pd.Index(pd.unique(tokens.str.split(" ").explode().dropna()))
+    """Vocabulary of ``tokens`` (in order of first use) and each word's count per
+    cluster (k x V)."""
+    seen = [
+        pd.unique(split_words(tokens.iloc[start : start + chunk])[0])
+        for start in range(0, len(tokens), chunk)
+    ]
+    vocab = pd.Index(pd.unique(np.concatenate(seen)) if seen else [], dtype=object)
     vocab = vocab[vocab != ""]
-    counts = doc_term_matrix(tokens, vocab).tocsc()
+    counts = doc_term_matrix(tokens, vocab, chunk=chunk).tocsc()
     onehot = np.zeros((len(labels), k), dtype=np.float32)
     valid = labels >= 0
     onehot[np.flatnonzero(valid), labels[valid]] = 1.0
@@ -316,10 +321,18 @@ def _cluster_counts(
 
 
 def distinctive_terms(
-    tokens: pd.Series, labels: np.ndarray, k: int, min_count: int, top: int
+    tokens: pd.Series,
+    labels: np.ndarray,
+    k: int,
+    min_count: int,
+    top: int,
+    counted: tuple[pd.Index, np.ndarray] | None = None,
 ) -> list[list[tuple[str, float]]]:
-    """Per cluster, the words most over-represented in it (pointwise KL score)."""
-    vocab, per_cluster = _cluster_counts(tokens, labels, k)
+    """Per cluster, the words most over-represented in it (pointwise KL score).
+
+    ``counted`` is ``cluster_word_counts`` of the same tweets, if already known.
+    """
+    vocab, per_cluster = counted or cluster_word_counts(tokens, labels, k)
     total = per_cluster.sum(axis=0) + 1e-9
     p_w = total / total.sum()
     p_wc = per_cluster / (per_cluster.sum(axis=1, keepdims=True) + 1e-9)
@@ -337,7 +350,12 @@ def distinctive_terms(
 
 
 def name_terms(
-    tokens: pd.Series, labels: np.ndarray, k: int, min_count: int, top: int = 4
+    tokens: pd.Series,
+    labels: np.ndarray,
+    k: int,
+    min_count: int,
+    top: int = 4,
+    counted: tuple[pd.Index, np.ndarray] | None = None,
 ) -> list[list[str]]:
     """Per cluster, its most distinctive words by class-based TF-IDF.
 
@@ -348,7 +366,7 @@ def name_terms(
     none. Word forms are pooled by stem and shown in their most common form;
     handles are never names.
     """
-    vocab, per_cluster = _cluster_counts(tokens, labels, k)
+    vocab, per_cluster = counted or cluster_word_counts(tokens, labels, k)
     plain = ~np.asarray(vocab.str.startswith("@"), dtype=bool)
     vocab, per_cluster = vocab[plain], per_cluster[:, plain]
     if not len(vocab):
@@ -452,10 +470,18 @@ def fit_clusters(
         silhouette = float(silhouette_score(train[scored], model.labels_[scored]))
     current().phase("describing the clusters", 1)
     discovery_tokens = tokens[discovery].reset_index(drop=True)
+    counted = cluster_word_counts(discovery_tokens, model.labels_, k)
     terms = distinctive_terms(
-        discovery_tokens, model.labels_, k, config.min_term_count, config.top_terms
+        discovery_tokens,
+        model.labels_,
+        k,
+        config.min_term_count,
+        config.top_terms,
+        counted,
     )
-    names = name_terms(discovery_tokens, model.labels_, k, config.min_term_count)
+    names = name_terms(
+        discovery_tokens, model.labels_, k, config.min_term_count, counted=counted
+    )
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     description = {
         "k": k,

@@ -57,6 +57,12 @@ class TrainingConfig(BaseModel):
         "balanced", description="Weight classes inversely to their size, or not."
     )
     n_estimators: int = Field(200, ge=1, description="Trees (random forest only).")
+    sample: int = Field(
+        200_000,
+        ge=0,
+        description="Discovery tweets the classifier is fitted on: a seeded sample "
+        "when there are more (0: all). Validation and evaluation are scored in full.",
+    )
 
 
 def make_classifier(config: TrainingConfig, seed: int) -> ClassifierMixin:
@@ -93,6 +99,13 @@ def train_and_evaluate(
     split = assignments["split"].to_numpy()
     usable = labels >= 0
     train = usable & (split == "discovery")
+    if 0 < config.sample < int(train.sum()):
+        rows = np.flatnonzero(train)
+        keep = np.random.default_rng(seed).choice(
+            len(rows), config.sample, replace=False
+        )
+        train = np.zeros_like(train)
+        train[rows[keep]] = True
     if len(np.unique(labels[train])) < 2:
         raise InsufficientDataError(
             "training: fewer than two categories in the discovery split"

@@ -103,3 +103,14 @@ def test_the_same_seed_gives_the_same_model() -> None:
     first = train_and_evaluate(features, assignments, config, seed=3)[0]
     second = train_and_evaluate(features, assignments, config, seed=3)[0]
     assert np.array_equal(first.predict_proba(vectors), second.predict_proba(vectors))
+
+
+def test_the_classifier_fits_a_seeded_sample_of_a_large_discovery_split() -> None:
+    features, assignments = synthetic(per_class=100)
+    config = TrainingConfig(sample=50)
+    _, metrics, *_ = train_and_evaluate(features, assignments, config, seed=0)
+    assert metrics["train_rows"] == 50
+    whole = (assignments["split"] == "validation") & (assignments["cluster_id"] >= 0)
+    assert metrics["validation_rows"] == int(whole.sum())  # scored in full
+    again = train_and_evaluate(features, assignments, config, seed=0)[1]
+    assert again == metrics

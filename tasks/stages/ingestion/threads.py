@@ -43,7 +43,8 @@ class LinkedReplies:
         ordered = self.linked.sort_values(["tweet_id", "depth"], kind="stable")
         ids = ordered["tweet_id"].to_numpy(dtype=object)
         texts = ordered["text"].to_numpy(dtype=object)
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else []
+        boundary = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, bool)
+        starts = np.flatnonzero(boundary)
         sizes = np.diff(np.r_[starts, len(ids)]).astype("int64")
         context = texts[starts].copy()
         for group in np.flatnonzero(sizes > 1):  # most tweets have one reply
