@@ -21,9 +21,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tasks.infra.progress import current
+
 WORD_VECTORS_FILE = "word_vectors.bin"
 EMBEDDING_ARRAYS_FILE = "embedding.npz"
 EMBEDDING_INFO_FILE = "embedding.json"
+EMBED_CHUNK = 100_000  # tweets embedded at a time
 
 
 @lru_cache(maxsize=1)
@@ -115,10 +118,25 @@ class DocumentEmbedder:
         """Dimensionality of the document vectors."""
         return int(self.vectors.shape[1])
 
-    def embed(self, tokens: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        """Embed space-joined token strings. Returns (vectors, known-word counts)."""
-        docs, n_known = self.weighted_means(tokens)
-        return self._finish(docs, n_known > 0), n_known
+    def embed(
+        self, tokens: pd.Series, chunk: int = EMBED_CHUNK
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embed space-joined token strings. Returns (vectors, known-word counts).
+
+        ``chunk`` rows at a time: memory stays bounded and the running stage's
+        progress moves on (rows are embedded independently, so the result is
+        the same as all at once).
+        """
+        vectors = np.zeros((len(tokens), self.dim), dtype=np.float32)
+        n_known = np.zeros(len(tokens), dtype=np.int64)
+        progress = current()
+        for start in range(0, len(tokens), chunk):
+            piece = tokens.iloc[start : start + chunk]
+            docs, known = self.weighted_means(piece)
+            vectors[start : start + len(piece)] = self._finish(docs, known > 0)
+            n_known[start : start + len(piece)] = known
+            progress.advance(len(piece))
+        return vectors, n_known
 
     def counts(self, tokens: pd.Series) -> sp.csr_matrix:
         """Counts of the embedder's vocabulary terms per tweet."""

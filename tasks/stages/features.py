@@ -423,7 +423,8 @@ def build_features(
         addressees or [],
     )
     trained = time.perf_counter()
-    current().phase(f"embedding {len(frame):,} tweets", 1)
+    with_replies = int(frame["context_tokens"].str.len().gt(0).sum())
+    current().phase("embedding tweets and replies", len(frame) + with_replies, "rows")
     features_frame, replies_frame = embed_frame(embedder, frame)
     staging = store.staging_dir(STAGE)
     embedder.save(staging, {"config": config.model_dump(mode="json"), "seed": seed})

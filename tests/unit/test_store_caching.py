@@ -136,3 +136,17 @@ def test_sweep_removes_only_old_leftovers_of_crashed_runs(tmp_path: Path) -> Non
     assert sorted(removed) == sorted([str(old_staging), str(old_partial)])
     assert new_staging.is_dir() and complete.is_dir()
     assert not old_staging.exists() and not old_partial.exists()
+
+
+def test_embedding_in_chunks_gives_the_vectors_embedding_at_once_gives() -> None:
+    tokens = pd.Series(
+        ["flight delayed gate", "", "claritin allergy sneeze", "zzz", "flight bag"] * 9
+    )
+    embedder = fit_embedder(
+        tokens, FeaturesConfig(min_count=1, epochs=2, workers=1), seed=3
+    )
+    whole, known = embedder.embed(tokens, chunk=len(tokens))
+    pieces, known_pieces = embedder.embed(tokens, chunk=4)
+    assert np.array_equal(whole, pieces)  # bit for bit
+    assert np.array_equal(known, known_pieces)
+    assert (known[1::5] == 0).all() and not whole[1::5].any()
