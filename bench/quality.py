@@ -279,9 +279,9 @@ def markdown_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['corpus']} | {r['setting']} | {r.k} | {r['nmi']:.3f} | "
+            f"| {r['corpus']} | {r['setting']} | {r['k']} | {r['nmi']:.3f} | "
             f"{r['ari']:.3f} | {r['precision']:.1f} | {r['recall']:.1f} | "
-            f"{r['f1']:.1f} | {r['scored']} | {r.seconds:.1f} |"
+            f"{r['f1']:.1f} | {r['scored']} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines)
 

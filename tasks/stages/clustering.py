@@ -115,6 +115,14 @@ class ClusteringConfig(BaseModel):
         "conversation view of customer-support files); 0 clusters tweets alone. "
         "The classifier always learns from the tweet alone.",
     )
+    center_replies: bool = Field(
+        False,
+        description="Subtract the mean reply vector before combining, so what every "
+        "reply says ('sorry', 'DM us') adds nothing. Off: on the real support "
+        "threads it lowered the ARI of the categories reaching the airline "
+        "complaints (0.184 to 0.170 with k auto, 0.191 to 0.169 with k = 9); on "
+        "templated replies (bench/scale_data.py) it raised NMI 0.781 to 0.794.",
+    )
     top_terms: int = Field(
         10, ge=1, le=50, description="Distinctive words kept per cluster."
     )
@@ -397,11 +405,14 @@ def conversation_view(
     vectors: np.ndarray,
     replies: pd.DataFrame | None,
     weight: float,
+    center: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tweet vectors combined with their replies' (weight ``weight``), normalised.
 
     Returns the vectors to cluster and which tweets got the reply view. Tweets
     without replies (or without their own known word) keep their own vector.
+    With ``center`` the replies' mean vector is subtracted first, so only what a
+    reply says beyond every reply moves its tweet.
     """
     with_replies = np.zeros(len(vectors), dtype=bool)
     if replies is None or replies.empty or weight <= 0:
@@ -412,9 +423,10 @@ def conversation_view(
     own = np.linalg.norm(vectors[rows], axis=1) > 0
     rows = rows[own]
     combined = vectors.copy()
-    mixed = (1.0 - weight) * vectors[rows] + weight * vectors_of(replies, "r")[found][
-        own
-    ]
+    reply_vectors = vectors_of(replies, "r")[found][own]
+    if center and len(reply_vectors):
+        reply_vectors = reply_vectors - reply_vectors.mean(axis=0, dtype=np.float64)
+    mixed = (1.0 - weight) * vectors[rows] + weight * reply_vectors
     norms = np.linalg.norm(mixed, axis=1, keepdims=True)
     combined[rows] = (mixed / np.maximum(norms, 1e-12)).astype(vectors.dtype)
     with_replies[rows] = True
@@ -437,7 +449,7 @@ def fit_clusters(
     own = vectors_of(features)
     has_words = features["n_known"].to_numpy() > 0
     vectors, with_replies = conversation_view(
-        features["tweet_id"], own, replies, config.reply_weight
+        features["tweet_id"], own, replies, config.reply_weight, config.center_replies
     )
     discovery = features["split"].eq("discovery").to_numpy() & has_words
     train = vectors[discovery]
