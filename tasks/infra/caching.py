@@ -159,18 +159,30 @@ def stage_task(stage: str, retries: int = STAGE_RETRIES) -> Callable[..., Any]:
 def uncached_task(name: str, retries: int = STAGE_RETRIES) -> Callable[..., Any]:
     """A ``@task`` for steps that must run every time (registry, inference).
 
-    Same retry policy as the stages; no cache and no persisted result (its values
-    are models and live objects).
+    Same retry policy and progress reports as the stages; no cache and no
+    persisted result (its values are models and live objects).
     """
+    import functools
+
     from prefect import task
     from prefect.cache_policies import NO_CACHE
 
-    return task(
-        name=name,
-        **transient_retries(retries),
-        cache_policy=NO_CACHE,
-        persist_result=False,
-    )
+    def decorate(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            from tasks.infra.progress import Progress
+
+            with Progress(name, "running", 1):
+                return fn(*args, **kwargs)
+
+        return task(
+            name=name,
+            **transient_retries(retries),
+            cache_policy=NO_CACHE,
+            persist_result=False,
+        )(run)
+
+    return decorate
 
 
 def _stage_body(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,10 +8,12 @@ import pandas as pd
 from pyarrow import ArrowException
 
 from tasks.infra import storage
+from tasks.infra.progress import current
 from tasks.stages.ingestion.config import SourceError
 from tasks.stages.ingestion.sources import SourceFile
 
 PREVIEW_BYTES = 1 << 20  # what the pre-flight check reads of a CSV/JSONL file
+CSV_CHUNK_ROWS = 500_000  # rows parsed between two progress updates
 
 
 def _decode(raw: bytes, encoding: str, path: str) -> str:
@@ -36,6 +38,25 @@ def _head(uri: str, size: int = PREVIEW_BYTES) -> bytes:
     return data[: data.rfind(b"\n", 0, size) + 1] or data[:size]
 
 
+def _read_csv_in_chunks(text: str, name: str) -> pd.DataFrame:
+    """The whole CSV, ``CSV_CHUNK_ROWS`` rows at a time: the progress report
+    moves on between chunks (the parser holds the interpreter while it works)."""
+    progress = current()
+    progress.phase(f"reading {name}", 1)
+    parts = []
+    with pd.read_csv(
+        io.StringIO(text),
+        dtype=str,
+        keep_default_na=False,
+        na_values=[""],
+        chunksize=CSV_CHUNK_ROWS,
+    ) as reader:
+        for part in reader:
+            parts.append(part)
+            progress.update(0, f"{sum(len(p) for p in parts):,} rows")
+    return parts[0] if len(parts) == 1 else pd.concat(parts)
+
+
 def read_file(
     source: SourceFile, encoding: str = "auto", nrows: int | None = None
 ) -> pd.DataFrame:
@@ -55,13 +76,15 @@ def read_file(
         text = _decode(raw, source.encoding or encoding, name)
         if source.suffix == ".jsonl":
             return pd.read_json(io.StringIO(text), lines=True, dtype=False, nrows=nrows)
-        return pd.read_csv(
-            io.StringIO(text),
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            nrows=nrows,
-        )
+        if nrows is not None:
+            return pd.read_csv(
+                io.StringIO(text),
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                nrows=nrows,
+            )
+        return _read_csv_in_chunks(text, name)
     except SourceError:
         raise
     except StopIteration:
