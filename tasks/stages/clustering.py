@@ -423,7 +423,7 @@ def conversation_view(
     own = np.linalg.norm(vectors[rows], axis=1) > 0
     rows = rows[own]
     combined = vectors.copy()
-    reply_vectors = vectors_of(replies, "r")[found][own]
+    reply_vectors = vectors_of(replies, "r")[np.flatnonzero(found)[own]]
     if center and len(reply_vectors):
         reply_vectors = reply_vectors - reply_vectors.mean(axis=0, dtype=np.float64)
     mixed = (1.0 - weight) * vectors[rows] + weight * reply_vectors
@@ -440,13 +440,16 @@ def fit_clusters(
     seed: int,
     replies: pd.DataFrame | None = None,
     keep_k: int | None = None,
+    own: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, dict, np.ndarray]:
     """Cluster the discovery tweets; returns (assignments, description, centroids).
 
     ``keep_k`` is the previous run's k, kept when automatic choice finds it as
-    good as the best (see ``discover``).
+    good as the best (see ``discover``). ``own`` are the tweets' vectors when the
+    caller already holds them (``features`` then needs only its id, split and
+    known-word columns).
     """
-    own = vectors_of(features)
+    own = vectors_of(features) if own is None else own
     has_words = features["n_known"].to_numpy() > 0
     vectors, with_replies = conversation_view(
         features["tweet_id"], own, replies, config.reply_weight, config.center_replies
@@ -591,16 +594,22 @@ def projection_plot(
     path: Path,
     seed: int,
     names: dict[int, str] | None = None,
+    rows: np.ndarray | None = None,
 ) -> None:
-    """Save a 2-D PCA projection of a sample of tweets, coloured by cluster."""
+    """Save a 2-D PCA projection of a sample of tweets, coloured by cluster.
+
+    ``rows`` (positions in ``vectors`` and ``labels``) limits it to those tweets
+    without copying the vectors.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
 
+    rows = np.arange(len(vectors)) if rows is None else rows
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(vectors), size=min(len(vectors), 4000), replace=False)
+    idx = rows[rng.choice(len(rows), size=min(len(rows), 4000), replace=False)]
     points = PCA(2, random_state=seed).fit_transform(vectors[idx])
     fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
     present = np.unique(labels[idx])
@@ -667,27 +676,32 @@ def cluster(
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
-    frame = store.get_frame(features)
+    wide = store.get_frame(features)
+    vectors = vectors_of(wide)  # one float32 copy; the wide frame goes
+    frame = wide[["tweet_id", "split", "n_known"]]
+    del wide
     tokens = store.get_frame(preprocessed, columns=["tweet_id", "tokens"])
     if not tokens["tweet_id"].equals(frame["tweet_id"]):
         raise ValueError("clustering: features and preprocessed tweets are not aligned")
     reply_frame = store.get_frame(replies) if replies is not None else None
     assignments, description, centroids = fit_clusters(
-        frame, tokens["tokens"], config, seed, reply_frame, keep_k
+        frame, tokens["tokens"], config, seed, reply_frame, keep_k, vectors
     )
+    del reply_frame
     staging = store.staging_dir(STAGE)
     np.save(staging / CENTROIDS_FILE, centroids, allow_pickle=False)
     (staging / CLUSTERS_FILE).write_text(json.dumps(description, indent=2) + "\n")
     has_words = assignments["cluster_id"].to_numpy() >= 0
     projection_plot(
-        vectors_of(frame)[has_words],
-        assignments["cluster_id"].to_numpy()[has_words],
+        vectors,
+        assignments["cluster_id"].to_numpy(),
         staging / PROJECTION_PLOT,
         seed,
         {
             c["cluster_id"]: " / ".join(c["name_terms"][:3])
             for c in description["clusters"]
         },
+        rows=np.flatnonzero(has_words),
     )
     k_selection_plot(
         {int(k): v for k, v in description["k_selection"].items()},
