@@ -9,7 +9,8 @@ for long: ``features: word vectors 42% (epoch 5/12), 31 s``. A stage that ends
 within ``every`` seconds reports nothing. Inside a Prefect task run the same figure
 updates a progress artifact (``<stage>-progress``) the UI shows as a bar.
 Outside a run, or when the Prefect API cannot take it, only the log line is
-written. On a terminal (stderr is a TTY) a one-line bar is drawn as well;
+written; a step that ends before its first report gets no bar. On a terminal
+(stderr is a TTY) a one-line bar is drawn as well;
 ``TWEETFLOW_PROGRESS=0`` turns that off.
 """
 
@@ -72,6 +73,7 @@ class Progress:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._artifact: Any = None
+        self._artifact_wanted = False
         self._started = 0.0
         self._bar = terminal_bar_enabled()
         self._token: Token[Progress | None] | None = None
@@ -104,17 +106,7 @@ class Progress:
         """Start reporting; ``current()`` returns this until the block ends."""
         self._started = time.monotonic()
         self._token = _CURRENT.set(self)
-        if _in_task_run():
-            try:
-                from prefect.artifacts import create_progress_artifact
-
-                self._artifact = create_progress_artifact(
-                    0.0,
-                    key=f"{self.stage}-progress",
-                    description=f"{self.stage}: {self.what}",
-                )
-            except Exception as exc:  # progress must never fail the work
-                self.logger.debug("no progress artifact: %s", exc)
+        self._artifact_wanted = _in_task_run()
         # The reporter runs in this context's copy: the same Prefect settings (API
         # address) and run context; a bare thread would start a temporary server.
         context = contextvars.copy_context()
@@ -141,7 +133,8 @@ class Progress:
             self._thread.join(timeout=10)
         if exc_type is None:
             self.done = self.total
-            self._push_artifact()
+            if self._artifact is not None:  # only a step long enough to report
+                self._push_artifact()
         if self._bar:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
@@ -171,15 +164,27 @@ class Progress:
             sys.stderr.flush()
 
     def _push_artifact(self) -> None:
-        if self._artifact is None:
+        """Create the bar at the first report (a quick step gets none), then move it."""
+        if not self._artifact_wanted:
             return
         try:
-            from prefect.artifacts import update_progress_artifact
+            from prefect.artifacts import (
+                create_progress_artifact,
+                update_progress_artifact,
+            )
 
-            update_progress_artifact(self._artifact, round(100 * self.fraction, 1))
-        except Exception as exc:
+            value = round(100 * self.fraction, 1)
+            if self._artifact is None:
+                self._artifact = create_progress_artifact(
+                    value,
+                    key=f"{self.stage}-progress",
+                    description=f"{self.stage}: {self.what}",
+                )
+            else:
+                update_progress_artifact(self._artifact, value)
+        except Exception as exc:  # progress must never fail the work
             self.logger.debug("progress artifact not updated: %s", exc)
-            self._artifact = None
+            self._artifact_wanted = False
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):

@@ -75,19 +75,48 @@ def test_first_run_executes_every_stage_and_writes_outputs(
     assert "## Registry" in report.data and "MLflow run" in report.data
 
 
-def test_word_vector_training_shows_a_progress_bar_that_ends_full(first_run) -> None:
+def progress_bars(key: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        bars = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["features-progress"])
-            )
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
         )
-    assert bars, "no features-progress artifact"
-    assert {b.type for b in bars} == {"progress"}
-    assert all(float(b.data) == 100.0 for b in bars)
+
+
+def test_a_long_step_shows_a_progress_bar_that_ends_full(prefect_api) -> None:
+    """A step that outlasts the report interval gets a UI bar, moved while it
+    runs and full at the end; its task log has the report lines."""
+    import time
+
+    from prefect import flow, task
+
+    from tasks.infra.progress import Progress
+
+    @task(name="slow-step")
+    def slow_step() -> list[float]:
+        seen = []
+        with Progress("slow-step", "waiting", 4, every=0.1) as progress:
+            for i in range(4):
+                time.sleep(0.25)
+                progress.update(i + 1)
+                seen.append(progress.fraction)
+        return seen
+
+    @flow(name="progress-under-test")
+    def run_it() -> list[float]:
+        return slow_step()
+
+    assert run_it() == [0.25, 0.5, 0.75, 1.0]
+    bars = progress_bars("slow-step-progress")
+    assert len(bars) == 1 and bars[0].type == "progress"
+    assert float(bars[0].data) == 100.0
+
+
+def test_a_quick_stage_gets_no_progress_bar(first_run) -> None:
+    """The 400-tweet stages end before the first report: no clutter in the UI."""
+    assert progress_bars("features-progress") == []
 
 
 def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:
