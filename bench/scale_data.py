@@ -9,9 +9,14 @@ in_response_to_tweet_id``), and the subject of every customer tweet to
 Each customer tweet is new text on one of the bundled corpus's six collection
 subjects: the first part of one real tweet on that subject joined to the end of
 another, addressed to a random brand (airlines and others alike, so the
-addressee says nothing about the subject). Replies come from the addressed
-brand, one per answered tweet, from a pool of support phrasings. Deterministic
-for a given N and seed.
+addressee says nothing about the subject). A spliced text must still carry its
+subject: the keyword rules that label the bundled corpus (``bench.subjects``)
+must give the new text, without the brand it is addressed to, the same subject.
+Cuts that lose it are drawn again (a few rounds; what still fails takes one
+whole real tweet of the subject), so the subjects are recoverable from the
+text, as they are in the bundled corpus. Replies come from the addressed brand,
+one per answered tweet, from a pool of support phrasings. Deterministic for a
+given N and seed.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ REPLY_ASKS = [
 ]
 REPLY_SIGNATURES = ["", "", " ^JS", " ^MK", " *AL", " -TR", " ^DW"]
 REPLY_SHARE = 0.8
+SPLICE_ROUNDS = 8  # draws of new cuts for texts that lost their subject
 START = pd.Timestamp("2017-10-01T00:00:00Z")
 
 
@@ -85,7 +91,47 @@ def subject_pools() -> dict[str, list[list[str]]]:
             words.pop(0)
         if len(words) >= 4:
             pools[subject].append(words)
+    # Only tweets that keep their subject without the leading handles (airline
+    # tweets are often known by the airline they address, and that goes).
+    for subject, pool in pools.items():
+        kept = label_subjects(pd.Series([" ".join(w) for w in pool])).to_numpy()
+        pools[subject] = [w for w, s in zip(pool, kept, strict=True) if s == subject]
     return pools
+
+
+def _splice(pool: list[list[str]], rng: np.random.Generator, count: int) -> np.ndarray:
+    """``count`` new texts, each the head of one pool tweet and the tail of another."""
+    first = rng.integers(len(pool), size=count)
+    second = rng.integers(len(pool), size=count)
+    cut_a = rng.random(count)
+    cut_b = rng.random(count)
+    out = np.empty(count, dtype=object)
+    for i, (a, b, ca, cb) in enumerate(zip(first, second, cut_a, cut_b, strict=True)):
+        head, tail = pool[a], pool[b]
+        ha = max(2, int(len(head) * (0.3 + 0.4 * ca)))
+        tb = min(len(tail) - 2, int(len(tail) * (0.3 + 0.4 * cb)))
+        out[i] = " ".join(head[:ha] + tail[tb:])
+    return out
+
+
+def subject_texts(
+    pool: list[list[str]], subject: str, rng: np.random.Generator, count: int
+) -> np.ndarray:
+    """``count`` spliced texts that the keyword rules still label ``subject``."""
+    from bench.subjects import label_subjects
+
+    texts = np.empty(count, dtype=object)
+    todo = np.arange(count)
+    for _ in range(SPLICE_ROUNDS):
+        if not len(todo):
+            break
+        drawn = _splice(pool, rng, len(todo))
+        keeps = label_subjects(pd.Series(drawn)).to_numpy() == subject
+        texts[todo[keeps]] = drawn[keeps]
+        todo = todo[~keeps]
+    whole = rng.integers(len(pool), size=len(todo))
+    texts[todo] = [" ".join(pool[i]) for i in whole]
+    return texts
 
 
 def generate(n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -99,16 +145,9 @@ def generate(n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     texts = np.empty(n, dtype=object)
     for k, name in enumerate(names):
         rows = np.flatnonzero(subject_of == k)
-        pool = pools[name]
-        first = rng.integers(len(pool), size=len(rows))
-        second = rng.integers(len(pool), size=len(rows))
-        cut_a = rng.random(len(rows))
-        cut_b = rng.random(len(rows))
-        for i, a, b, ca, cb in zip(rows, first, second, cut_a, cut_b, strict=True):
-            head, tail = pool[a], pool[b]
-            ha = max(2, int(len(head) * (0.3 + 0.4 * ca)))
-            tb = min(len(tail) - 2, int(len(tail) * (0.3 + 0.4 * cb)))
-            texts[i] = f"@{BRANDS[brand_of[i]]} " + " ".join(head[:ha] + tail[tb:])
+        texts[rows] = subject_texts(pools[name], name, rng, len(rows))
+    addressed = np.array([f"@{b} " for b in BRANDS], dtype=object)[brand_of]
+    texts = addressed + texts
     ids = np.arange(1, n + 1, dtype=np.int64) * 2  # replies take the odd ids
     answered = rng.random(n) < REPLY_SHARE
     reply_ids = np.where(answered, ids + 1, 0)
