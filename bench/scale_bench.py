@@ -2,11 +2,13 @@
 
 For each N: generate (once, kept in ``bench/results/scale/``) a customer-support
 file of N customer tweets and about 0.8 N brand replies (``bench.scale_data``),
-run a cold ``python -m flows.retrain`` on it into an empty store, then
+run a cold ``python -m flows.retrain`` on it into an empty store (with the
+local Prefect server already running, as after a user's first run), then
 ``python -m flows.batch_inference`` on the same file, each as its own process.
 Prints per-stage seconds and seconds per million tweets, the whole process's
 wall time and peak RSS (``wait4``: the largest of the process and the children
-it waited for), the longest silence in the retrain's log, the NMI of the
+it waited for; and, sampled every 0.2 s, the peak while each step ran), the
+longest silence in the retrain's log, the NMI of the
 categories against the generator's subjects and the gate's verdict. Results go
 to ``bench/results/scale.json``. Not a test: nothing here asserts a time.
 
@@ -23,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +37,10 @@ from bench import scale_data
 
 RESULTS = Path(__file__).parent / "results"
 LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \|")
+STEP_DONE = re.compile(
+    r"Flow run '[^']*' - ([a-z]+): (?:computed|reused from cache) in"
+)
+RSS_EVERY = 0.2  # seconds between two samples of the process's memory
 
 
 def scale_file(n: int) -> Path:
@@ -46,26 +53,84 @@ def scale_file(n: int) -> Path:
     return path
 
 
-def run_measured(cmd: list[str], log: Path) -> tuple[int, float, float]:
-    """Run a command with its output in ``log``; (exit code, seconds, peak RSS MB)."""
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process now (MB), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_measured(
+    cmd: list[str], log: Path
+) -> tuple[int, float, float, list[tuple[float, float]]]:
+    """Run a command with its output in ``log``.
+
+    Returns (exit code, seconds, peak RSS MB from ``wait4``, RSS samples): the
+    samples are (time of day in seconds, RSS MB) every 0.2 s, to find which
+    stage reached the peak.
+    """
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    samples: list[tuple[float, float]] = []
     started = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(RSS_EVERY):
+                now = datetime.now()
+                of_day = now.hour * 3600 + now.minute * 60 + now.second
+                samples.append((of_day + now.microsecond / 1e6, _rss_mb(proc.pid)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        done.set()
+        sampler.join()
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, seconds, usage.ru_maxrss / 1024
+    return proc.returncode, seconds, usage.ru_maxrss / 1024, samples
 
 
-def longest_silence(log: Path) -> tuple[float, str]:
-    """The longest gap between two timestamped log lines, and the line after it."""
+def _stamped(log: Path) -> list[tuple[float, str]]:
     stamps: list[tuple[float, str]] = []
     for line in log.read_text(errors="replace").splitlines():
         m = LOG_TIME.match(line)
         if m:
             h, mi, s, ms = (int(g) for g in m.groups())
             stamps.append((h * 3600 + mi * 60 + s + ms / 1000, line))
+    return stamps
+
+
+def peak_rss_by_step(log: Path, samples: list[tuple[float, float]]) -> dict[str, float]:
+    """Peak RSS (MB) while each step of the flow ran.
+
+    A step runs from the previous step's "<name>: computed in" (or "reused")
+    line in the flow's log to its own; before the flow run begins is
+    "start-up", after its last step "finishing". A step run several times
+    (registry) counts as one.
+    """
+    stamped = _stamped(log)
+    begin = next((t for t, line in stamped if "Beginning flow run" in line), None)
+    ends = [(t, m.group(1)) for t, line in stamped if (m := STEP_DONE.search(line))]
+    peaks: dict[str, float] = {}
+    for t, rss in samples:
+        if begin is not None and t < begin:
+            name = "start-up"
+        else:
+            name = next((step for end, step in ends if t <= end), "finishing")
+        peaks[name] = max(peaks.get(name, 0.0), rss)
+    return {k: round(v) for k, v in peaks.items()}
+
+
+def longest_silence(log: Path) -> tuple[float, str]:
+    """The longest gap between two timestamped log lines, and the line after it."""
+    stamps = _stamped(log)
     gap, after = 0.0, ""
     for (t0, _), (t1, line) in zip(stamps, stamps[1:], strict=False):
         if (t1 - t0) % 86400 > gap:
@@ -80,7 +145,7 @@ def bench_one(n: int, keep: bool) -> dict:
     try:
         artifacts = work / "artifacts"
         py = sys.executable
-        code, retrain_s, retrain_rss = run_measured(
+        code, retrain_s, retrain_rss, retrain_samples = run_measured(
             [py, "-m", "flows.retrain", "--source", str(source)]
             + ["--artifacts-dir", str(artifacts)],
             work / "retrain.log",
@@ -97,7 +162,7 @@ def bench_one(n: int, keep: bool) -> dict:
         scored = scored[scored["cluster_id"] >= 0]
         nmi = normalized_mutual_info_score(scored["subject"], scored["cluster_id"])
         output = work / "predictions.parquet"
-        code, batch_s, batch_rss = run_measured(
+        code, batch_s, batch_rss, batch_samples = run_measured(
             [py, "-m", "flows.batch_inference", "--source", str(source)]
             + ["--output", str(output), "--artifacts-dir", str(artifacts)],
             work / "batch.log",
@@ -122,6 +187,12 @@ def bench_one(n: int, keep: bool) -> dict:
             "batch_process_seconds": round(batch_s, 1),
             "batch_flow_seconds": batch_flow_s,
             "batch_peak_rss_mb": round(batch_rss),
+            "retrain_peak_rss_mb_by_step": peak_rss_by_step(
+                work / "retrain.log", retrain_samples
+            ),
+            "batch_peak_rss_mb_by_step": peak_rss_by_step(
+                work / "batch.log", batch_samples
+            ),
         }
     finally:
         if keep:
@@ -167,6 +238,14 @@ def print_table(results: list[dict]) -> None:
     ]
     for label, key in rows:
         print(f"{label:<28}" + "".join(f"{str(r[key]):>24}" for r in results))
+    for flow in ("retrain", "batch"):
+        key = f"{flow}_peak_rss_mb_by_step"
+        steps = list(dict.fromkeys(s for r in results for s in r[key]))
+        for step in steps:
+            print(
+                f"{flow + ' RSS MB, ' + step:<28}"
+                + "".join(f"{str(r[key].get(step, '')):>24}" for r in results)
+            )
     print(
         f"{'retrain tweets/s':<28}"
         + "".join(f"{r['n'] / r['retrain_process_seconds']:>24,.0f}" for r in results)
@@ -186,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("n", type=int, nargs="+", help="customer tweets")
     parser.add_argument("--keep", action="store_true", help="keep each run's folder")
     args = parser.parse_args(argv)
+    # The README's set-up: command-line runs report to the local Prefect server,
+    # started once. Start it before measuring, so no run pays for that.
+    from flows.local_server import api_for_command_line
+
+    api_for_command_line()
     results = []
     for n in args.n:
         print(f"{datetime.now():%H:%M:%S} N={n:,}: cold retrain, then batch inference")
