@@ -152,6 +152,44 @@ def _write_local(path: Path, data: bytes, exclusive: bool) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
+def put_file(path: Path, uri: str, keep: bool = False) -> bool:
+    """Move (or, with ``keep``, copy) a complete local file to ``uri`` if nothing
+    is there yet; returns whether it was written.
+
+    Content-addressed targets are never rewritten. Locally the file is synced
+    and renamed in (never half visible); to S3 it is uploaded in one PUT (a
+    multipart upload for large files, visible only once complete).
+    """
+    if is_remote(uri):
+        written = False
+        if not exists(uri):
+            s3().put_file(str(path), _key(uri))
+            written = True
+        if not keep:
+            path.unlink(missing_ok=True)
+        return written
+    target = local_path(uri)
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    if keep:
+        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, staged)
+        path = staged
+    return move_into_place(path, target)
+
+
+def download_file(uri: str, path: Path) -> None:
+    """Copy a remote object to a local file (written aside, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        s3().get_file(_key(uri), str(staged))
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 def move_into_place(staging: Path, final: Path) -> bool:
     """Rename a completely written local folder (or file) to ``final``.
 

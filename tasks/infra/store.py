@@ -15,13 +15,15 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from types import TracebackType
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from data_contracts import get_contract, validate_frame
+from data_contracts import ContractViolation, get_contract, validate_frame
 from tasks.infra import storage
 
 CHUNK = 1 << 20
@@ -68,9 +70,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def frame_to_parquet_bytes(df: pd.DataFrame) -> bytes:
-    """Serialise a frame to Parquet bytes (deterministic for equal frames)."""
+    """Serialise a frame to Parquet bytes (deterministic for equal frames), as
+    the store writes it (``parquet_options``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     buffer = io.BytesIO()
-    df.reset_index(drop=True).to_parquet(buffer, index=False, compression="zstd")
+    pq.write_table(table, buffer, **parquet_options(table.schema))
     return buffer.getvalue()
 
 
@@ -132,6 +139,143 @@ def local_cache_for(root_uri: str) -> Path:
     return base / sha256_bytes(root_uri.encode())[:16]
 
 
+def parquet_options(schema: Any) -> dict[str, Any]:  # a pyarrow.Schema
+    """How the store writes Parquet: zstd with dictionaries, except that
+    floating-point columns (tweet vectors, distances) are stored plain. Their
+    values barely repeat or compress, and building a dictionary for each is what
+    made writing a million vectors slow (several times the plain cost)."""
+    import pyarrow as pa
+
+    floats = {f.name for f in schema if pa.types.is_floating(f.type)}
+    return {
+        "compression": {f.name: "none" if f.name in floats else "zstd" for f in schema},
+        "use_dictionary": [f.name for f in schema if f.name not in floats],
+    }
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def _known_good(path: Path, sha256: str) -> bool:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return False
+    return _VERIFIED.get((str(path), stat.st_size, stat.st_mtime_ns)) == sha256
+
+
+def _remember_good(path: Path, sha256: str) -> None:
+    stat = path.stat()
+    _VERIFIED[(str(path), stat.st_size, stat.st_mtime_ns)] = sha256
+
+
+class FrameWriter:
+    """Writes one frame to the store chunk by chunk; ``ref`` once closed.
+
+    Each chunk is checked against the contract (the row checks; a ``tweet_id``
+    declared unique is checked across chunks too) and written as one Parquet
+    row group to a local temporary file, which is hashed and moved into place
+    only when the writer closes without error: a failed or interrupted write
+    leaves nothing where a complete frame is expected.
+    """
+
+    def __init__(self, store: ArtifactStore, stage: str, contract: str | None) -> None:
+        """Write a frame of ``stage`` meeting ``contract`` (None: unchecked)."""
+        self.store, self.stage, self.contract = store, stage, contract
+        self.schema = get_contract(contract) if contract is not None else None
+        self.rows = 0
+        self._ref: ArtifactRef | None = None
+        self._writer: Any = None
+        self._ids: list[pd.Index] = []
+        self._path = self.store.staging_dir(stage) / "frame.parquet"
+
+    def write(self, df: pd.DataFrame) -> None:
+        """Check and append one chunk."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.schema is not None:
+            validate_frame(df, self.schema, self.stage)
+            if self._unique_ids():
+                self._ids.append(pd.Index(df["tweet_id"]))
+        table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self._path, table.schema, **parquet_options(table.schema)
+            )
+        self._writer.write_table(table)
+        self.rows += len(df)
+
+    def _unique_ids(self) -> bool:
+        column = (self.schema.columns if self.schema is not None else {}).get(
+            "tweet_id"
+        )
+        return bool(column is not None and column.unique)
+
+    def close(self) -> ArtifactRef:
+        """Finish the file, check ids across chunks, move it into the store."""
+        if self._writer is None:
+            raise ValueError(f"{self.stage}: no chunk was written")
+        self._writer.close()
+        if len(self._ids) > 1:
+            ids = self._ids[0].append(self._ids[1:])
+            if not ids.is_unique:
+                repeated = ids[ids.duplicated()].unique()[:3].tolist()
+                raise ContractViolation(
+                    self.stage,
+                    self.contract or "unnamed",
+                    pd.DataFrame(
+                        {
+                            "column": "tweet_id",
+                            "check": "field_uniqueness",
+                            "failure_case": repeated,
+                            "index": None,
+                        }
+                    ),
+                )
+        digest = sha256_file(self._path)
+        uri = self.store.uri(f"data/{self.stage}/{digest}.parquet")
+        storage.put_file(self._path, uri)
+        if not self.store.remote:
+            _remember_good(storage.local_path(uri), digest)
+        self._ref = ArtifactRef(
+            uri=uri, sha256=digest, rows=self.rows, contract=self.contract
+        )
+        return self._ref
+
+    @property
+    def ref(self) -> ArtifactRef:
+        """The stored frame's reference (once closed)."""
+        if self._ref is None:
+            raise RuntimeError(f"{self.stage}: the frame writer is not closed yet")
+        return self._ref
+
+    def abort(self) -> None:
+        """Drop what was written."""
+        if self._writer is not None:
+            self._writer.close()
+        shutil.rmtree(self._path.parent, ignore_errors=True)
+
+    def __enter__(self) -> FrameWriter:
+        """Open for writing."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close on success (the frame is stored), drop it on an error."""
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.close()
+        finally:
+            shutil.rmtree(self._path.parent, ignore_errors=True)
+
+
 class ArtifactStore:
     """A content-addressed store rooted at a local directory or an ``s3://`` prefix.
 
@@ -167,26 +311,59 @@ class ArtifactStore:
         A frame meant to meet a contract is checked first: a stage whose output
         breaks its contract raises ``ContractViolation`` and stores nothing.
         """
-        if contract is not None:
-            validate_frame(df, get_contract(contract), stage)
-        data = frame_to_parquet_bytes(df)
-        digest = sha256_bytes(data)
-        uri = self.uri(f"data/{stage}/{digest}.parquet")
-        if not storage.exists(uri):
-            storage.write_bytes(uri, data)
-        return ArtifactRef(uri=uri, sha256=digest, rows=len(df), contract=contract)
+        with self.frame_writer(stage, contract) as writer:
+            writer.write(df)
+        return writer.ref
+
+    def frame_writer(self, stage: str, contract: str | None = None) -> FrameWriter:
+        """A writer that stores a frame chunk by chunk (one Parquet row group each)."""
+        return FrameWriter(self, stage, contract)
+
+    def _verified_path(self, ref: ArtifactRef) -> Path:
+        """A local file holding the referenced frame, checked against its sha256.
+
+        A remote frame is downloaded once into the local cache. A file already
+        checked in this process, unchanged since (same size and modification
+        time), is not hashed again.
+        """
+        if self.remote:
+            relative = ref.uri[len(self.root_uri) :].strip("/")
+            path = self.root / "cache" / relative
+            if not path.is_file() or not _known_good(path, ref.sha256):
+                try:
+                    storage.download_file(ref.uri, path)
+                except FileNotFoundError:
+                    raise ArtifactMissing(f"artifact {ref.uri} is missing") from None
+        else:
+            path = self.path_of(ref)
+            if not path.is_file():
+                raise ArtifactMissing(f"artifact {ref.uri} is missing")
+        if not _known_good(path, ref.sha256):
+            if sha256_file(path) != ref.sha256:
+                raise ArtifactMissing(f"artifact {ref.uri} does not match its sha256")
+            _remember_good(path, ref.sha256)
+        return path
+
+    def open_frame(self, ref: ArtifactRef) -> Any:  # pyarrow.parquet.ParquetFile
+        """The stored frame as a Parquet file to read by columns and row groups."""
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self._verified_path(ref), memory_map=True)
 
     def get_frame(
         self, ref: ArtifactRef, columns: list[str] | None = None
     ) -> pd.DataFrame:
         """Read a stored frame, checking that its content still has the recorded hash."""
-        try:
-            data = storage.read_bytes(ref.uri)
-        except FileNotFoundError:
-            raise ArtifactMissing(f"artifact {ref.uri} is missing") from None
-        if sha256_bytes(data) != ref.sha256:
-            raise ArtifactMissing(f"artifact {ref.uri} does not match its sha256")
-        return pd.read_parquet(io.BytesIO(data), columns=columns)
+        return self.open_frame(ref).read(columns=columns).to_pandas()
+
+    def iter_frames(
+        self, ref: ArtifactRef, columns: list[str] | None = None, rows: int = 100_000
+    ) -> Iterator[pd.DataFrame]:
+        """The stored frame ``rows`` at a time (bounded memory), in order."""
+        for batch in self.open_frame(ref).iter_batches(
+            batch_size=rows, columns=columns
+        ):
+            yield batch.to_pandas()
 
     # Small text files (LATEST, run records) --------------------------------
     def write_text(self, relative: str, text: str) -> None:
@@ -205,7 +382,8 @@ class ArtifactStore:
         """A fresh local temporary directory to assemble a directory artifact in."""
         base = self.root / "tmp"
         base.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=base, prefix=f"{stage}-"))
+        prefix = stage.replace("/", "-")
+        return Path(tempfile.mkdtemp(dir=base, prefix=f"{prefix}-"))
 
     def commit_dir(
         self, staging: Path, stage: str, extra: dict | None = None

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from tasks.infra.progress import current
@@ -48,36 +50,55 @@ def stem_words(words: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class WordCodes:
+    """The words of a column of space-joined tokens, each as a code into its
+    distinct words (in order of first use); row ``i`` holds the words
+    ``codes[offsets[i]:offsets[i + 1]]``. An empty row holds one empty word."""
+
+    codes: np.ndarray
+    distinct: np.ndarray  # object array of str
+    offsets: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        """Number of rows split."""
+        return len(self.offsets) - 1
+
+
+def word_codes(tokens: pd.Series) -> WordCodes:
+    """Split every row on spaces in Arrow: no Python string per word, only per
+    distinct word."""
+    values = pa.array(tokens.astype("str").array, pa.large_string())
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    lists = pc.split_pattern(pc.fill_null(values, ""), " ")
+    offsets = lists.offsets.to_numpy()
+    encoded = pc.dictionary_encode(lists.values)
+    return WordCodes(
+        codes=encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+        distinct=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
+        offsets=offsets - offsets[0],
+    )
+
+
 def _term_columns(words: np.ndarray, vocab: pd.Index, stem: bool) -> np.ndarray:
-    """Vocabulary column of each word (-1 when unknown), stemming distinct words."""
-    if not stem:
-        return vocab.get_indexer(words)
-    codes, distinct = pd.factorize(words)
-    columns = vocab.get_indexer(stem_words(np.asarray(distinct, dtype=object)))
-    return np.where(codes >= 0, columns[codes], -1)
+    """Vocabulary column of each distinct word (-1 when unknown)."""
+    return vocab.get_indexer(stem_words(words) if stem else words)
 
 
 def term_lists(tokens: pd.Series, stem: bool) -> list[list[str]]:
     """Space-joined token strings as lists of terms (stems when ``stem``)."""
-    lists = [[w for w in text.split(" ") if w] for text in tokens.tolist()]
-    if stem:
-        distinct = list({w for terms in lists for w in terms})
-        stems = dict(
-            zip(distinct, stem_words(np.asarray(distinct, dtype=object)), strict=True)
-        )
-        lists = [[stems[w] for w in terms] for terms in lists]
-    return lists
-
-
-def split_words(tokens: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Every space-separated word of every row (an empty row gives one empty
-    word), and the position of the row it came from."""
-    texts = tokens.tolist()
-    if not texts:
-        return np.array([], dtype=object), np.array([], dtype=np.int64)
-    per_row = np.fromiter((t.count(" ") + 1 for t in texts), np.int64, len(texts))
-    words = np.array(" ".join(texts).split(" "), dtype=object)
-    return words, np.repeat(np.arange(len(texts)), per_row)
+    if not len(tokens):
+        return []
+    split = word_codes(tokens)
+    terms = stem_words(split.distinct) if stem else split.distinct
+    keep = split.distinct[split.codes] != ""
+    row = np.repeat(np.arange(split.rows), np.diff(split.offsets))
+    per_row = np.bincount(row[keep], minlength=split.rows)
+    words = pa.array(terms, pa.large_string()).take(pa.array(split.codes[keep]))
+    offsets = pa.array(np.r_[0, np.cumsum(per_row)], pa.int64())
+    return pa.LargeListArray.from_arrays(offsets, words).to_pylist()
 
 
 def doc_term_matrix(
@@ -85,21 +106,25 @@ def doc_term_matrix(
 ) -> sp.csr_matrix:
     """Counts of known vocabulary terms per tweet, as a sparse matrix.
 
-    Rows are split ``chunk`` at a time, so the words of a million tweets are never
-    Python strings all at once.
+    Rows are split ``chunk`` at a time in Arrow (``word_codes``): only distinct
+    words become Python strings, and each is stemmed once per chunk.
     """
     parts = []
     for start in range(0, max(len(tokens), 1), chunk):
         piece = tokens.iloc[start : start + chunk]
-        words, rows = split_words(piece)
-        columns = _term_columns(words, vocab, stem)
+        if not len(piece):
+            parts.append(sp.csr_matrix((0, len(vocab)), dtype=np.float32))
+            continue
+        split = word_codes(piece)
+        columns = _term_columns(split.distinct, vocab, stem)[split.codes]
         known = columns >= 0
-        data = np.ones(int(known.sum()), dtype=np.float32)
-        parts.append(
-            sp.csr_matrix(
-                (data, (rows[known], columns[known])), shape=(len(piece), len(vocab))
-            )
+        indptr = np.r_[0, np.cumsum(known)][split.offsets]
+        matrix = sp.csr_matrix(
+            (np.ones(int(known.sum()), dtype=np.float32), columns[known], indptr),
+            shape=(len(piece), len(vocab)),
         )
+        matrix.sum_duplicates()
+        parts.append(matrix)
     return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
 
 
@@ -155,11 +180,12 @@ class DocumentEmbedder:
         """
         weights = self.weights if weights is None else weights
         n_known = np.asarray(counts @ (weights > 0)).ravel().astype(np.int64)
-        weighted = counts.multiply(weights[np.newaxis, :]).tocsr()
+        weighted = counts.tocsr(copy=True)
+        weighted.data = weighted.data * weights[weighted.indices]
         totals = np.asarray(weighted.sum(axis=1)).ravel()
         docs = np.asarray(weighted @ self.vectors, dtype=np.float64)
         has_words = totals > 0
-        docs[has_words] /= totals[has_words, np.newaxis]
+        np.divide(docs, totals[:, np.newaxis], out=docs, where=has_words[:, None])
         return docs, n_known
 
     def finish(self, docs: np.ndarray, has_words: np.ndarray) -> np.ndarray:
@@ -171,9 +197,9 @@ class DocumentEmbedder:
             docs = docs - (docs @ self.components.T) @ self.components
         norms = np.linalg.norm(docs, axis=1)
         ok = has_words & (norms > 0)
-        docs[ok] /= norms[ok, np.newaxis]
-        docs[~ok] = 0.0
-        return docs.astype(np.float32)
+        out = np.zeros(docs.shape, dtype=np.float32)
+        np.divide(docs, norms[:, np.newaxis], out=out, where=ok[:, np.newaxis])
+        return out
 
     def save(self, directory: Path, info: dict) -> None:
         """Write word vectors (word2vec binary format) and arrays (npz, no pickle)."""

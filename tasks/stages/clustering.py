@@ -43,7 +43,7 @@ from tasks.infra.errors import InsufficientDataError
 from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CENTROIDS_FILE, CLUSTERS_FILE, NO_WORDS_CLUSTER
-from tasks.ml.embedding import doc_term_matrix, split_words, stem_words, vectors_of
+from tasks.ml.embedding import doc_term_matrix, stem_words, vectors_of, word_codes
 
 STAGE = "clustering"
 PROJECTION_PLOT = "clusters_2d.png"
@@ -316,7 +316,7 @@ def cluster_word_counts(
     """Vocabulary of ``tokens`` (in order of first use) and each word's count per
     cluster (k x V)."""
     seen = [
-        pd.unique(split_words(tokens.iloc[start : start + chunk])[0])
+        word_codes(tokens.iloc[start : start + chunk]).distinct
         for start in range(0, len(tokens), chunk)
     ]
     vocab = pd.Index(pd.unique(np.concatenate(seen)) if seen else [], dtype=object)

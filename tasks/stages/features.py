@@ -38,6 +38,7 @@ from tasks.infra.errors import InsufficientDataError
 from tasks.infra.progress import Progress, current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.embedding import (
+    EMBED_CHUNK,
     DocumentEmbedder,
     common_components,
     sif_weights,
@@ -302,6 +303,8 @@ def fit_embedder(
     """
     nonempty = tokens[tokens.str.len() > 0]
     learn = training_sample(nonempty.index, config.train_sample, seed)
+    # Term weights and common components are measured on a sample as bounded.
+    measured = tokens.loc[training_sample(tokens.index, config.train_sample, seed)]
     lists = term_lists(nonempty.loc[learn], config.stem)
     if context is not None and config.use_replies:
         replies = context.loc[learn]
@@ -323,7 +326,7 @@ def fit_embedder(
         stem=config.stem,
     )
     current().phase("term weights (pilot KMeans)", 1)
-    discovery_counts = embedder.counts(tokens)
+    discovery_counts = embedder.counts(measured)
     if config.weighting == "sif":
         embedder.weights = sif_weights(counts, config.sif_a)
     elif config.weighting == "specificity":
@@ -409,51 +412,68 @@ def build_features(
     *,
     artifacts_dir: str,
 ) -> FeaturesOutput:
-    """Train word vectors and term weights on discovery and embed every tweet."""
+    """Train word vectors and term weights on discovery and embed every tweet.
+
+    Tweets are embedded and written ``EMBED_CHUNK`` at a time (one Parquet row
+    group each), so memory does not grow with the vectors of every tweet.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
-    frame = store.get_frame(preprocessed)
+    frame = store.get_frame(
+        preprocessed, columns=["tweet_id", "split", "tokens", "context_tokens"]
+    )
     discovery = frame["split"].eq("discovery")
+    discovery_tokens = frame.loc[discovery, "tokens"]
     embedder = fit_embedder(
-        frame.loc[discovery, "tokens"],
+        discovery_tokens,
         config,
         seed,
         frame.loc[discovery, "context_tokens"],
         addressees or [],
     )
+    learned = min(
+        int(discovery_tokens.str.len().gt(0).sum()), config.train_sample or len(frame)
+    )
+    del discovery_tokens
     trained = time.perf_counter()
-    with_replies = int(frame["context_tokens"].str.len().gt(0).sum())
-    current().phase("embedding tweets and replies", len(frame) + with_replies, "rows")
-    features_frame, replies_frame = embed_frame(embedder, frame)
+    with_context = frame["context_tokens"].str.len().gt(0)
+    current().phase(
+        "embedding tweets and replies", len(frame) + int(with_context.sum()), "rows"
+    )
+    no_known = reply_views = 0
+    with (
+        store.frame_writer(STAGE, "features") as features_out,
+        store.frame_writer(STAGE, "context_features") as replies_out,
+    ):
+        for start in range(0, len(frame), EMBED_CHUNK):
+            features_frame, replies_frame = embed_frame(
+                embedder, frame.iloc[start : start + EMBED_CHUNK]
+            )
+            features_out.write(features_frame)
+            replies_out.write(replies_frame)
+            no_known += int(features_frame["n_known"].eq(0).sum())
+            reply_views += len(replies_frame)
     staging = store.staging_dir(STAGE)
     embedder.save(staging, {"config": config.model_dump(mode="json"), "seed": seed})
     embedder_ref = store.commit_dir(staging, STAGE)
-    features = store.put_frame(features_frame, STAGE, "features")
-    replies = store.put_frame(replies_frame, STAGE, "context_features")
-    n_known = features_frame["n_known"].to_numpy()
-    no_known = int((n_known == 0).sum())
     weights = pd.Series(embedder.weights, index=embedder.vocab)
     logger.info(
         "features: %s on %s discovery tweets%s -> %d terms x %d dims in %.2fs; "
         "embedded %d tweets (%d with no known word, %d with a reply view) in %.2fs",
         config.algorithm,
         (
-            f"a sample of {config.train_sample} of {int(discovery.sum())}"
-            if 0 < config.train_sample < int(discovery.sum())
+            f"a sample of {learned} of {int(discovery.sum())}"
+            if learned < int(discovery.sum())
             else str(int(discovery.sum()))
         ),
-        (
-            f" and their {int(frame.loc[discovery, 'n_replies'].sum())} replies"
-            if config.use_replies and frame["n_replies"].gt(0).any()
-            else ""
-        ),
+        " and their replies" if config.use_replies and with_context.any() else "",
         len(embedder.vocab),
         embedder.dim,
         trained - started,
         len(frame),
         no_known,
-        len(replies_frame),
+        reply_views,
         time.perf_counter() - trained,
     )
     if config.weighting == "specificity":
@@ -467,10 +487,10 @@ def build_features(
             len(handles),
         )
     return FeaturesOutput(
-        features=features,
-        replies=replies,
+        features=features_out.ref,
+        replies=replies_out.ref,
         embedder=embedder_ref,
         vocabulary_size=len(embedder.vocab),
         no_known_words=no_known,
-        tweets_with_replies=len(replies_frame),
+        tweets_with_replies=reply_views,
     )
