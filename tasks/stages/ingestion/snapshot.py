@@ -65,17 +65,17 @@ def assemble(
             accepted.reset_index(drop=True), quarantine, rows_read, outbound
         )
     linked = link_replies(raw["tweet_id"], replies, config.reply_depth)
-    context = linked.context
     # A repeated tweet id carries its replies once, on its first row.
-    first = ~raw["tweet_id"].duplicated(keep="first")
-    raw["context"] = raw["tweet_id"].map(context["context"]).where(first).astype("str")
-    raw["n_replies"] = (
-        raw["tweet_id"].map(context["n_replies"]).where(first).fillna(0).astype("int64")
-    )
+    rows, context, sizes = linked.per_row()
+    texts = np.full(len(raw), None, dtype=object)
+    texts[rows] = context
+    raw["context"] = pd.Series(texts, index=raw.index, dtype="str")
+    n_replies = np.zeros(len(raw), dtype=np.int64)
+    n_replies[rows] = sizes
+    raw["n_replies"] = n_replies
     accepted, quarantine = split_quarantine(raw, get_contract("raw"), STAGE)
-    addressees = sorted(
-        {"@" + a.lower() for a in replies["author_id"].dropna() if a.strip()}
-    )
+    authors = pd.unique(replies["author_id"].dropna().astype("str"))
+    addressees = sorted({"@" + a.lower() for a in authors if a.strip()})
     return IngestionResult(
         accepted.reset_index(drop=True),
         quarantine,

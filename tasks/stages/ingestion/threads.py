@@ -32,28 +32,41 @@ def too_deep(max_depth: int) -> str:
 
 @dataclass(frozen=True)
 class LinkedReplies:
-    """Replies linked to customer tweets, and the unlinked ones counted by reason."""
+    """Replies linked to customer tweets, and the unlinked ones counted by reason.
 
-    linked: pd.DataFrame  # reply_id, tweet_id, depth, text
+    ``linked`` also holds ``row``: the position, in the customer ids given to
+    ``link_replies``, of the first tweet with the id the reply answers.
+    """
+
+    linked: pd.DataFrame  # reply_id, tweet_id, depth, text, row
     unlinked: dict[str, int]
 
-    @property
-    def context(self) -> pd.DataFrame:
-        """Per customer tweet id: its replies' texts joined (nearest first) and count."""
-        ordered = self.linked.sort_values(["tweet_id", "depth"], kind="stable")
-        ids = ordered["tweet_id"].to_numpy(dtype=object)
-        texts = ordered["text"].to_numpy(dtype=object)
-        boundary = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, bool)
+    def per_row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows with replies, their replies' texts joined (nearest first) and
+        their number of replies."""
+        order = np.lexsort(
+            (self.linked["depth"].to_numpy(), self.linked["row"].to_numpy())
+        )
+        rows = self.linked["row"].to_numpy()[order]
+        texts = self.linked["text"].to_numpy(dtype=object)[order]
+        boundary = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else rows > 0
         starts = np.flatnonzero(boundary)
-        sizes = np.diff(np.r_[starts, len(ids)]).astype("int64")
+        sizes = np.diff(np.r_[starts, len(rows)]).astype("int64")
         context = texts[starts].copy()
         for group in np.flatnonzero(sizes > 1):  # most tweets have one reply
             first = starts[group]
             context[group] = "\n".join(texts[first : first + sizes[group]])
-        index = pd.Index(ids[starts], dtype=ordered["tweet_id"].dtype, name="tweet_id")
+        return rows[starts], context, sizes
+
+    @property
+    def context(self) -> pd.DataFrame:
+        """Per customer tweet id: its replies' texts joined (nearest first) and count."""
+        rows, context, sizes = self.per_row()
+        first = self.linked.drop_duplicates("row").set_index("row")["tweet_id"]
+        index = pd.Index(first.loc[rows].to_numpy(), dtype="str", name="tweet_id")
         return pd.DataFrame(
             {
-                "context": pd.Series(context, index=index, dtype=ordered["text"].dtype),
+                "context": pd.Series(context, index=index, dtype="str"),
                 "n_replies": pd.Series(sizes, index=index),
             }
         )
@@ -66,51 +79,64 @@ def link_replies(
 
     ``replies`` has ``reply_id``, ``in_response_to`` (missing when the brand
     tweet answers nothing) and ``text``. Every reply ends up either linked or
-    in exactly one unlinked reason.
+    in exactly one unlinked reason. Ids are hashed once into integer codes; the
+    walk up the chains is then array lookups, one per depth level.
     """
     replies = replies.reset_index(drop=True)
     repeated = replies["reply_id"].duplicated(keep="first").to_numpy()
     unique = replies[~repeated].reset_index(drop=True)
-    # Plain object arrays: pandas' isin on Arrow-backed strings converts every
-    # value of the pool to a Python object one by one (minutes at 1M replies).
-    parent_of = pd.Series(
-        unique["in_response_to"].to_numpy(dtype=object),
-        index=pd.Index(unique["reply_id"].to_numpy(dtype=object), dtype=object),
+    n_customers, n = len(customer_ids), len(unique)
+    codes, ids = pd.factorize(
+        pd.concat(
+            [
+                customer_ids.astype("str"),
+                unique["reply_id"].astype("str"),
+                unique["in_response_to"].astype("str"),
+            ],
+            ignore_index=True,
+        )
     )
-    customers = pd.Index(customer_ids.dropna().unique(), dtype=object)
-    start = unique["reply_id"].to_numpy(dtype=object)
-    current = unique["in_response_to"].astype(object)
-    n = len(unique)
-    target = np.full(n, None, dtype=object)
+    customer_code = codes[:n_customers]
+    reply_code = codes[n_customers : n_customers + n]
+    parent_code = codes[n_customers + n :]
+    first_row = np.full(len(ids) + 1, -1, dtype=np.int64)  # +1: code -1 lands last
+    seen, first = np.unique(customer_code, return_index=True)
+    first_row[seen[seen >= 0]] = first[seen >= 0]
+    reply_of = np.full(len(ids) + 1, -1, dtype=np.int64)
+    reply_of[reply_code] = np.arange(n)
+    current = parent_code.copy()
+    target = np.full(n, -1, dtype=np.int64)
     depth = np.zeros(n, dtype=np.int64)
     reason = np.full(n, None, dtype=object)
-    pending = current.notna().to_numpy().copy()
+    pending = current >= 0
     reason[~pending] = NOT_A_REPLY
     for level in range(1, max_depth + 1):
-        values = current.to_numpy()
-        hit = pending & current.isin(customers).to_numpy()
-        target[hit], depth[hit] = values[hit], level
+        hit = pending & (first_row[current] >= 0)
+        target[hit], depth[hit] = current[hit], level
         pending &= ~hit
-        missing = pending & ~current.isin(parent_of.index).to_numpy()
+        parent_reply = reply_of[current]
+        missing = pending & (parent_reply < 0)
         reason[missing] = PARENT_MISSING
         pending &= ~missing
-        current = current.map(parent_of).astype(object)
-        ended = pending & current.isna().to_numpy()
+        current = np.where(pending, parent_code[parent_reply], -1)
+        ended = pending & (current < 0)
         reason[ended] = NO_CUSTOMER
         pending &= ~ended
-        looped = pending & (current.to_numpy() == start)
+        looped = pending & (current == reply_code)
         reason[looped] = LOOP
         pending &= ~looped
     reason[pending] = too_deep(max_depth)
-    found = pd.notna(target)
+    found = target >= 0
     linked = unique.loc[found, ["reply_id", "text"]].assign(
-        tweet_id=target[found].astype(str), depth=depth[found]
+        tweet_id=pd.Series(np.asarray(ids)[target[found]], dtype="str").to_numpy(),
+        depth=depth[found],
+        row=first_row[target[found]],
     )
     counts = pd.Series(reason[pd.notna(reason)]).value_counts()
     unlinked = {str(k): int(v) for k, v in counts.items()}
     if repeated.any():
         unlinked[REPEATED] = int(repeated.sum())
     return LinkedReplies(
-        linked[["reply_id", "tweet_id", "depth", "text"]].reset_index(drop=True),
+        linked[["reply_id", "tweet_id", "depth", "text", "row"]].reset_index(drop=True),
         unlinked,
     )
