@@ -113,8 +113,10 @@ def clean_and_check(
     df = df[~(empty | too_long)]
 
     # The same id with different texts is a conflict nobody can resolve here.
-    texts_per_id = df.groupby("tweet_id")["text"].transform("nunique")
-    conflict = texts_per_id.gt(1)
+    conflict = df["tweet_id"].duplicated(keep=False)
+    if conflict.any():
+        texts_per_id = df[conflict].groupby("tweet_id")["text"].transform("nunique")
+        conflict = conflict & texts_per_id.reindex(df.index, fill_value=1).gt(1)
     quarantined.append(
         make_quarantine(df[conflict], STAGE, "tweet_id repeated with a different text")
     )

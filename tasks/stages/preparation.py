@@ -59,19 +59,16 @@ def split_of(
     tweet_ids: pd.Series, salt: str, validation: float, evaluation: float
 ) -> pd.Series:
     """Assign each id to discovery / validation / evaluation by a salted hash."""
-    prefix = salt.encode("utf-8") + b"\x00"
-    u = np.fromiter(
-        (
-            int.from_bytes(
-                hashlib.blake2b(prefix + t.encode("utf-8"), digest_size=8).digest(),
-                "big",
-            )
-            / 2**64
-            for t in tweet_ids
-        ),
-        dtype=np.float64,
-        count=len(tweet_ids),
-    )
+    salted = hashlib.blake2b(salt.encode("utf-8") + b"\x00", digest_size=8)
+
+    def digest(tweet_id: str) -> bytes:
+        h = salted.copy()
+        h.update(tweet_id.encode("utf-8"))
+        return h.digest()
+
+    digests = b"".join(map(digest, tweet_ids.tolist()))
+    # The digest read as a big-endian integer, over 2**64: uniform in [0, 1).
+    u = np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2**64
     split = np.where(
         u < validation,
         "validation",
@@ -89,22 +86,31 @@ class PreparationResult:
     duplicates_removed: int
 
 
-def pool_replies(df: pd.DataFrame) -> pd.DataFrame:
+def pool_replies(df: pd.DataFrame, text_codes: np.ndarray) -> pd.DataFrame:
     """Give the first of several tweets with the same text all of their replies.
 
     Deduplication keeps that first tweet, so no reply is lost with a duplicate.
+    ``text_codes`` number the distinct texts (``pd.factorize`` of ``text``).
     """
-    shared = df["text"].duplicated(keep=False) & df["n_replies"].gt(0)
+    counts = np.bincount(text_codes)
+    shared = (counts[text_codes] > 1) & df["n_replies"].gt(0).to_numpy()
     if not shared.any():
         return df
     groups = df[shared].groupby("text", sort=False)
     context = groups["context"].agg(lambda texts: "\n".join(texts.dropna()))
     n_replies = groups["n_replies"].sum()
-    first = ~df["text"].duplicated(keep="first") & df["text"].isin(context.index)
+    first = first_of_each(text_codes) & df["text"].isin(context.index).to_numpy()
     df = df.copy()
     df.loc[first, "context"] = df.loc[first, "text"].map(context)
     df.loc[first, "n_replies"] = df.loc[first, "text"].map(n_replies).astype("int64")
     return df
+
+
+def first_of_each(codes: np.ndarray) -> np.ndarray:
+    """Which rows are the first with their code."""
+    first = np.zeros(len(codes), dtype=bool)
+    first[np.unique(codes, return_index=True)[1]] = True
+    return first
 
 
 def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationResult:
@@ -114,9 +120,10 @@ def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationRe
     their tweet (pooled onto the surviving copy of a duplicate).
     """
     df, quarantined = clean_and_check(raw, config)
-    df = pool_replies(df)
+    text_codes = pd.factorize(df["text"], use_na_sentinel=False)[0]
+    df = pool_replies(df, text_codes)
     before = len(df)
-    df = df.drop_duplicates(subset=["text"], keep="first")
+    df = df[first_of_each(text_codes)]
     duplicates_removed = before - len(df)
     has_context = df["context"].notna()
     if has_context.any():
