@@ -205,13 +205,20 @@ def score_run(corpus: Corpus, run_dir: str, rows: pd.DataFrame) -> dict[str, flo
 
 
 def evaluate(
-    corpus: Corpus, k: int | str, seed: int = 42, artifacts: Path | None = None
+    corpus: Corpus,
+    k: int | str,
+    seed: int = 42,
+    artifacts: Path | None = None,
+    settings: dict | None = None,
 ) -> dict:
-    """Retrain on ``corpus`` (k given or 'auto') and score it: one table row."""
+    """Retrain on ``corpus`` (k given or 'auto') and score it: one table row.
+
+    ``settings`` are further flow parameters (stage groups such as ``features``).
+    """
     own = artifacts is None
     artifacts = artifacts or Path(tempfile.mkdtemp(prefix="tweetflow-quality-"))
     try:
-        result, seconds = run_retrain(corpus, k, artifacts, seed)
+        result, seconds = run_retrain(corpus, k, artifacts, seed, **(settings or {}))
         row = score_run(corpus, result.local_run_dir, _source_rows(corpus))
     finally:
         if own:
@@ -227,9 +234,18 @@ def evaluate(
 
 
 def evaluate_transfer(
-    target: Corpus, reply_weight: float, seed: int = 42, k: int | str = "auto"
+    target: Corpus,
+    reply_weight: float,
+    seed: int = 42,
+    k: int | str = "auto",
+    settings: dict | None = None,
 ) -> dict | None:
-    """Discover categories on the support threads, classify ``target``, score it."""
+    """Discover categories on the support threads, classify ``target``, score it.
+
+    ``settings`` are further flow parameters (stage groups such as ``features``).
+    """
+    settings = dict(settings or {})
+    clustering = {**settings.pop("clustering", {}), "reply_weight": reply_weight}
     from tasks.serving.inference import classify_frame
     from tasks.serving.model import TweetClassifier
 
@@ -240,7 +256,7 @@ def evaluate_transfer(
     artifacts = Path(tempfile.mkdtemp(prefix="tweetflow-transfer-"))
     try:
         result, seconds = run_retrain(
-            source, k, artifacts, seed, clustering={"reply_weight": reply_weight}
+            source, k, artifacts, seed, clustering=clustering, **settings
         )
         run_dir = Path(result.local_run_dir)
         model = TweetClassifier.load(run_dir / "model")

@@ -75,10 +75,12 @@ FEATURES = pa.DataFrameSchema(
 )
 
 # The conversation view: the mean vector of each tweet's replies (tweets whose
-# replies have a known word only).
+# replies have a known word only), in the tweets' order, with the tweet's row
+# in the features frame.
 CONTEXT_FEATURES = pa.DataFrameSchema(
     {
         "tweet_id": pa.Column(str, unique=True, nullable=False),
+        "row": pa.Column("int64", [pa.Check.ge(0)], unique=True),
         r"^r\d{3}$": pa.Column(
             "float32", pa.Check(lambda s: s.notna() & s.abs().lt(1e6)), regex=True
         ),

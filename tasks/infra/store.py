@@ -348,7 +348,7 @@ class ArtifactStore:
         """The stored frame as a Parquet file to read by columns and row groups."""
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(self._verified_path(ref), memory_map=True)
+        return pq.ParquetFile(self._verified_path(ref), pre_buffer=False)
 
     def get_frame(
         self, ref: ArtifactRef, columns: list[str] | None = None

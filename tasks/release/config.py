@@ -27,6 +27,13 @@ class ReleaseConfig(RegistryConfig):
         "on; empty: registry/frozen_evaluation.parquet in the artifact store, frozen "
         "from the first gated run's evaluation split.",
     )
+    frozen_size: int = Field(
+        20_000,
+        ge=100,
+        description="Tweets frozen from the first gated run's evaluation split (a "
+        "seeded sample when it holds more): enough to estimate every rule, and "
+        "scoring two models on them stays quick at any corpus size.",
+    )
     gate: GateConfig = Field(
         default_factory=GateConfig, description="Promotion gate rules."
     )

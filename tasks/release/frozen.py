@@ -41,7 +41,7 @@ def frozen_evaluation_set(
     if not storage.exists(uri):
         if config.frozen_evaluation:
             raise RegistryError(f"frozen evaluation set {uri} does not exist")
-        created = freeze(Path(run_dir), uri)
+        created = freeze(Path(run_dir), uri, config.frozen_size)
     try:
         data = storage.read_bytes(uri)
         frame = pd.read_parquet(io.BytesIO(data))
@@ -60,8 +60,9 @@ def frozen_evaluation_set(
     return FrozenSet(uri, sha256_bytes(data), frame.reset_index(drop=True), created)
 
 
-def freeze(run_dir: Path, uri: str) -> bool:
-    """Write the run's evaluation split to ``uri`` unless something is there.
+def freeze(run_dir: Path, uri: str, size: int = 20_000) -> bool:
+    """Write the run's evaluation split (at most ``size`` tweets, a seeded sample
+    of it when larger) to ``uri`` unless something is there.
 
     Returns whether this call wrote it (``storage.write_new``: a concurrent
     writer is never overwritten).
@@ -75,6 +76,8 @@ def freeze(run_dir: Path, uri: str) -> bool:
         raise RegistryError(
             f"{run_dir}: the evaluation split is empty; nothing to freeze"
         )
+    if len(frame) > size:
+        frame = frame.sample(n=size, random_state=0)
     data = frame_to_parquet_bytes(
         frame.astype({"tweet_id": "str", "text": "str"}).sort_values("tweet_id")
     )

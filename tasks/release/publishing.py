@@ -58,12 +58,16 @@ def pseudo_label_frame(
     names = pd.Series(
         {c.cluster_id: c.category for c in categories}, dtype="str", name="category"
     )
-    frame = prepared[["tweet_id", "split", "text"]].merge(
-        assignments[["tweet_id", "cluster_id"]],
-        on="tweet_id",
-        how="left",
-        validate="1:1",
-    )
+    if prepared["tweet_id"].equals(assignments["tweet_id"]):  # the stages' order
+        frame = prepared[["tweet_id", "split", "text"]].reset_index(drop=True)
+        frame["cluster_id"] = assignments["cluster_id"].to_numpy()
+    else:
+        frame = prepared[["tweet_id", "split", "text"]].merge(
+            assignments[["tweet_id", "cluster_id"]],
+            on="tweet_id",
+            how="left",
+            validate="1:1",
+        )
     if frame["cluster_id"].isna().any():
         raise ValueError("publishing: some accepted tweets have no cluster assignment")
     frame["cluster_id"] = frame["cluster_id"].astype("int64")
@@ -294,7 +298,9 @@ def publish(
     store = ArtifactStore(artifacts_dir)
     clus, cats = outputs.clustering, outputs.categories
     clusters = json.loads((store.get_dir(clus.model) / CLUSTERS_FILE).read_text())
-    prepared = store.get_frame(outputs.preparation.prepared)
+    prepared = store.get_frame(
+        outputs.preparation.prepared, columns=["tweet_id", "split", "text", "n_replies"]
+    )
     assignments = store.get_frame(clus.assignments)
     labels = pseudo_label_frame(prepared, assignments, cats)
     labels_ref = store.put_frame(labels, "pseudo_labels", "pseudo_labels")

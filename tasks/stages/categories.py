@@ -31,6 +31,7 @@ from tasks.ml.bundle import (
     NO_WORDS_CLUSTER,
     Category,
 )
+from tasks.ml.embedding import word_codes
 
 STAGE = "categories"
 
@@ -108,18 +109,26 @@ def term_name(terms: list[str], width: int = 3) -> str:
 
 
 def term_concentration(
-    tokens: pd.Series, labels: np.ndarray, k: int, cmap: CategoryMap
+    tokens: pd.Series,
+    labels: np.ndarray,
+    k: int,
+    cmap: CategoryMap,
+    chunk: int = 200_000,
 ) -> np.ndarray:
     """Per cluster and curated category: the cluster's share of the tweets that
     use any of the category's words (clusters x categories)."""
     shares = np.zeros((k, len(cmap.categories)))
-    words = tokens.reset_index(drop=True).str.split(" ").explode()
+    uses = np.zeros((len(labels), len(cmap.categories)), dtype=bool)
+    terms = [pd.Index([t.lower() for t in entry.terms]) for entry in cmap.categories]
+    for start in range(0, len(tokens), chunk):
+        split = word_codes(tokens.iloc[start : start + chunk])
+        row = start + np.repeat(np.arange(split.rows), np.diff(split.offsets))
+        for j, wanted in enumerate(terms):
+            hit = wanted.get_indexer(split.distinct) >= 0
+            uses[row[hit[split.codes]], j] = True
     valid = labels >= 0
-    for j, entry in enumerate(cmap.categories):
-        rows = np.unique(words.index[words.isin([t.lower() for t in entry.terms])])
-        uses = np.zeros(len(labels), dtype=bool)
-        uses[rows] = True
-        per_cluster = np.bincount(labels[uses & valid], minlength=k)[:k]
+    for j in range(len(cmap.categories)):
+        per_cluster = np.bincount(labels[uses[:, j] & valid], minlength=k)[:k]
         if per_cluster.sum():
             shares[:, j] = per_cluster / per_cluster.sum()
     return shares

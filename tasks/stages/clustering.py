@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,6 +52,7 @@ K_SELECTION_PLOT = "k_selection.png"
 CRITERION = "Ward merge-cost ratio"
 MIN_NAME_LIFT = 1.5
 MIX_CHUNK = 100_000  # rows combined with their reply view at a time
+VIEW_CHUNK = 100_000  # tweets read, viewed and assigned at a time
 
 
 class ClusteringConfig(BaseModel):
@@ -78,6 +80,13 @@ class ClusteringConfig(BaseModel):
         le=500,
         description="Small KMeans groups the sample is first cut into before Ward "
         "merging (raised to k_max + 1 when smaller).",
+    )
+    fit_sample: int = Field(
+        200_000,
+        ge=1000,
+        description="Discovery tweets the final KMeans is fitted on and the clusters "
+        "are described from (a seeded sample when there are more); every tweet is "
+        "then assigned to its nearest category.",
     )
     silhouette_sample: int = Field(
         4000,
@@ -401,75 +410,79 @@ def name_terms(
 
 
 def conversation_view(
-    tweet_ids: pd.Series,
     vectors: np.ndarray,
-    replies: pd.DataFrame | None,
+    reply_rows: np.ndarray,
+    reply_vectors: np.ndarray,
     weight: float,
     center: bool = False,
+    mean: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tweet vectors combined with their replies' (weight ``weight``), normalised.
 
-    Returns the vectors to cluster and which tweets got their own replies' view.
-    A tweet without replies takes the mean reply vector as its second view (the
-    missing view imputed by its mean), so every tweet is moved the same way by
-    what all replies share: tweets with and without replies are not told apart
-    by that alone. Tweets without a known word of their own keep their (zero)
-    vector. With ``center`` the mean reply vector is subtracted first, so only
-    what a reply says beyond every reply moves its tweet.
+    ``reply_rows`` are the positions in ``vectors`` of the tweets with a reply
+    view, ``reply_vectors`` those views. Returns the vectors to cluster and which
+    tweets got their own replies' view. A tweet without replies takes the mean
+    reply vector as its second view (the missing view imputed by its mean), so
+    every tweet is moved the same way by what all replies share: tweets with and
+    without replies are not told apart by that alone. Tweets without a known
+    word of their own keep their (zero) vector and their replies are not used.
+    With ``center`` the mean reply vector is subtracted first, so only what a
+    reply says beyond every reply moves its tweet. ``mean`` is the mean reply
+    vector of the whole set when ``vectors`` are a part of it (default: the mean
+    of the replies given, see ``reply_sum``).
     """
     with_replies = np.zeros(len(vectors), dtype=bool)
-    if replies is None or replies.empty or weight <= 0:
+    has_own = np.linalg.norm(vectors, axis=1) > 0
+    own = has_own[reply_rows]
+    rows, reply_vectors = reply_rows[own], reply_vectors[own]
+    if mean is None and len(rows):
+        mean = reply_vectors.mean(axis=0, dtype=np.float64)
+    if weight <= 0 or mean is None:
         return vectors, with_replies
-    position = pd.Index(tweet_ids.astype("str")).get_indexer(replies["tweet_id"])
-    found = position >= 0
-    rows = position[found]
-    own = np.linalg.norm(vectors[rows], axis=1) > 0
-    rows = rows[own]
-    reply_vectors = vectors_of(replies, "r")[np.flatnonzero(found)[own]]
-    if not len(rows):
-        return vectors, with_replies
-    mean = reply_vectors.mean(axis=0, dtype=np.float64)
     if center:
         reply_vectors = reply_vectors - mean.astype(reply_vectors.dtype)
         mean = np.zeros_like(mean)
     with_replies[rows] = True
-    combined = np.empty_like(vectors)
-    for start in range(0, len(vectors), MIX_CHUNK):
-        stop = min(start + MIX_CHUNK, len(vectors))
-        mixed = (1.0 - weight) * vectors[start:stop].astype(np.float64)
-        mixed += weight * mean
-        combined[start:stop] = mixed
+    combined = vectors.copy()
+    imputed = np.flatnonzero(has_own & ~with_replies)
+    for start in range(0, len(imputed), MIX_CHUNK):
+        part = imputed[start : start + MIX_CHUNK]
+        combined[part] = (1.0 - weight) * vectors[part].astype(np.float64) + (
+            weight * mean
+        )
     combined[rows] = (1.0 - weight) * vectors[rows] + weight * reply_vectors
-    norms = np.linalg.norm(combined, axis=1, keepdims=True)
-    has_own = np.linalg.norm(vectors, axis=1) > 0
-    np.divide(combined, np.maximum(norms, 1e-12), out=combined)
-    combined[~has_own] = vectors[~has_own]
+    viewed = np.flatnonzero(has_own)
+    for start in range(0, len(viewed), MIX_CHUNK):
+        part = viewed[start : start + MIX_CHUNK]
+        norms = np.linalg.norm(combined[part], axis=1, keepdims=True)
+        combined[part] = combined[part] / np.maximum(norms, 1e-12)
     return combined, with_replies
 
 
-def fit_clusters(
-    features: pd.DataFrame,
+def reply_sum(
+    vectors: np.ndarray, reply_rows: np.ndarray, reply_vectors: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Sum and number of the reply views ``conversation_view`` averages into its
+    default ``mean`` (tweets with a known word of their own), to add up parts."""
+    own = np.linalg.norm(vectors[reply_rows], axis=1) > 0
+    return reply_vectors[own].sum(axis=0, dtype=np.float64), int(own.sum())
+
+
+def describe_fit(
+    train: np.ndarray,
     tokens: pd.Series,
     config: ClusteringConfig,
     seed: int,
-    replies: pd.DataFrame | None = None,
     keep_k: int | None = None,
-    own: np.ndarray | None = None,
-) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """Cluster the discovery tweets; returns (assignments, description, centroids).
+) -> tuple[KMeans, dict]:
+    """Discover the categories on ``train`` (clustering view vectors of discovery
+    tweets, ``tokens`` theirs) and describe them.
 
+    Returns the fitted model and the description: k and how it was chosen,
+    silhouette, stability and the distinctive words and names of each cluster.
     ``keep_k`` is the previous run's k, kept when automatic choice finds it as
-    good as the best (see ``discover``). ``own`` are the tweets' vectors when the
-    caller already holds them (``features`` then needs only its id, split and
-    known-word columns).
+    good as the best (see ``discover``).
     """
-    own = vectors_of(features) if own is None else own
-    has_words = features["n_known"].to_numpy() > 0
-    vectors, with_replies = conversation_view(
-        features["tweet_id"], own, replies, config.reply_weight, config.center_replies
-    )
-    discovery = features["split"].eq("discovery").to_numpy() & has_words
-    train = vectors[discovery]
     if len(train) < 10:
         raise InsufficientDataError(
             f"clustering: only {len(train)} discovery tweets have known words; "
@@ -482,36 +495,17 @@ def fit_clusters(
         )
     with threadpool_limits(config.threads):
         found = discover(train, given, config, seed, keep_k)
-        model, ratios, rows, stability = (
-            found.model,
-            found.ratios,
-            found.sample,
-            found.stability,
-        )
-        k = model.n_clusters
-        current().phase("assigning and scoring", 1)
-        labels = np.full(len(features), NO_WORDS_CLUSTER, dtype=np.int64)
-        distance = np.full(len(features), np.nan)
-        all_distances = model.transform(vectors[has_words])
-        labels[has_words] = all_distances.argmin(axis=1)
-        distance[has_words] = all_distances.min(axis=1)
-        scored = rows[: config.silhouette_sample]
+        model, ratios = found.model, found.ratios
+        scored = found.sample[: config.silhouette_sample]
         silhouette = float(silhouette_score(train[scored], model.labels_[scored]))
+    k = model.n_clusters
     current().phase("describing the clusters", 1)
-    discovery_tokens = tokens[discovery].reset_index(drop=True)
-    counted = cluster_word_counts(discovery_tokens, model.labels_, k)
+    tokens = tokens.reset_index(drop=True)
+    counted = cluster_word_counts(tokens, model.labels_, k)
     terms = distinctive_terms(
-        discovery_tokens,
-        model.labels_,
-        k,
-        config.min_term_count,
-        config.top_terms,
-        counted,
+        tokens, model.labels_, k, config.min_term_count, config.top_terms, counted
     )
-    names = name_terms(
-        discovery_tokens, model.labels_, k, config.min_term_count, counted=counted
-    )
-    sizes = np.bincount(labels[labels >= 0], minlength=k)
+    names = name_terms(tokens, model.labels_, k, config.min_term_count, counted=counted)
     description = {
         "k": k,
         "k_selection": {str(key): value for key, value in ratios.items()},
@@ -519,31 +513,90 @@ def fit_clusters(
         "k_best": max(ratios, key=ratios.__getitem__) if ratios else k,
         "k_kept_from_previous_run": bool(ratios) and keep_k == k,
         "silhouette": silhouette,
-        "stability_ari": stability,
+        "stability_ari": found.stability,
         "inertia": float(model.inertia_),
-        "reply_weight": config.reply_weight,
-        "tweets_with_reply_view": int(with_replies.sum()),
         "clusters": [
             {
                 "cluster_id": c,
-                "size": int(sizes[c]),
                 "top_terms": [t for t, _ in terms[c]],
                 "term_scores": [round(s, 6) for _, s in terms[c]],
                 "name_terms": names[c],
             }
             for c in range(k)
         ],
-        "no_known_words": int((~has_words).sum()),
     }
-    assignments = pd.DataFrame(
-        {
-            "tweet_id": features["tweet_id"].astype("str").to_numpy(),
-            "split": features["split"].astype("str").to_numpy(),
-            "cluster_id": labels,
-            "distance": distance,
-        }
-    ).astype({"tweet_id": "str", "split": "str"})
-    return assignments, description, model.cluster_centers_.astype(np.float32)
+    return model, description
+
+
+def fit_sample_rows(eligible: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Positions of the discovery tweets the KMeans is fitted on: every eligible
+    one, or a seeded sample of ``size`` in their order."""
+    rows = np.flatnonzero(eligible)
+    if len(rows) <= size:
+        return rows
+    rng = np.random.default_rng(seed)
+    return rows[np.sort(rng.choice(len(rows), size=size, replace=False))]
+
+
+def projection_rows(has_words: np.ndarray, seed: int, size: int = 4000) -> np.ndarray:
+    """The tweets the 2-D projection plot shows: a seeded sample with words."""
+    rows = np.flatnonzero(has_words)
+    rng = np.random.default_rng(seed)
+    return rows[rng.choice(len(rows), size=min(len(rows), size), replace=False)]
+
+
+@dataclass
+class ViewChunk:
+    """A run of consecutive tweets: ids, split, known words, own vectors, and the
+    positions (in this chunk) and vectors of their reply views."""
+
+    start: int
+    frame: pd.DataFrame  # tweet_id, split, n_known
+    own: np.ndarray
+    reply_rows: np.ndarray
+    reply_vectors: np.ndarray
+
+
+def tweet_chunks(
+    store: ArtifactStore, features: ArtifactRef, replies: ArtifactRef | None
+) -> Iterator[ViewChunk]:
+    """The tweets ``VIEW_CHUNK`` at a time with their reply views.
+
+    Reply views are stored in the tweets' order with each tweet's row, so the
+    two are read side by side, never whole.
+    """
+    reply_chunks = (
+        store.iter_frames(replies, rows=VIEW_CHUNK) if replies is not None else iter(())
+    )
+    pending = pd.DataFrame({"row": pd.Series([], dtype="int64")})
+    start = 0
+    for chunk in store.iter_frames(features, rows=VIEW_CHUNK):
+        stop = start + len(chunk)
+        taken = []
+        while True:
+            if pending.empty:
+                pending = next(reply_chunks, pending)
+                if pending.empty:
+                    break
+            cut = int(np.searchsorted(pending["row"].to_numpy(), stop))
+            taken.append(pending.iloc[:cut])
+            pending = pending.iloc[cut:]
+            if not pending.empty:
+                break
+        mine = pd.concat(taken) if len(taken) > 1 else (taken or [pending])[0]
+        rows = mine["row"].to_numpy() - start if len(mine) else np.zeros(0, np.int64)
+        if len(rows) and (rows.min() < 0 or not np.all(np.diff(rows) > 0)):
+            raise ValueError("clustering: reply views are not in the tweets' order")
+        own = vectors_of(chunk)
+        reply_vectors = (
+            vectors_of(mine, "r") if len(mine) else np.zeros((0, own.shape[1]), "f4")
+        )
+        yield ViewChunk(
+            start, chunk[["tweet_id", "split", "n_known"]], own, rows, reply_vectors
+        )
+        start = stop
+    if not pending.empty or next(reply_chunks, None) is not None:
+        raise ValueError("clustering: reply views are not in the tweets' order")
 
 
 # Plots ---------------------------------------------------------------------------
@@ -603,33 +656,25 @@ def k_selection_plot(
 
 
 def projection_plot(
-    vectors: np.ndarray,
+    points: np.ndarray,
     labels: np.ndarray,
     path: Path,
     seed: int,
     names: dict[int, str] | None = None,
-    rows: np.ndarray | None = None,
 ) -> None:
-    """Save a 2-D PCA projection of a sample of tweets, coloured by cluster.
-
-    ``rows`` (positions in ``vectors`` and ``labels``) limits it to those tweets
-    without copying the vectors.
-    """
+    """Save a 2-D PCA projection of sampled tweets' vectors, coloured by cluster."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
 
-    rows = np.arange(len(vectors)) if rows is None else rows
-    rng = np.random.default_rng(seed)
-    idx = rows[rng.choice(len(rows), size=min(len(rows), 4000), replace=False)]
-    points = PCA(2, random_state=seed).fit_transform(vectors[idx])
+    points = PCA(2, random_state=seed).fit_transform(points)
     fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
-    present = np.unique(labels[idx])
+    present = np.unique(labels)
     palette = plt.get_cmap("tab10" if len(present) <= 10 else "tab20")
     for i, cluster_id in enumerate(present):
-        members = labels[idx] == cluster_id
+        members = labels == cluster_id
         label = f"{cluster_id}: {(names or {}).get(int(cluster_id), '')}".rstrip(": ")
         ax.scatter(
             points[members, 0],
@@ -686,36 +731,113 @@ def cluster(
     *,
     artifacts_dir: str,
 ) -> ClusteringOutput:
-    """Pseudo-label tweets and describe each cluster (keeping ``keep_k`` if as good)."""
+    """Pseudo-label tweets and describe each cluster (keeping ``keep_k`` if as good).
+
+    The KMeans learns from at most ``fit_sample`` discovery tweets; every tweet is
+    then assigned, the vectors read ``VIEW_CHUNK`` tweets at a time.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
-    wide = store.get_frame(features)
-    vectors = vectors_of(wide)  # one float32 copy; the wide frame goes
-    frame = wide[["tweet_id", "split", "n_known"]]
-    del wide
+    frame = store.get_frame(features, columns=["tweet_id", "split", "n_known"])
     tokens = store.get_frame(preprocessed, columns=["tweet_id", "tokens"])
     if not tokens["tweet_id"].equals(frame["tweet_id"]):
         raise ValueError("clustering: features and preprocessed tweets are not aligned")
-    reply_frame = store.get_frame(replies) if replies is not None else None
-    assignments, description, centroids = fit_clusters(
-        frame, tokens["tokens"], config, seed, reply_frame, keep_k, vectors
+    has_words = frame["n_known"].to_numpy() > 0
+    discovery = frame["split"].eq("discovery").to_numpy() & has_words
+    fit_rows = fit_sample_rows(discovery, config.fit_sample, seed)
+    shown = projection_rows(has_words, seed)
+    use_replies = replies if config.reply_weight > 0 else None
+    dim = len(
+        [
+            c
+            for c in store.open_frame(features).schema_arrow.names
+            if c.startswith("f") and c[1:].isdigit()
+        ]
     )
-    del reply_frame
+    # Pass 1: the fitted tweets' vectors and reply views, the mean reply view.
+    train = np.zeros((len(fit_rows), dim), dtype=np.float32)
+    points = np.zeros((len(shown), dim), dtype=np.float32)
+    train_reply_rows, train_reply_vectors = [], []
+    total, count = np.zeros(dim), 0
+    current().phase("reading the tweets and their reply views", len(frame), "rows")
+    for part in tweet_chunks(store, features, use_replies):
+        stop = part.start + len(part.frame)
+        inside = (fit_rows >= part.start) & (fit_rows < stop)
+        train[inside] = part.own[fit_rows[inside] - part.start]
+        at = np.searchsorted(fit_rows, part.start + part.reply_rows)
+        sampled = (at < len(fit_rows)) & (
+            fit_rows[np.minimum(at, len(fit_rows) - 1)] == part.start + part.reply_rows
+        )
+        train_reply_rows.append(at[sampled])
+        train_reply_vectors.append(part.reply_vectors[sampled])
+        inside = (shown >= part.start) & (shown < stop)
+        points[inside] = part.own[shown[inside] - part.start]
+        summed, n = reply_sum(part.own, part.reply_rows, part.reply_vectors)
+        total, count = total + summed, count + n
+        current().advance(len(part.frame))
+    mean = total / count if count else None
+    train, _ = conversation_view(
+        train,
+        np.concatenate(train_reply_rows),
+        np.concatenate(train_reply_vectors),
+        config.reply_weight,
+        config.center_replies,
+        mean,
+    )
+    del train_reply_vectors
+    model, description = describe_fit(
+        train, tokens["tokens"].iloc[fit_rows], config, seed, keep_k
+    )
+    del train
+    # Pass 2: every tweet assigned to its nearest category.
+    k = model.n_clusters
+    labels = np.full(len(frame), NO_WORDS_CLUSTER, dtype=np.int64)
+    distance = np.full(len(frame), np.nan)
+    with_views = 0
+    current().phase("assigning every tweet", len(frame), "rows")
+    with threadpool_limits(config.threads):
+        for part in tweet_chunks(store, features, use_replies):
+            view, with_replies = conversation_view(
+                part.own,
+                part.reply_rows,
+                part.reply_vectors,
+                config.reply_weight,
+                config.center_replies,
+                mean,
+            )
+            with_views += int(with_replies.sum())
+            words = part.frame["n_known"].to_numpy() > 0
+            rows = part.start + np.flatnonzero(words)
+            distances = model.transform(view[words])
+            labels[rows] = distances.argmin(axis=1)
+            distance[rows] = distances.min(axis=1)
+            current().advance(len(part.frame))
+    sizes = np.bincount(labels[labels >= 0], minlength=k)
+    for c, cluster_info in enumerate(description["clusters"]):
+        cluster_info["size"] = int(sizes[c])
+    description.update(
+        reply_weight=config.reply_weight,
+        tweets_with_reply_view=with_views,
+        no_known_words=int((~has_words).sum()),
+        fitted_on=len(fit_rows),
+    )
     staging = store.staging_dir(STAGE)
-    np.save(staging / CENTROIDS_FILE, centroids, allow_pickle=False)
+    np.save(
+        staging / CENTROIDS_FILE,
+        model.cluster_centers_.astype(np.float32),
+        allow_pickle=False,
+    )
     (staging / CLUSTERS_FILE).write_text(json.dumps(description, indent=2) + "\n")
-    has_words = assignments["cluster_id"].to_numpy() >= 0
     projection_plot(
-        vectors,
-        assignments["cluster_id"].to_numpy(),
+        points,
+        labels[shown],
         staging / PROJECTION_PLOT,
         seed,
         {
             c["cluster_id"]: " / ".join(c["name_terms"][:3])
             for c in description["clusters"]
         },
-        rows=np.flatnonzero(has_words),
     )
     k_selection_plot(
         {int(k): v for k, v in description["k_selection"].items()},
@@ -724,16 +846,24 @@ def cluster(
         kept=description["k_kept_from_previous_run"],
         tolerance=config.keep_k_tolerance,
     )
-    model = store.commit_dir(staging, STAGE)
+    model_ref = store.commit_dir(staging, STAGE)
+    assignments = pd.DataFrame(
+        {
+            "tweet_id": frame["tweet_id"].astype("str").to_numpy(),
+            "split": frame["split"].astype("str").to_numpy(),
+            "cluster_id": labels,
+            "distance": distance,
+        }
+    ).astype({"tweet_id": "str", "split": "str"})
     ref = store.put_frame(assignments, STAGE, "cluster_assignments")
     logger.info(
         "clustering: %d tweets in (%d clustered with their replies, weight %.2f), "
-        "k=%d (%s), silhouette %.3f, stability ARI %.3f, sizes %s, %d tweets with "
-        "no known words (%.2fs)",
+        "k=%d (%s; KMeans on %d discovery tweets), silhouette %.3f, stability ARI "
+        "%.3f, sizes %s, %d tweets with no known words (%.2fs)",
         len(frame),
-        description["tweets_with_reply_view"],
+        with_views,
         config.reply_weight,
-        description["k"],
+        k,
         (
             "given"
             if config.n_clusters != "auto"
@@ -743,9 +873,10 @@ def cluster(
                 else f"chosen by the {CRITERION}"
             )
         ),
+        len(fit_rows),
         description["silhouette"],
         description["stability_ari"],
-        [c["size"] for c in description["clusters"]],
+        sizes.tolist(),
         description["no_known_words"],
         time.perf_counter() - started,
     )
@@ -757,8 +888,8 @@ def cluster(
         )
     return ClusteringOutput(
         assignments=ref,
-        model=model,
-        k=description["k"],
+        model=model_ref,
+        k=k,
         silhouette=description["silhouette"],
         stability_ari=description["stability_ari"],
         k_selection={int(k): v for k, v in description["k_selection"].items()},

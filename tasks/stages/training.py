@@ -139,6 +139,39 @@ def train_and_evaluate(
     return model, metrics, report, matrix, classes
 
 
+def training_rows(
+    assignments: pd.DataFrame, config: TrainingConfig, seed: int
+) -> np.ndarray:
+    """Positions of the tweets ``train_and_evaluate`` uses: the discovery tweets
+    it fits on (the same seeded sample) and every validation and evaluation
+    tweet with a category, in order."""
+    labels = assignments["cluster_id"].to_numpy()
+    split = assignments["split"].to_numpy()
+    usable = labels >= 0
+    train = usable & (split == "discovery")
+    if 0 < config.sample < int(train.sum()):
+        rows = np.flatnonzero(train)
+        keep = np.random.default_rng(seed).choice(
+            len(rows), config.sample, replace=False
+        )
+        train = np.zeros_like(train)
+        train[rows[keep]] = True
+    return np.flatnonzero(train | (usable & (split != "discovery")))
+
+
+def gather_rows(
+    store: ArtifactStore, features: ArtifactRef, rows: np.ndarray
+) -> pd.DataFrame:
+    """The features frame's rows at ``rows`` (sorted positions), read in chunks."""
+    parts, start = [], 0
+    for chunk in store.iter_frames(features, rows=100_000):
+        stop = start + len(chunk)
+        inside = rows[(rows >= start) & (rows < stop)] - start
+        parts.append(chunk.iloc[inside])
+        start = stop
+    return pd.concat(parts, ignore_index=True)
+
+
 def confusion_plot(matrix: np.ndarray, classes: list[int], path: Path) -> None:
     """Save the evaluation confusion matrix as a PNG."""
     import matplotlib
@@ -182,8 +215,13 @@ def train(
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
+    labelled = store.get_frame(assignments, columns=["tweet_id", "split", "cluster_id"])
+    rows = training_rows(labelled, config, seed)
     model, metrics, report, matrix, classes = train_and_evaluate(
-        store.get_frame(features), store.get_frame(assignments), config, seed
+        gather_rows(store, features, rows),
+        labelled.iloc[rows].reset_index(drop=True),
+        config,
+        seed,
     )
     staging = store.staging_dir(STAGE)
     joblib.dump(model, staging / CLASSIFIER_FILE)

@@ -436,7 +436,7 @@ def test_crash_while_publishing_leaves_latest_on_the_last_complete_run(
 @pytest.mark.parametrize(
     ("method", "stage", "before"),
     [
-        ("put_frame", "features", ["ingestion", "preparation", "preprocessing"]),
+        ("frame_writer", "features", ["ingestion", "preparation", "preprocessing"]),
         (
             "commit_dir",
             "training",
@@ -461,7 +461,7 @@ def test_a_rerun_after_a_crash_resumes_from_the_cached_stages(
     original = getattr(ArtifactStore, method)
 
     def crash(self, *args, **kwargs):
-        if args[1] == stage:
+        if stage in args[:2]:  # (stage, ...) or (frame or folder, stage, ...)
             raise RuntimeError(f"machine lost while writing {stage}")
         return original(self, *args, **kwargs)
 

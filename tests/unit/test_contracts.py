@@ -152,7 +152,11 @@ def test_predictions_reject_confidence_out_of_range() -> None:
 
 def test_context_features_reject_repeated_tweets_and_nan() -> None:
     frame = pd.DataFrame(
-        {"tweet_id": ["1", "2"], "r000": np.array([0.1, 0.2], dtype=np.float32)}
+        {
+            "tweet_id": ["1", "2"],
+            "row": [0, 3],
+            "r000": np.array([0.1, 0.2], dtype=np.float32),
+        }
     ).astype({"tweet_id": "str"})
     validate_frame(frame, get_contract("context_features"), "features")
     with pytest.raises(ContractViolation, match="field_uniqueness"):
