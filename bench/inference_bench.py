@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeats):
         started = time.perf_counter()
         read = ingest_frame(source, ingestion)
+        scratch = ArtifactStore(out / f"store-{i}")
         summary = classify_raw(
-            read.raw,
+            scratch,
+            scratch.put_frame(read.raw, "ingestion", "raw"),
             read.quarantine,
             read.rows_read,
             read.outbound_skipped,

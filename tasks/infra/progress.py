@@ -71,6 +71,7 @@ class Progress:
         self.note = ""
         self.logger = _logger()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._artifact: Any = None
         self._artifact_wanted = False
@@ -87,8 +88,9 @@ class Progress:
         self.done, self.note = 0.0, ""
 
     def advance(self, amount: float = 1.0, note: str = "") -> None:
-        """``amount`` more units are done."""
-        self.update(self.done + amount, note)
+        """``amount`` more units are done (from any thread)."""
+        with self._lock:
+            self.update(self.done + amount, note)
 
     def update(self, done: float, note: str = "") -> None:
         """``done`` units are done so far."""

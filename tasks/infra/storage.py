@@ -179,6 +179,31 @@ def put_file(path: Path, uri: str, keep: bool = False) -> bool:
     return move_into_place(path, target)
 
 
+def replace_with_file(path: Path, uri: str) -> None:
+    """Move a complete local file to ``uri``, replacing what is there (outputs
+    such as batch predictions); readers see the old file or the new one."""
+    if is_remote(uri):
+        try:
+            s3().put_file(str(path), _key(uri))
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    target = local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    try:
+        os.replace(path, target)
+    except OSError:  # another filesystem: copy beside the target, then rename
+        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(path, staged)
+            os.replace(staged, target)
+        finally:
+            staged.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+
+
 def download_file(uri: str, path: Path) -> None:
     """Copy a remote object to a local file (written aside, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -304,16 +304,24 @@ class ArtifactStore:
 
     # Frames ----------------------------------------------------------------
     def put_frame(
-        self, df: pd.DataFrame, stage: str, contract: str | None = None
+        self,
+        df: pd.DataFrame,
+        stage: str,
+        contract: str | None = None,
+        checked: bool = False,
     ) -> ArtifactRef:
         """Store a frame as ``data/<stage>/<sha256>.parquet`` and return its ref.
 
         A frame meant to meet a contract is checked first: a stage whose output
         breaks its contract raises ``ContractViolation`` and stores nothing.
+        ``checked`` says the caller has just validated this very frame against
+        the contract (``split_quarantine`` keeps only rows that pass): it is not
+        checked twice.
         """
-        with self.frame_writer(stage, contract) as writer:
+        with self.frame_writer(stage, None if checked else contract) as writer:
             writer.write(df)
-        return writer.ref
+        ref = writer.ref
+        return ref.model_copy(update={"contract": contract}) if checked else ref
 
     def frame_writer(self, stage: str, contract: str | None = None) -> FrameWriter:
         """A writer that stores a frame chunk by chunk (one Parquet row group each)."""

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import make_quarantine
 from data_contracts.schemas import MAX_TEXT_CHARS
+from tasks.infra.parallel import map_ordered
 
 STAGE = "preparation"
 # Characters that betray mis-decoded UTF-8; only these rows go through ftfy.
@@ -78,6 +79,17 @@ def clean_text(text: pd.Series, fix_mojibake: bool = True) -> pd.Series:
     return pd.Series(spaced, index=out.index, name=out.name, dtype="str").str.strip()
 
 
+def clean_column(
+    text: pd.Series, fix_mojibake: bool = True, chunk: int = 100_000
+) -> pd.Series:
+    """``clean_text`` over a long column, ``chunk`` rows at a time on every core
+    (its regexes run in Arrow, which releases the interpreter lock)."""
+    if len(text) <= chunk:
+        return clean_text(text, fix_mojibake)
+    parts = (text.iloc[start : start + chunk] for start in range(0, len(text), chunk))
+    return pd.concat(map_ordered(lambda part: clean_text(part, fix_mojibake), parts))
+
+
 def _clean_text_reference(text: pd.Series, fix_mojibake: bool = True) -> pd.Series:
     """The specification of ``clean_text``: one Python regex per row and step."""
     out = text.astype("str")
@@ -90,6 +102,15 @@ def _clean_text_reference(text: pd.Series, fix_mojibake: bool = True) -> pd.Seri
     return out.str.replace(SPACE_LIKE, " ", regex=True).str.strip()
 
 
+EMPTY_REASON = "text is empty after cleaning"
+CONFLICT_REASON = "tweet_id repeated with a different text"
+
+
+def too_long_reason(config: CleaningConfig) -> str:
+    """The quarantine reason of a text longer than ``config.max_chars``."""
+    return f"text longer than {config.max_chars} characters"
+
+
 def clean_and_check(
     raw: pd.DataFrame, config: CleaningConfig
 ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
@@ -98,18 +119,12 @@ def clean_and_check(
     Returns the usable rows and the quarantine frames (with reasons): texts empty
     after cleaning, texts too long, and ids repeated with different texts.
     """
-    df = raw.assign(text=clean_text(raw["text"], config.fix_mojibake))
+    df = raw.assign(text=clean_column(raw["text"], config.fix_mojibake))
     quarantined = []
     empty = df["text"].eq("")
     too_long = df["text"].str.len().gt(config.max_chars)
-    quarantined.append(
-        make_quarantine(df[empty], STAGE, "text is empty after cleaning")
-    )
-    quarantined.append(
-        make_quarantine(
-            df[too_long], STAGE, f"text longer than {config.max_chars} characters"
-        )
-    )
+    quarantined.append(make_quarantine(df[empty], STAGE, EMPTY_REASON))
+    quarantined.append(make_quarantine(df[too_long], STAGE, too_long_reason(config)))
     df = df[~(empty | too_long)]
 
     # The same id with different texts is a conflict nobody can resolve here.
@@ -117,7 +132,5 @@ def clean_and_check(
     if conflict.any():
         texts_per_id = df[conflict].groupby("tweet_id")["text"].transform("nunique")
         conflict = conflict & texts_per_id.reindex(df.index, fill_value=1).gt(1)
-    quarantined.append(
-        make_quarantine(df[conflict], STAGE, "tweet_id repeated with a different text")
-    )
+    quarantined.append(make_quarantine(df[conflict], STAGE, CONFLICT_REASON))
     return df[~conflict], quarantined

@@ -12,8 +12,8 @@ token.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,17 @@ EMBEDDING_INFO_FILE = "embedding.json"
 EMBED_CHUNK = 100_000  # tweets embedded at a time
 
 
-@lru_cache(maxsize=1)
-def _stemmer() -> Any:
-    import Stemmer  # PyStemmer: the Snowball algorithms in C
+_LOCAL = threading.local()
 
-    return Stemmer.Stemmer("english")
+
+def _stemmer() -> Any:
+    """This thread's Snowball stemmer (a stemmer object is not thread-safe)."""
+    stemmer = getattr(_LOCAL, "stemmer", None)
+    if stemmer is None:
+        import Stemmer  # PyStemmer: the Snowball algorithms in C
+
+        stemmer = _LOCAL.stemmer = Stemmer.Stemmer("english")
+    return stemmer
 
 
 def stem_words(words: np.ndarray) -> np.ndarray:

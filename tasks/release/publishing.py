@@ -303,7 +303,7 @@ def publish(
     )
     assignments = store.get_frame(clus.assignments)
     labels = pseudo_label_frame(prepared, assignments, cats)
-    labels_ref = store.put_frame(labels, "pseudo_labels", "pseudo_labels")
+    labels_ref = store.put_frame(labels, "pseudo_labels", "pseudo_labels", checked=True)
     quarantine = pd.concat(
         [
             store.get_frame(outputs.ingestion.quarantine),

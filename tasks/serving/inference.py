@@ -9,22 +9,50 @@ its reason, or counted as an exact repeat.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from data_contracts import check_row_accounting, get_contract, validate_frame
+from data_contracts import (
+    check_row_accounting,
+    get_contract,
+    make_quarantine,
+    validate_frame,
+)
 from tasks.infra import storage
 from tasks.infra.caching import uncached_task
 from tasks.infra.errors import InputError
-from tasks.infra.store import ArtifactRef, ArtifactStore, frame_to_parquet_bytes
-from tasks.ml.cleaning import CleaningConfig, clean_and_check
+from tasks.infra.parallel import map_ordered
+from tasks.infra.progress import current
+from tasks.infra.store import (
+    ArtifactRef,
+    ArtifactStore,
+    frame_to_parquet_bytes,
+    parquet_options,
+)
+from tasks.ml.bundle import NO_WORDS_CLUSTER
+from tasks.ml.cleaning import (
+    CONFLICT_REASON,
+    EMPTY_REASON,
+    CleaningConfig,
+    clean_and_check,
+    clean_text,
+    too_long_reason,
+)
+from tasks.ml.cleaning import STAGE as CLEANING_STAGE
 from tasks.serving.model import TweetClassifier
 from tasks.serving.resolve import LoadedModel
 
 STAGE = "batch_inference"
+CHUNK_ROWS = 100_000  # tweets read, classified and written at a time
 
 
 class OutputError(InputError):
@@ -93,6 +121,20 @@ def classify_frame(
     prepared, quarantine, duplicates = prepare_for_inference(
         raw, config or CleaningConfig()
     )
+    predictions = predictions_frame(prepared, model, model_version)
+    validate_frame(predictions, get_contract("predictions"), STAGE)
+    return InferenceResult(
+        predictions[PREDICTION_COLUMNS],
+        quarantine,
+        duplicates,
+        int(predictions["cluster_id"].eq(NO_WORDS_CLUSTER).sum()),
+    )
+
+
+def predictions_frame(
+    prepared: pd.DataFrame, model: TweetClassifier, model_version: str
+) -> pd.DataFrame:
+    """Predictions for prepared (cleaned, checked) tweets."""
     scored = model.predict(prepared["text"])
     predictions = pd.DataFrame(
         {
@@ -104,15 +146,8 @@ def classify_frame(
             "model_version": model_version,
         }
     )
-    predictions["text"] = predictions["text"].astype("str")
-    predictions["category"] = predictions["category"].astype("str")
-    predictions["model_version"] = predictions["model_version"].astype("str")
-    validate_frame(predictions, get_contract("predictions"), STAGE)
-    return InferenceResult(
-        predictions[PREDICTION_COLUMNS],
-        quarantine,
-        duplicates,
-        int((scored["n_known"] == 0).sum()),
+    return predictions.astype(
+        {"text": "str", "category": "str", "model_version": "str"}
     )
 
 
@@ -128,8 +163,64 @@ def write_predictions(
     return written
 
 
+@dataclass(frozen=True)
+class Screened:
+    """Which rows of a raw snapshot can be classified, found chunk by chunk.
+
+    ``reason`` holds, per row, why it is set aside (None: usable); ``repeat``
+    marks exact repeats of an earlier row (same id, same cleaned text).
+    """
+
+    reason: np.ndarray  # object: None or a quarantine reason
+    repeat: np.ndarray  # bool
+
+
+def _screen_chunk(raw: pd.DataFrame, config: CleaningConfig) -> tuple:
+    """One chunk's ids, cleaned-text hashes and per-row reasons (before id checks)."""
+    text = clean_text(raw["text"], config.fix_mojibake)
+    reason = np.full(len(raw), None, dtype=object)
+    reason[text.eq("").to_numpy()] = EMPTY_REASON
+    reason[text.str.len().gt(config.max_chars).to_numpy()] = too_long_reason(config)
+    hashes = pd.util.hash_array(text.to_numpy(dtype=object))
+    return raw["tweet_id"].to_numpy(dtype=object), hashes, reason
+
+
+def screen_rows(
+    store: ArtifactStore, raw: ArtifactRef, config: CleaningConfig
+) -> Screened:
+    """``prepare_for_inference``'s decisions for a whole raw snapshot, read in
+    chunks: cleaning per chunk (on every core), then the checks that need every
+    row (an id repeated with another text; exact repeats) on ids and hashes of
+    the cleaned texts only."""
+    parts = list(
+        map_ordered(
+            lambda chunk: _screen_chunk(chunk, config),
+            store.iter_frames(raw, columns=["tweet_id", "text"], rows=CHUNK_ROWS),
+        )
+    )
+    if not parts:
+        return Screened(np.zeros(0, dtype=object), np.zeros(0, dtype=bool))
+    ids = pd.Series(np.concatenate([p[0] for p in parts]), dtype="str")
+    hashes = np.concatenate([p[1] for p in parts])
+    reason = np.concatenate([p[2] for p in parts])
+    usable = pd.isna(reason)
+    pairs = pd.DataFrame({"id": ids[usable].to_numpy(), "hash": hashes[usable]})
+    shared = pairs["id"].duplicated(keep=False)
+    conflict = np.zeros(len(pairs), dtype=bool)
+    if shared.any():
+        texts = pairs[shared].groupby("id")["hash"].transform("nunique")
+        conflict[np.flatnonzero(shared.to_numpy())[texts.to_numpy() > 1]] = True
+    positions = np.flatnonzero(usable)
+    reason[positions[conflict]] = CONFLICT_REASON
+    repeat = np.zeros(len(reason), dtype=bool)
+    kept = ~conflict
+    repeat[positions[kept]] = pairs["id"][kept].duplicated(keep="first").to_numpy()
+    return Screened(reason, repeat)
+
+
 def classify_raw(
-    raw: pd.DataFrame,
+    store: ArtifactStore,
+    raw: ArtifactRef,
     ingestion_quarantine: pd.DataFrame,
     rows_read: int,
     outbound_skipped: int,
@@ -140,27 +231,147 @@ def classify_raw(
 ) -> dict[str, Any]:
     """Classify ingested tweets and write the predictions; return the summary.
 
-    Raises if the row accounting does not add up: nothing is dropped silently.
+    The snapshot is read, classified (on every core) and written
+    ``CHUNK_ROWS`` rows at a time, as ``classify_frame`` would in one piece:
+    memory does not grow with the input. Raises if the row accounting does not
+    add up: nothing is dropped silently.
     """
-    result = classify_frame(raw, model, model_version, config)
-    quarantine = pd.concat([ingestion_quarantine, result.quarantine], ignore_index=True)
+    screened = screen_rows(store, raw, config)
+    progress = current()
+    progress.phase("classifying", len(screened.reason), "rows")
+
+    def classify_chunk(item: tuple[int, pd.DataFrame]) -> tuple:
+        start, chunk = item
+        reason = screened.reason[start : start + len(chunk)]
+        keep = pd.isna(reason) & ~screened.repeat[start : start + len(chunk)]
+        cleaned = chunk.assign(text=clean_text(chunk["text"], config.fix_mojibake))
+        set_aside = cleaned[~pd.isna(reason)]
+        predictions = predictions_frame(cleaned[keep], model, model_version)
+        return predictions, set_aside, reason[~pd.isna(reason)]
+
+    columns = ["tweet_id", "text", "source", "source_row", "n_replies"]
+    chunks = _numbered(store.iter_frames(raw, columns=columns, rows=CHUNK_ROWS))
+    quarantined: dict[str, list[pd.DataFrame]] = {}
+    predicted = no_known = 0
+    per_category: dict[str, int] = {}
+    with PredictionWriter(output) as writer:
+        for predictions, set_aside, reasons in map_ordered(classify_chunk, chunks):
+            writer.write(predictions[PREDICTION_COLUMNS])
+            predicted += len(predictions)
+            no_known += int(predictions["cluster_id"].eq(NO_WORDS_CLUSTER).sum())
+            for category, n in predictions["category"].value_counts().items():
+                per_category[str(category)] = per_category.get(str(category), 0) + n
+            for why in dict.fromkeys(reasons):
+                quarantined.setdefault(why, []).append(
+                    make_quarantine(set_aside[reasons == why], CLEANING_STAGE, why)
+                )
+            progress.advance(len(reasons) + len(predictions))
+    order = [EMPTY_REASON, too_long_reason(config), CONFLICT_REASON]
+    quarantine = pd.concat(
+        [ingestion_quarantine]
+        + [frame for why in order for frame in quarantined.get(why, [])],
+        ignore_index=True,
+    )
     counts = {
         "rows_read": rows_read - outbound_skipped,
         "outbound_skipped": outbound_skipped,
-        "predicted": len(result.predictions),
+        "predicted": predicted,
         "quarantined": len(quarantine),
-        "duplicates_removed": result.duplicates_removed,
-        "no_known_words": result.no_known_words,
+        "duplicates_removed": int(screened.repeat.sum()),
+        "no_known_words": no_known,
     }
     check_row_accounting(counts, "predicted")
+    written = {"predictions": output}
+    if len(quarantine):
+        written["quarantine"] = quarantine_uri(output)
+        storage.write_bytes(written["quarantine"], frame_to_parquet_bytes(quarantine))
+    total = max(predicted, 1)
     return {
         "counts": counts,
-        "categories": summary_table(result.predictions),
+        "categories": [
+            {"category": c, "tweets": int(n), "share": round(n / total, 4)}
+            for c, n in sorted(per_category.items(), key=lambda kv: -kv[1])
+        ],
         "quarantine_reasons": (
             quarantine["reason"].value_counts().to_dict() if len(quarantine) else {}
         ),
-        "written": write_predictions(result, quarantine, output),
+        "written": written,
     }
+
+
+def _numbered(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame]]:
+    start = 0
+    for chunk in chunks:
+        yield start, chunk
+        start += len(chunk)
+
+
+class PredictionWriter:
+    """Writes predictions chunk by chunk to one Parquet file at an output URI.
+
+    The file is assembled locally and moved (or uploaded) into place only when
+    complete: a crash never leaves half a predictions file where one is
+    expected. A run with no predictions writes an empty file.
+    """
+
+    def __init__(self, output: str) -> None:
+        """Write the predictions to ``output`` (local path, file:// or s3://)."""
+        self.output = output
+        self.rows = 0
+        self._folder = Path(tempfile.mkdtemp(prefix="tweetflow-predictions-"))
+        self._path = self._folder / "predictions.parquet"
+        self._writer: Any = None
+
+    def write(self, predictions: pd.DataFrame) -> None:
+        """Check one chunk against the predictions contract and append it."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        validate_frame(predictions, get_contract("predictions"), STAGE)
+        table = pa.Table.from_pandas(
+            predictions.reset_index(drop=True), preserve_index=False
+        )
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self._path, table.schema, **parquet_options(table.schema)
+            )
+        self._writer.write_table(table)
+        self.rows += len(predictions)
+
+    def __enter__(self) -> PredictionWriter:
+        """Open for writing."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Move the complete file into place, or drop it after an error."""
+        try:
+            if exc_type is None and self._writer is None:
+                self.write(empty_predictions())
+            if self._writer is not None:
+                self._writer.close()
+            if exc_type is None:
+                storage.replace_with_file(self._path, self.output)
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def empty_predictions() -> pd.DataFrame:
+    """A predictions frame with no rows and the contract's dtypes."""
+    return pd.DataFrame(
+        {
+            "tweet_id": pd.Series([], dtype="str"),
+            "text": pd.Series([], dtype="str"),
+            "category": pd.Series([], dtype="str"),
+            "cluster_id": pd.Series([], dtype="int64"),
+            "confidence": pd.Series([], dtype="float64"),
+            "model_version": pd.Series([], dtype="str"),
+        }
+    )
 
 
 @uncached_task("classify")
@@ -181,7 +392,8 @@ def classify(
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
     summary = classify_raw(
-        store.get_frame(raw),
+        store,
+        raw,
         store.get_frame(ingestion_quarantine),
         rows_read,
         outbound_skipped,

@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
+from tasks.infra.parallel import map_ordered
 from tasks.infra.progress import Progress, current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.embedding import (
@@ -462,10 +463,13 @@ def build_features(
         store.frame_writer(STAGE, "features") as features_out,
         store.frame_writer(STAGE, "context_features") as replies_out,
     ):
-        for start in range(0, len(frame), EMBED_CHUNK):
-            features_frame, replies_frame = embed_frame(
+        starts = range(0, len(frame), EMBED_CHUNK)
+        for features_frame, replies_frame in map_ordered(
+            lambda start: embed_frame(
                 embedder, frame.iloc[start : start + EMBED_CHUNK], start
-            )
+            ),
+            starts,
+        ):
             features_out.write(features_frame)
             replies_out.write(replies_frame)
             no_known += int(features_frame["n_known"].eq(0).sum())

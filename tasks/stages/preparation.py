@@ -19,7 +19,7 @@ from data_contracts import get_contract, split_quarantine
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
 from tasks.infra.store import ArtifactRef, ArtifactStore
-from tasks.ml.cleaning import CleaningConfig, clean_and_check, clean_text
+from tasks.ml.cleaning import CleaningConfig, clean_and_check, clean_column
 
 STAGE = "preparation"
 PREPARED_COLUMNS = [
@@ -127,7 +127,7 @@ def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationRe
     duplicates_removed = before - len(df)
     has_context = df["context"].notna()
     if has_context.any():
-        cleaned = clean_text(df.loc[has_context, "context"], config.fix_mojibake)
+        cleaned = clean_column(df.loc[has_context, "context"], config.fix_mojibake)
         df = df.assign(context=df["context"].where(~has_context, cleaned))
 
     df = df.assign(
@@ -177,7 +177,7 @@ def prepare(
             + (", ".join(f"{r}: {n}" for r, n in reasons.items()) or "none")
             + ")"
         )
-    prepared = store.put_frame(result.prepared, STAGE, "prepared")
+    prepared = store.put_frame(result.prepared, STAGE, "prepared", checked=True)
     quarantine = store.put_frame(result.quarantine, "quarantine/preparation")
     counts = result.prepared["split"].value_counts().to_dict()
     logger.info(

@@ -9,6 +9,7 @@ from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.infra.caching import stage_task
+from tasks.infra.parallel import map_ordered
 from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.text import token_counts, tokenise
@@ -65,13 +66,17 @@ def preprocess_frame(
 def tokenise_in_chunks(
     prepared: pd.DataFrame, config: PreprocessingConfig, chunk: int = CHUNK_ROWS
 ) -> pd.DataFrame:
-    """``preprocess_frame`` a chunk of rows at a time, reporting rows done."""
+    """``preprocess_frame`` a chunk of rows at a time on every core (the work is
+    Arrow kernels, which release the interpreter lock), reporting rows done."""
     progress = current()
     progress.phase("tokenising", len(prepared), "rows")
     parts = []
-    for start in range(0, len(prepared), chunk):
-        parts.append(preprocess_frame(prepared.iloc[start : start + chunk], config))
-        progress.advance(len(parts[-1]))
+    chunks = (
+        prepared.iloc[start : start + chunk] for start in range(0, len(prepared), chunk)
+    )
+    for part in map_ordered(lambda rows: preprocess_frame(rows, config), chunks):
+        parts.append(part)
+        progress.advance(len(part))
     if len(parts) == 1:
         return parts[0]
     return pd.concat(parts) if parts else preprocess_frame(prepared, config)

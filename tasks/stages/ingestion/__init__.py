@@ -111,7 +111,7 @@ def ingest(
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
     result, snapshot = ingest_incremental(source, config, store, conversation)
-    raw = store.put_frame(result.raw, STAGE, "raw")
+    raw = store.put_frame(result.raw, STAGE, "raw", checked=True)
     quarantine = store.put_frame(result.quarantine, "quarantine/ingestion")
     snapshot_rel = f"data/{STAGE}/snapshots/{raw.sha256}.json"
     if store.read_text(snapshot_rel) is None:  # never overwritten: same content
