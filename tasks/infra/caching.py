@@ -193,6 +193,7 @@ def _stage_body(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         from data_contracts import ContractViolation
+        from tasks.infra.memory import release_memory
         from tasks.infra.progress import Progress
 
         try:
@@ -207,6 +208,8 @@ def _stage_body(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
                 description=str(exc),
             )
             raise
+        finally:
+            release_memory()
 
     return run
 

@@ -12,6 +12,7 @@ import html
 import re
 
 import ftfy
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -119,18 +120,27 @@ def clean_and_check(
     Returns the usable rows and the quarantine frames (with reasons): texts empty
     after cleaning, texts too long, and ids repeated with different texts.
     """
-    df = raw.assign(text=clean_column(raw["text"], config.fix_mojibake))
-    quarantined = []
-    empty = df["text"].eq("")
-    too_long = df["text"].str.len().gt(config.max_chars)
-    quarantined.append(make_quarantine(df[empty], STAGE, EMPTY_REASON))
-    quarantined.append(make_quarantine(df[too_long], STAGE, too_long_reason(config)))
-    df = df[~(empty | too_long)]
+    text = clean_column(raw["text"], config.fix_mojibake)
+    empty = text.eq("").to_numpy()
+    too_long = text.str.len().gt(config.max_chars).to_numpy()
 
+    def rows(mask: np.ndarray) -> pd.DataFrame:
+        return raw[mask].assign(text=text[mask])
+
+    quarantined = [
+        make_quarantine(rows(empty), STAGE, EMPTY_REASON),
+        make_quarantine(rows(too_long), STAGE, too_long_reason(config)),
+    ]
     # The same id with different texts is a conflict nobody can resolve here.
-    conflict = df["tweet_id"].duplicated(keep=False)
-    if conflict.any():
-        texts_per_id = df[conflict].groupby("tweet_id")["text"].transform("nunique")
-        conflict = conflict & texts_per_id.reindex(df.index, fill_value=1).gt(1)
-    quarantined.append(make_quarantine(df[conflict], STAGE, CONFLICT_REASON))
-    return df[~conflict], quarantined
+    ok = np.flatnonzero(~(empty | too_long))
+    ids = raw["tweet_id"].iloc[ok]
+    shared = ids.duplicated(keep=False).to_numpy()
+    conflict = np.zeros(len(raw), dtype=bool)
+    if shared.any():
+        pairs = pd.DataFrame(
+            {"id": ids[shared].to_numpy(), "text": text.iloc[ok[shared]].to_numpy()}
+        )
+        texts_per_id = pairs.groupby("id")["text"].transform("nunique").to_numpy()
+        conflict[ok[shared][texts_per_id > 1]] = True
+    quarantined.append(make_quarantine(rows(conflict), STAGE, CONFLICT_REASON))
+    return rows(~(empty | too_long | conflict)), quarantined

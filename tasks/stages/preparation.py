@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,6 +24,7 @@ from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.cleaning import CleaningConfig, clean_and_check, clean_column
 
 STAGE = "preparation"
+RAW_KEPT = ["source", "source_row", "context", "n_replies"]  # with tweet_id, text
 PREPARED_COLUMNS = [
     "tweet_id",
     "text",
@@ -66,7 +69,11 @@ def split_of(
         h.update(tweet_id.encode("utf-8"))
         return h.digest()
 
-    digests = b"".join(map(digest, tweet_ids.tolist()))
+    ids = tweet_ids.astype("str")
+    digests = b"".join(  # 100k ids at a time: never a million Python strings
+        b"".join(map(digest, ids.iloc[start : start + 100_000].tolist()))
+        for start in range(0, len(ids), 100_000)
+    )
     # The digest read as a big-endian integer, over 2**64: uniform in [0, 1).
     u = np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2**64
     split = np.where(
@@ -86,24 +93,36 @@ class PreparationResult:
     duplicates_removed: int
 
 
-def pool_replies(df: pd.DataFrame, text_codes: np.ndarray) -> pd.DataFrame:
-    """Give the first of several tweets with the same text all of their replies.
+def pooled_replies(
+    df: pd.DataFrame, text_codes: np.ndarray
+) -> tuple[pd.Series, pd.Series] | None:
+    """All the replies of the tweets that share a text, per text: joined contexts
+    and their number (None when no shared text has replies).
 
-    Deduplication keeps that first tweet, so no reply is lost with a duplicate.
-    ``text_codes`` number the distinct texts (``pd.factorize`` of ``text``).
+    Deduplication keeps the first tweet of each text; giving it these keeps
+    every reply of its duplicates. ``text_codes`` number the distinct texts
+    (``pd.factorize`` of ``text``).
     """
     counts = np.bincount(text_codes)
     shared = (counts[text_codes] > 1) & df["n_replies"].gt(0).to_numpy()
     if not shared.any():
-        return df
+        return None
     groups = df[shared].groupby("text", sort=False)
     context = groups["context"].agg(lambda texts: "\n".join(texts.dropna()))
-    n_replies = groups["n_replies"].sum()
-    first = first_of_each(text_codes) & df["text"].isin(context.index).to_numpy()
-    df = df.copy()
-    df.loc[first, "context"] = df.loc[first, "text"].map(context)
-    df.loc[first, "n_replies"] = df.loc[first, "text"].map(n_replies).astype("int64")
-    return df
+    return context, groups["n_replies"].sum()
+
+
+def _arrow(text: pd.Series) -> pa.Array:
+    """A text column as one Arrow array."""
+    values = pa.array(text.array, pa.large_string())
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def text_codes_of(text: pd.Series) -> np.ndarray:
+    """A number per distinct text, in order of first use (``pd.factorize``'s
+    codes, missing texts numbered too), hashed in Arrow."""
+    encoded = pc.dictionary_encode(_arrow(text), null_encoding="encode")
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def first_of_each(codes: np.ndarray) -> np.ndarray:
@@ -119,16 +138,24 @@ def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationRe
     Replies kept as a tweet's ``context`` are cleaned like texts and follow
     their tweet (pooled onto the surviving copy of a duplicate).
     """
-    df, quarantined = clean_and_check(raw, config)
-    text_codes = pd.factorize(df["text"], use_na_sentinel=False)[0]
-    df = pool_replies(df, text_codes)
+    df, quarantined = clean_and_check(raw[PREPARED_COLUMNS[:2] + RAW_KEPT], config)
+    text_codes = text_codes_of(df["text"])
+    pooled = pooled_replies(df, text_codes)
     before = len(df)
     df = df[first_of_each(text_codes)]
     duplicates_removed = before - len(df)
+    if pooled is not None:
+        context, n_replies = pooled
+        gets = df["text"].isin(context.index).to_numpy()
+        df.loc[gets, "context"] = df.loc[gets, "text"].map(context)
+        df.loc[gets, "n_replies"] = df.loc[gets, "text"].map(n_replies).astype("int64")
     has_context = df["context"].notna()
     if has_context.any():
         cleaned = clean_column(df.loc[has_context, "context"], config.fix_mojibake)
-        df = df.assign(context=df["context"].where(~has_context, cleaned))
+        context = pc.replace_with_mask(
+            _arrow(df["context"]), pa.array(has_context.to_numpy()), _arrow(cleaned)
+        )
+        df = df.assign(context=pd.Series(context, index=df.index, dtype="str"))
 
     df = df.assign(
         split=split_of(
@@ -168,7 +195,9 @@ def prepare(
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
-    result = prepare_frame(store.get_frame(raw), config)
+    result = prepare_frame(
+        store.get_frame(raw, columns=PREPARED_COLUMNS[:2] + RAW_KEPT), config
+    )
     if result.prepared.empty:
         reasons = result.quarantine["reason"].value_counts()
         raise InsufficientDataError(

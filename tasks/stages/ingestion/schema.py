@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from tasks.stages.ingestion.config import IngestionConfig, SourceError
@@ -32,6 +33,28 @@ def _as_str(series: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(series) and series.dropna().mod(1).eq(0).all():
         series = series.astype("Int64")
     return series.astype("str").where(series.notna(), None).astype("str")
+
+
+REPLY_SOURCE_COLUMNS = ["tweet_id", "in_response_to_tweet_id", "author_id", "text"]
+TWEET_SOURCE_COLUMNS = ["tweet_id", "author_id", "created_at", "text"]
+
+
+def _rows(df: pd.DataFrame, keep: np.ndarray, columns: list[str]) -> pd.DataFrame:
+    """The ``keep`` rows of the ``columns`` that ``df`` has, index kept.
+
+    Filtered in Arrow: a million-row text frame is not copied through pandas
+    (whose row selection holds several copies at once).
+    """
+    import pyarrow as pa
+
+    present = [c for c in dict.fromkeys(columns) if c in df.columns]
+    try:
+        table = pa.Table.from_pandas(df[present], preserve_index=False)
+    except (pa.ArrowException, ValueError):  # mixed objects (JSON): pandas does it
+        return df.loc[keep, present]
+    frame = table.filter(pa.array(keep)).to_pandas()
+    frame.index = df.index[keep]
+    return frame
 
 
 @dataclass(frozen=True)
@@ -66,7 +89,7 @@ def normalise_frame(
         )
         outbound = int((~inbound).sum())
         if outbound:
-            brand = df.loc[~inbound]
+            brand = _rows(df, ~inbound.to_numpy(), REPLY_SOURCE_COLUMNS)
             parent = (
                 _as_str(brand["in_response_to_tweet_id"])
                 if "in_response_to_tweet_id" in columns
@@ -84,7 +107,9 @@ def normalise_frame(
             ).reset_index(drop=True)
             for column in REPLY_COLUMNS:
                 replies[column] = replies[column].astype("str")
-        df = df.loc[inbound]
+        df = _rows(
+            df, inbound.to_numpy(), TWEET_SOURCE_COLUMNS + [config.id_column or ""]
+        )
         text_col, id_col = "text", config.id_column or "tweet_id"
     else:
         text_col = config.text_column or next(

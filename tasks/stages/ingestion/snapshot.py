@@ -100,6 +100,7 @@ def ingest_frame(
         df = read_file(source, config.encoding)
         read += len(df)
         files.append(normalise_frame(df, config, source.name))
+        del df
     return assemble(files, read, config, link_replies_to_tweets)
 
 
@@ -146,10 +147,12 @@ def ingest_incremental(
         if entry is None or parsed is None:
             df = read_file(source, config.encoding)
             parsed = normalise_frame(df, config, source.name)
+            rows_read = len(df)
+            del df  # the file's frame: what follows needs only the normalised one
             entry = {
                 "uri": source.uri,
                 "version": source.version,
-                "rows_read": len(df),
+                "rows_read": rows_read,
                 "outbound_rows": parsed.outbound,
                 "frame": store.put_frame(
                     parsed.tweets, "ingestion/objects"
