@@ -1,6 +1,6 @@
 """Pandera contracts for every stage boundary, and the helper that enforces them."""
 
-from data_contracts.schemas import CONTRACTS, get_contract
+from data_contracts.schemas import contracts, get_contract
 from data_contracts.validation import (
     ContractViolation,
     check_row_accounting,
@@ -11,7 +11,7 @@ from data_contracts.validation import (
 )
 
 __all__ = [
-    "CONTRACTS",
+    "contracts",
     "ContractViolation",
     "check_row_accounting",
     "empty_quarantine",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
-import pandera.pandas as pa
-from pandera.errors import SchemaError, SchemaErrors
+
+if TYPE_CHECKING:
+    import pandera.pandas as pa
 
 QUARANTINE_COLUMNS = [
     "tweet_id",
@@ -57,6 +60,8 @@ class ContractViolation(Exception):
 
 
 def _failure_cases(schema: pa.DataFrameSchema, df: pd.DataFrame) -> pd.DataFrame:
+    from pandera.errors import SchemaError, SchemaErrors
+
     try:
         schema.validate(df, lazy=True)
     except SchemaErrors as exc:

@@ -8,13 +8,12 @@ Run locally: ``python -m flows.batch_inference --help``.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.cli import apply_log_level, batch_main
+from flows.cli import apply_log_level, batch_main, exit_now
 from flows.parameters import BatchInferenceParameters, LogLevel
 from tasks.infra.caching import StageRunner
 from tasks.infra.store import ArtifactStore
@@ -96,4 +95,4 @@ def batch_inference(
 
 
 if __name__ == "__main__":
-    sys.exit(batch_main())
+    exit_now(batch_main())

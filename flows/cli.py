@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 from data_contracts import ContractViolation
 from flows.local_server import api_for_command_line
@@ -197,7 +197,12 @@ def retrain_summary(result: Any) -> str:
     """A short human summary of a finished retrain."""
     c, m = result.counts, result.metrics
     lines = [
-        f"retrain {result.run_id} completed",
+        (
+            f"retrain: nothing changed since run {result.run_id} (same code, settings "
+            "and data): nothing new published or registered"
+            if getattr(result, "unchanged", False)
+            else f"retrain {result.run_id} completed"
+        ),
         f"  rows read {c['rows_read']}: accepted {c['accepted']}, quarantined "
         f"{c['quarantined']}, duplicates removed {c['duplicates_removed']}",
         f"  categories k={result.k}: "
@@ -216,6 +221,22 @@ def retrain_summary(result: Any) -> str:
             f"not linked {c['replies_unlinked']}",
         )
     return "\n".join(lines)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a command-line run: flush the output, run the exit handlers (Prefect
+    drains its log and event queues there), then leave without tearing down
+    every imported module one by one (about a second with this stack)."""
+    import atexit
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def retrain_main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,10 @@ Run locally: ``python -m flows.retrain --help``.
 
 from __future__ import annotations
 
-import sys
-
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.cli import apply_log_level, retrain_main
+from flows.cli import apply_log_level, exit_now, retrain_main
 from flows.parameters import RETRAIN_DEFAULTS as D
 from flows.parameters import LogLevel, RetrainParameters
 from tasks.infra.caching import StageRunner, source_version
@@ -28,11 +26,13 @@ from tasks.release.promotion import (
 from tasks.release.publishing import (
     PublishedRun,
     StageOutputs,
+    UnchangedRun,
     naming_basis,
     previous_run,
     publish,
+    unchanged_since,
 )
-from tasks.release.report import report
+from tasks.release.report import report, report_unchanged
 from tasks.release.tracking import track
 from tasks.stages.categories import CategoriesConfig, load_category_map, name_categories
 from tasks.stages.clustering import ClusteringConfig, cluster, keeps_previous_k
@@ -57,6 +57,17 @@ class RetrainResult(BaseModel):
     model_version: str
     promotion: str
     promotion_reason: str
+    unchanged: bool = False  # nothing changed since the run named: nothing published
+
+    @classmethod
+    def of_unchanged(cls, kept: UnchangedRun, seconds: dict) -> RetrainResult:
+        """The result of a retrain that changed nothing since run ``kept``."""
+        return cls(
+            **kept.model_dump(exclude={"run_location"}),
+            run_dir=kept.run_location,
+            stage_seconds=seconds,
+            unchanged=True,
+        )
 
     @classmethod
     def of(
@@ -171,6 +182,10 @@ def retrain(
         naming_basis=basis,
     )
     code = source_version("flows.retrain")
+    kept = unchanged_since(store, stages, p, code)
+    if kept is not None:
+        run("publishing", report_unchanged, kept)
+        return RetrainResult.of_unchanged(kept, run.seconds)
     published = run("publishing", publish, stages, p, code, dict(run.seconds))
     run_dir = published.local_run_dir
     tracked = run("registry", track, run_dir, release)
@@ -183,4 +198,4 @@ def retrain(
 
 
 if __name__ == "__main__":
-    sys.exit(retrain_main())
+    exit_now(retrain_main())

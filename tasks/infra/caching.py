@@ -16,6 +16,7 @@ so attempts never multiply.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +60,20 @@ def module_file(name: str, root: Path = PROJECT_ROOT) -> Path | None:
 
 
 def _imported(name: str, path: Path, root: Path) -> set[str]:
-    """Project modules a module's import statements name (with their packages)."""
+    """Project modules a module's import statements name (with their packages).
+
+    Remembered per file version (size and modification time): every task's
+    cache key walks the same modules.
+    """
+    stat = path.stat()
+    return set(_imported_at(name, str(path), str(root), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=1024)
+def _imported_at(
+    name: str, file: str, root_dir: str, size: int, mtime_ns: int
+) -> frozenset[str]:
+    path, root = Path(file), Path(root_dir)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -79,7 +93,7 @@ def _imported(name: str, path: Path, root: Path) -> set[str]:
                 prefix = ".".join(parts[:i])
                 if module_file(prefix, root) is not None:
                     found.add(prefix)
-    return found
+    return frozenset(found)
 
 
 def project_modules(*names: str, root: Path = PROJECT_ROOT) -> list[str]:

@@ -22,7 +22,8 @@ from data_contracts import check_row_accounting, get_contract, validate_frame
 from tasks.infra import storage
 from tasks.infra.caching import uncached_task
 from tasks.infra.store import ArtifactRef, ArtifactStore
-from tasks.ml.bundle import CLUSTERS_FILE, Category, build_bundle
+from tasks.ml.bundle import CATEGORIES_FILE, CLUSTERS_FILE, Category, build_bundle
+from tasks.release.promotion import REGISTRY_FILE
 from tasks.release.report import cluster_report, markdown_report
 from tasks.stages.clustering import K_SELECTION_PLOT, PROJECTION_PLOT, ClusteringOutput
 from tasks.stages.features import FeaturesOutput
@@ -194,6 +195,85 @@ def previous_run(store: ArtifactStore) -> dict | None:
         return None
     info = store.read_text(f"runs/{latest.strip()}/{RUN_INFO_FILE}")
     return json.loads(info) if info is not None else None
+
+
+class UnchangedRun(BaseModel):
+    """The newest run, when a retrain would publish exactly it again."""
+
+    run_id: str
+    run_location: str
+    local_run_dir: str
+    counts: dict[str, int]
+    metrics: dict[str, float]
+    k: int
+    categories: dict[int, str]
+    model_version: str
+    promotion: str
+    promotion_reason: str
+
+
+STAGE_REFS = {  # run.json's reference name -> (stage output, field)
+    "raw": ("ingestion", "raw"),
+    "prepared": ("preparation", "prepared"),
+    "preprocessed": ("preprocessing", "preprocessed"),
+    "features": ("features", "features"),
+    "embedder": ("features", "embedder"),
+    "assignments": ("clustering", "assignments"),
+    "clustering_model": ("clustering", "model"),
+    "training_model": ("training", "model"),
+}
+
+
+def unchanged_since(
+    store: ArtifactStore,
+    outputs: StageOutputs,
+    parameters: BaseModel,
+    code_version: str,
+) -> UnchangedRun | None:
+    """The newest run if this retrain changes nothing: same code, same settings
+    (the log level aside), the same output from every stage and the same
+    category names, and that run is registered. Its model bundle would be byte
+    for byte the registered one, so nothing is published or registered again.
+    A forced promotion always goes through the registry.
+    """
+    config = parameters.model_dump(mode="json")
+    previous = previous_run(store)
+    if previous is None or config.get("promote") == "force":
+        return None
+    run_id = previous["run_id"]
+    registry = store.read_text(f"runs/{run_id}/{REGISTRY_FILE}")
+    names = store.read_text(f"runs/{run_id}/model/{CATEGORIES_FILE}")
+    if registry is None or names is None or previous["code_version"] != code_version:
+        return None
+    ignored = {"log_level"}
+    if {k: v for k, v in previous["config"].items() if k not in ignored} != {
+        k: v for k, v in config.items() if k not in ignored
+    }:
+        return None
+    for name, (stage, attribute) in STAGE_REFS.items():
+        ref = getattr(getattr(outputs, stage), attribute)
+        if previous["refs"].get(name, {}).get("sha256") != ref.sha256:
+            return None
+    if json.loads(names) != [c.model_dump() for c in outputs.categories]:
+        return None
+    record = json.loads(registry)
+    location = (
+        storage.join(store.root_uri, "runs", run_id)
+        if store.remote
+        else str(store.root / "runs" / run_id)
+    )
+    return UnchangedRun(
+        run_id=run_id,
+        run_location=location,
+        local_run_dir=str(store.root / "runs" / run_id),
+        counts=previous["counts"],
+        metrics=previous["metrics"],
+        k=previous["k"],
+        categories={c.cluster_id: c.category for c in outputs.categories},
+        model_version=record["model_version"],
+        promotion=record["promotion"],
+        promotion_reason=record["reason"],
+    )
 
 
 def run_id_now() -> str:

@@ -16,7 +16,7 @@ from tasks.stages.training import CONFUSION_PLOT
 
 if TYPE_CHECKING:
     from tasks.release.promotion import RegistryOutcome
-    from tasks.release.publishing import PublishedRun, RunRecord
+    from tasks.release.publishing import PublishedRun, RunRecord, UnchangedRun
 
 
 def markdown_report(
@@ -152,4 +152,24 @@ def report(published: PublishedRun, outcome: RegistryOutcome) -> None:
         key="retrain-gate",
         table=outcome.decision.as_table(),
         description=outcome.decision.reason,
+    )
+
+
+@uncached_task("report")
+def report_unchanged(kept: UnchangedRun) -> None:
+    """Say in the log and the Prefect UI that the retrain changed nothing."""
+    from prefect import get_run_logger
+    from prefect.artifacts import create_markdown_artifact
+
+    line = (
+        f"nothing changed since run {kept.run_id} (same code, settings, data and "
+        f"outputs of every stage): no new run folder and no new model version; "
+        f"{kept.model_version} stays {kept.promotion} ({kept.promotion_reason})"
+    )
+    get_run_logger().info("report: %s", line)
+    create_markdown_artifact(
+        key="retrain-report",
+        markdown=f"# tweetflow retrain: unchanged\n\n{line[0].upper() + line[1:]}.\n\n"
+        f"The run's report: `{kept.run_location}/report.md`.\n",
+        description=f"unchanged since {kept.run_id}: {kept.model_version}",
     )

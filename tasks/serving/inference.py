@@ -163,59 +163,20 @@ def write_predictions(
     return written
 
 
-@dataclass(frozen=True)
-class Screened:
-    """Which rows of a raw snapshot can be classified, found chunk by chunk.
-
-    ``reason`` holds, per row, why it is set aside (None: usable); ``repeat``
-    marks exact repeats of an earlier row (same id, same cleaned text).
-    """
-
-    reason: np.ndarray  # object: None or a quarantine reason
-    repeat: np.ndarray  # bool
-
-
-def _screen_chunk(raw: pd.DataFrame, config: CleaningConfig) -> tuple:
-    """One chunk's ids, cleaned-text hashes and per-row reasons (before id checks)."""
-    text = clean_text(raw["text"], config.fix_mojibake)
-    reason = np.full(len(raw), None, dtype=object)
-    reason[text.eq("").to_numpy()] = EMPTY_REASON
-    reason[text.str.len().gt(config.max_chars).to_numpy()] = too_long_reason(config)
-    hashes = pd.util.hash_array(text.to_numpy(dtype=object))
-    return raw["tweet_id"].to_numpy(dtype=object), hashes, reason
-
-
-def screen_rows(
-    store: ArtifactStore, raw: ArtifactRef, config: CleaningConfig
-) -> Screened:
-    """``prepare_for_inference``'s decisions for a whole raw snapshot, read in
-    chunks: cleaning per chunk (on every core), then the checks that need every
-    row (an id repeated with another text; exact repeats) on ids and hashes of
-    the cleaned texts only."""
-    parts = list(
-        map_ordered(
-            lambda chunk: _screen_chunk(chunk, config),
-            store.iter_frames(raw, columns=["tweet_id", "text"], rows=CHUNK_ROWS),
-        )
-    )
-    if not parts:
-        return Screened(np.zeros(0, dtype=object), np.zeros(0, dtype=bool))
-    ids = pd.Series(np.concatenate([p[0] for p in parts]), dtype="str")
-    hashes = np.concatenate([p[1] for p in parts])
-    reason = np.concatenate([p[2] for p in parts])
-    usable = pd.isna(reason)
-    pairs = pd.DataFrame({"id": ids[usable].to_numpy(), "hash": hashes[usable]})
+def id_checks(ids: pd.Series, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``clean_and_check``'s and ``prepare_for_inference``'s id rules on the ids
+    and cleaned-text hashes of the usable rows: which ids come with more than
+    one text (conflicts, all their rows set aside) and which rows are exact
+    repeats of an earlier one (same id, same text)."""
+    pairs = pd.DataFrame({"id": ids.to_numpy(), "hash": hashes})
     shared = pairs["id"].duplicated(keep=False)
     conflict = np.zeros(len(pairs), dtype=bool)
     if shared.any():
         texts = pairs[shared].groupby("id")["hash"].transform("nunique")
         conflict[np.flatnonzero(shared.to_numpy())[texts.to_numpy() > 1]] = True
-    positions = np.flatnonzero(usable)
-    reason[positions[conflict]] = CONFLICT_REASON
-    repeat = np.zeros(len(reason), dtype=bool)
-    kept = ~conflict
-    repeat[positions[kept]] = pairs["id"][kept].duplicated(keep="first").to_numpy()
-    return Screened(reason, repeat)
+    repeat = np.zeros(len(pairs), dtype=bool)
+    repeat[~conflict] = pairs["id"][~conflict].duplicated(keep="first").to_numpy()
+    return conflict, repeat
 
 
 def classify_raw(
@@ -231,42 +192,87 @@ def classify_raw(
 ) -> dict[str, Any]:
     """Classify ingested tweets and write the predictions; return the summary.
 
-    The snapshot is read, classified (on every core) and written
-    ``CHUNK_ROWS`` rows at a time, as ``classify_frame`` would in one piece:
-    memory does not grow with the input. Raises if the row accounting does not
-    add up: nothing is dropped silently.
+    The snapshot is read, cleaned, classified (on every core) and written
+    ``CHUNK_ROWS`` rows at a time, as ``classify_frame`` would in one piece;
+    only the ids and cleaned-text hashes of every row are kept, for the rules
+    that need the whole set (an id repeated with another text, exact repeats),
+    and the rows they refuse (rare) are taken out of the written file at the
+    end. Memory does not grow with the input's texts. Raises if the row
+    accounting does not add up: nothing is dropped silently.
     """
-    screened = screen_rows(store, raw, config)
     progress = current()
-    progress.phase("classifying", len(screened.reason), "rows")
+    progress.phase("classifying", raw.rows, "rows")
+    max_chars = too_long_reason(config)
 
     def classify_chunk(item: tuple[int, pd.DataFrame]) -> tuple:
         start, chunk = item
-        reason = screened.reason[start : start + len(chunk)]
-        keep = pd.isna(reason) & ~screened.repeat[start : start + len(chunk)]
-        cleaned = chunk.assign(text=clean_text(chunk["text"], config.fix_mojibake))
-        set_aside = cleaned[~pd.isna(reason)]
-        predictions = predictions_frame(cleaned[keep], model, model_version)
-        return predictions, set_aside, reason[~pd.isna(reason)]
+        text = clean_text(chunk["text"], config.fix_mojibake)
+        reason = np.full(len(chunk), None, dtype=object)
+        reason[text.eq("").to_numpy()] = EMPTY_REASON
+        reason[text.str.len().gt(config.max_chars).to_numpy()] = max_chars
+        usable = pd.isna(reason)
+        cleaned = chunk.assign(text=text)
+        ids = chunk["tweet_id"][usable]
+        # An id seen earlier in this chunk is a repeat or a conflict: decided once
+        # every chunk is in, it is never predicted twice.
+        first = ~ids.duplicated(keep="first").to_numpy()
+        rows = np.flatnonzero(usable)
+        predictions = predictions_frame(cleaned.iloc[rows[first]], model, model_version)
+        hashes = pd.util.hash_array(text[usable].to_numpy(dtype=object))
+        return (
+            predictions,
+            ids,
+            hashes,
+            first,
+            start + rows,
+            cleaned[~usable],
+            reason[~usable],
+        )
 
     columns = ["tweet_id", "text", "source", "source_row", "n_replies"]
     chunks = _numbered(store.iter_frames(raw, columns=columns, rows=CHUNK_ROWS))
     quarantined: dict[str, list[pd.DataFrame]] = {}
-    predicted = no_known = 0
-    per_category: dict[str, int] = {}
+    ids, hashes, predicted_rows, positions = [], [], [], []
     with PredictionWriter(output) as writer:
-        for predictions, set_aside, reasons in map_ordered(classify_chunk, chunks):
+        for (
+            predictions,
+            usable_ids,
+            digests,
+            first,
+            rows,
+            set_aside,
+            reasons,
+        ) in map_ordered(classify_chunk, chunks):
             writer.write(predictions[PREDICTION_COLUMNS])
-            predicted += len(predictions)
-            no_known += int(predictions["cluster_id"].eq(NO_WORDS_CLUSTER).sum())
-            for category, n in predictions["category"].value_counts().items():
-                per_category[str(category)] = per_category.get(str(category), 0) + n
+            ids.append(usable_ids)
+            hashes.append(digests)
+            predicted_rows.append(first)
+            positions.append(rows)
             for why in dict.fromkeys(reasons):
                 quarantined.setdefault(why, []).append(
                     make_quarantine(set_aside[reasons == why], CLEANING_STAGE, why)
                 )
-            progress.advance(len(reasons) + len(predictions))
-    order = [EMPTY_REASON, too_long_reason(config), CONFLICT_REASON]
+            progress.advance(len(reasons) + len(usable_ids))
+        if not ids:
+            ids = [pd.Series([], dtype="str")]
+        conflict, repeat = id_checks(
+            pd.concat(ids, ignore_index=True),
+            np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+        )
+        in_file = (
+            np.concatenate(predicted_rows) if predicted_rows else np.zeros(0, bool)
+        )
+        writer.drop((conflict | repeat)[in_file])
+        if conflict.any():
+            rows = np.concatenate(positions)[conflict]
+            quarantined[CONFLICT_REASON] = [
+                make_quarantine(
+                    _rows_of(store, raw, rows, columns, config),
+                    CLEANING_STAGE,
+                    CONFLICT_REASON,
+                )
+            ]
+    order = [EMPTY_REASON, max_chars, CONFLICT_REASON]
     quarantine = pd.concat(
         [ingestion_quarantine]
         + [frame for why in order for frame in quarantined.get(why, [])],
@@ -275,28 +281,45 @@ def classify_raw(
     counts = {
         "rows_read": rows_read - outbound_skipped,
         "outbound_skipped": outbound_skipped,
-        "predicted": predicted,
+        "predicted": writer.rows,
         "quarantined": len(quarantine),
-        "duplicates_removed": int(screened.repeat.sum()),
-        "no_known_words": no_known,
+        "duplicates_removed": int(repeat.sum()),
+        "no_known_words": writer.no_known,
     }
     check_row_accounting(counts, "predicted")
     written = {"predictions": output}
     if len(quarantine):
         written["quarantine"] = quarantine_uri(output)
         storage.write_bytes(written["quarantine"], frame_to_parquet_bytes(quarantine))
-    total = max(predicted, 1)
+    total = max(writer.rows, 1)
     return {
         "counts": counts,
         "categories": [
             {"category": c, "tweets": int(n), "share": round(n / total, 4)}
-            for c, n in sorted(per_category.items(), key=lambda kv: -kv[1])
+            for c, n in sorted(writer.per_category.items(), key=lambda kv: -kv[1])
         ],
         "quarantine_reasons": (
             quarantine["reason"].value_counts().to_dict() if len(quarantine) else {}
         ),
         "written": written,
     }
+
+
+def _rows_of(
+    store: ArtifactStore,
+    raw: ArtifactRef,
+    rows: np.ndarray,
+    columns: list[str],
+    config: CleaningConfig,
+) -> pd.DataFrame:
+    """The raw rows at sorted positions ``rows``, their texts cleaned."""
+    parts, start = [], 0
+    for chunk in store.iter_frames(raw, columns=columns, rows=CHUNK_ROWS):
+        inside = rows[(rows >= start) & (rows < start + len(chunk))] - start
+        parts.append(chunk.iloc[inside])
+        start += len(chunk)
+    picked = pd.concat(parts, ignore_index=True)
+    return picked.assign(text=clean_text(picked["text"], config.fix_mojibake))
 
 
 def _numbered(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame]]:
@@ -318,9 +341,12 @@ class PredictionWriter:
         """Write the predictions to ``output`` (local path, file:// or s3://)."""
         self.output = output
         self.rows = 0
+        self.no_known = 0
+        self.per_category: dict[str, int] = {}
         self._folder = Path(tempfile.mkdtemp(prefix="tweetflow-predictions-"))
         self._path = self._folder / "predictions.parquet"
         self._writer: Any = None
+        self._schema: Any = None
 
     def write(self, predictions: pd.DataFrame) -> None:
         """Check one chunk against the predictions contract and append it."""
@@ -332,11 +358,42 @@ class PredictionWriter:
             predictions.reset_index(drop=True), preserve_index=False
         )
         if self._writer is None:
+            self._schema = table.schema
             self._writer = pq.ParquetWriter(
                 self._path, table.schema, **parquet_options(table.schema)
             )
         self._writer.write_table(table)
-        self.rows += len(predictions)
+        self._count(predictions, 1)
+
+    def _count(self, predictions: pd.DataFrame, sign: int) -> None:
+        self.rows += sign * len(predictions)
+        self.no_known += sign * int(
+            predictions["cluster_id"].eq(NO_WORDS_CLUSTER).sum()
+        )
+        for category, n in predictions["category"].value_counts().items():
+            name = str(category)
+            self.per_category[name] = self.per_category.get(name, 0) + sign * int(n)
+
+    def drop(self, refused: np.ndarray) -> None:
+        """Take the written rows marked in ``refused`` (in writing order) out."""
+        if not refused.any():
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._writer.close()
+        self._writer = None
+        kept_path = self._folder / "kept.parquet"
+        start = 0
+        with pq.ParquetWriter(
+            kept_path, self._schema, **parquet_options(self._schema)
+        ) as kept:
+            for batch in pq.ParquetFile(self._path).iter_batches(CHUNK_ROWS):
+                mask = refused[start : start + batch.num_rows]
+                start += batch.num_rows
+                self._count(batch.filter(pa.array(mask)).to_pandas(), -1)
+                kept.write_table(pa.Table.from_batches([batch.filter(pa.array(~mask))]))
+        kept_path.replace(self._path)
 
     def __enter__(self) -> PredictionWriter:
         """Open for writing."""
@@ -350,7 +407,7 @@ class PredictionWriter:
     ) -> None:
         """Move the complete file into place, or drop it after an error."""
         try:
-            if exc_type is None and self._writer is None:
+            if exc_type is None and self._schema is None:  # nothing was written
                 self.write(empty_predictions())
             if self._writer is not None:
                 self._writer.close()

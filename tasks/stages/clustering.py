@@ -29,15 +29,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, silhouette_score
-from threadpoolctl import threadpool_limits
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
@@ -45,6 +42,9 @@ from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CENTROIDS_FILE, CLUSTERS_FILE, NO_WORDS_CLUSTER
 from tasks.ml.embedding import doc_term_matrix, stem_words, vectors_of, word_codes
+
+if TYPE_CHECKING:
+    from sklearn.cluster import KMeans
 
 STAGE = "clustering"
 PROJECTION_PLOT = "clusters_2d.png"
@@ -204,6 +204,8 @@ class MergeTree:
         self, sample: np.ndarray, n_groups: int, seed: int, n_init: int
     ) -> None:
         """Cut ``sample`` into ``n_groups`` KMeans groups and merge them by Ward."""
+        from sklearn.cluster import KMeans  # imported when used: ~1 s
+
         self.n_groups = n_groups
         fine = KMeans(n_groups, n_init=n_init, random_state=seed).fit(sample)
         self.centroids = fine.cluster_centers_
@@ -306,6 +308,9 @@ def discover(
             k = int(keep_k)
     first, rows = trees[0]
     progress = current()
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
     progress.phase(f"KMeans k={k} on {len(vectors):,} tweets", 2)
     model = KMeans(k, init=first.centres(k), n_init=1, random_state=seed).fit(vectors)
     stability = 1.0
@@ -493,6 +498,9 @@ def describe_fit(
         raise InsufficientDataError(
             f"clustering: k={given} exceeds {len(train)} discovery tweets"
         )
+    from sklearn.metrics import silhouette_score
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(config.threads):
         found = discover(train, given, config, seed, keep_k)
         model, ratios = found.model, found.ratios
@@ -796,6 +804,8 @@ def cluster(
     distance = np.full(len(frame), np.nan)
     with_views = 0
     current().phase("assigning every tweet", len(frame), "rows")
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(config.threads):
         for part in tweet_chunks(store, features, use_replies):
             view, with_replies = conversation_view(

@@ -30,8 +30,6 @@ import pandas as pd
 import scipy.sparse as sp
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.cluster import KMeans
-from threadpoolctl import threadpool_limits
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
@@ -272,6 +270,9 @@ def specificity_weights(
         return np.ones(len(embedder.vocab), dtype=np.float32)
     rng = np.random.default_rng(seed)
     fit = rng.choice(len(rows), size=min(len(rows), config.pilot_sample), replace=False)
+    from sklearn.cluster import KMeans  # imported when used: ~1 s
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(1):
         pilot = KMeans(k, n_init=3, random_state=seed).fit(vectors[np.sort(fit)])
         groups = pilot.predict(vectors)

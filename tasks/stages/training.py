@@ -11,29 +11,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import joblib
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.base import ClassifierMixin
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import (
-    accuracy_score,
-    classification_report,
-    confusion_matrix,
-    f1_score,
-)
-from sklearn.svm import LinearSVC
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CLASSIFIER_FILE
 from tasks.ml.embedding import vectors_of
+
+if TYPE_CHECKING:
+    from sklearn.base import ClassifierMixin
 
 STAGE = "training"
 METRICS_FILE = "metrics.json"
@@ -67,6 +59,11 @@ class TrainingConfig(BaseModel):
 
 def make_classifier(config: TrainingConfig, seed: int) -> ClassifierMixin:
     """Build the configured, unfitted estimator."""
+    # scikit-learn is imported when a model is built (about 1 s), not with the flow.
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
     weight = None if config.class_weight == "none" else "balanced"
     if config.classifier == "linear_svc":
         return LinearSVC(
@@ -92,6 +89,13 @@ def train_and_evaluate(
     Returns (model, metrics, text report, evaluation confusion matrix, labels).
     Tweets with no known words (cluster -1) are left out of fitting and scoring.
     """
+    from sklearn.metrics import (
+        accuracy_score,
+        classification_report,
+        confusion_matrix,
+        f1_score,
+    )
+
     if not features["tweet_id"].equals(assignments["tweet_id"]):
         raise ValueError("training: features and cluster assignments are not aligned")
     vectors = vectors_of(features)
@@ -224,6 +228,8 @@ def train(
         seed,
     )
     staging = store.staging_dir(STAGE)
+    import joblib
+
     joblib.dump(model, staging / CLASSIFIER_FILE)
     (staging / METRICS_FILE).write_text(
         json.dumps(metrics, indent=2, sort_keys=True) + "\n"

@@ -94,7 +94,7 @@ def test_generic_csv_gets_predictions_for_every_usable_tweet(
         "blank-1": "text is empty after cleaning",
     }
     # The same preparation as training: what the model saw is the cleaned text.
-    from tasks.stages.preparation import clean_text
+    from tasks.ml.cleaning import clean_text
 
     expected = clean_text(new_tweets.drop_duplicates("tweet_id")["text"]).iloc[:300]
     assert predictions["text"].tolist() == expected.tolist()
@@ -264,3 +264,60 @@ def test_the_mlflow_ui_script_serves_the_embedded_registry(trained) -> None:
             assert json.load(r)["model_version"]["version"] == version
     finally:
         stop(proc)
+
+
+def test_classifying_in_chunks_equals_classifying_in_one_piece(
+    trained, new_tweets: pd.DataFrame, tmp_path: Path, monkeypatch
+) -> None:
+    """Conflicting ids, exact repeats and empty texts fall in different chunks;
+    the chunked path (bounded memory) gives the one-piece path's every row."""
+    from data_contracts import empty_quarantine
+    from tasks.infra.store import ArtifactStore
+    from tasks.ml.cleaning import CleaningConfig
+    from tasks.serving import inference
+    from tasks.serving.model import TweetClassifier
+    from tasks.stages.ingestion import IngestionConfig, ingest_frame
+
+    artifacts, retrained = trained
+    model = TweetClassifier.load(Path(retrained.local_run_dir) / "model")
+    fresh = new_tweets.iloc[:300]
+    rows = pd.concat(
+        [
+            fresh.iloc[:40],
+            pd.DataFrame({"tweet_id": ["c1", "blank-2"], "text": ["first", "  "]}),
+            fresh.iloc[40:80],
+            fresh.iloc[[3, 5]],  # exact repeats, chunks after their originals
+            pd.DataFrame({"tweet_id": ["c1"], "text": ["a different text"]}),
+            fresh.iloc[80:120],
+        ],
+        ignore_index=True,
+    )
+    source = tmp_path / "mixed.csv"
+    rows.to_csv(source, index=False, quoting=csv.QUOTE_ALL)
+    raw = ingest_frame(str(source), IngestionConfig()).raw
+    whole = inference.classify_frame(raw, model, "v")
+
+    monkeypatch.setattr(inference, "CHUNK_ROWS", 7)
+    store = ArtifactStore(tmp_path / "store")
+    output = tmp_path / "chunked.parquet"
+    summary = inference.classify_raw(
+        store,
+        store.put_frame(raw, "ingestion", "raw"),
+        empty_quarantine(),  # ingestion set nothing aside
+        len(raw),
+        0,
+        str(output),
+        model,
+        "v",
+        CleaningConfig(),
+    )
+    chunked = pd.read_parquet(output)
+    assert chunked.equals(whole.predictions.reset_index(drop=True))
+    quarantine = pd.read_parquet(inference.quarantine_uri(str(output)))
+    assert quarantine.equals(whole.quarantine.reset_index(drop=True))
+    assert set(quarantine["reason"]) == {
+        "text is empty after cleaning",
+        "tweet_id repeated with a different text",
+    }
+    assert summary["counts"]["duplicates_removed"] == whole.duplicates_removed == 2
+    assert summary["counts"]["predicted"] == len(whole.predictions) == 120

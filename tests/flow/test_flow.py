@@ -121,12 +121,33 @@ def test_a_quick_stage_gets_no_progress_bar(first_run) -> None:
 
 def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:
     artifacts, first, _ = first_run
+    runs_before = sorted(p.name for p in (artifacts / "runs").iterdir())
+    latest = (artifacts / "LATEST").read_text().strip()
     result, states = run(small_params(small_csv, artifacts))
     assert set(states) == STAGES
     assert set(states.values()) == {"Cached"}, states
     assert result.metrics == first.metrics
     assert result.categories == first.categories
-    assert result.run_id != first.run_id
+    # Nothing changed: the run says so and publishes nor registers anything new.
+    assert result.unchanged and result.run_id == latest
+    assert (artifacts / "LATEST").read_text().strip() == latest
+    assert sorted(p.name for p in (artifacts / "runs").iterdir()) == runs_before
+
+
+def test_an_unchanged_run_publishes_nothing_unless_promotion_is_forced(
+    prefect_api, small_csv: Path, tmp_path: Path
+) -> None:
+    first, _ = run(small_params(small_csv, tmp_path))
+    quiet, states = run(small_params(small_csv, tmp_path, log_level="DEBUG"))
+    assert quiet.unchanged and quiet.run_id == first.run_id  # log level aside
+    assert quiet.model_version == first.model_version
+    assert set(states.values()) == {"Cached"}
+    forced, _ = run(small_params(small_csv, tmp_path, promote="force"))
+    assert not forced.unchanged and forced.run_id != first.run_id
+    assert forced.promotion == "promoted"
+    assert (tmp_path / "LATEST").read_text().strip() == forced.run_id
+    changed, _ = run(small_params(small_csv, tmp_path, training={"C": 0.5}))
+    assert not changed.unchanged and changed.run_id != forced.run_id
 
 
 @pytest.mark.parametrize(
@@ -163,11 +184,11 @@ def test_transient_storage_error_is_retried(
     original = ArtifactStore.put_frame
     failures = {"preprocessing": 1}
 
-    def flaky(self, df, stage, contract=None):
+    def flaky(self, df, stage, contract=None, checked=False):
         if failures.get(stage):
             failures[stage] -= 1
             raise TransientStorageError(f"simulated 503 writing {stage}")
-        return original(self, df, stage, contract)
+        return original(self, df, stage, contract, checked)
 
     monkeypatch.setattr(ArtifactStore, "put_frame", flaky)
     from flows.retrain import retrain

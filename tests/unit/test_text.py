@@ -295,3 +295,11 @@ def test_tokenising_in_chunks_gives_the_frame_tokenising_at_once_gives() -> None
     whole = preprocess_frame(prepared, config)
     pd.testing.assert_frame_equal(tokenise_in_chunks(prepared, config, chunk=7), whole)
     pd.testing.assert_frame_equal(tokenise_in_chunks(prepared, config), whole)
+
+
+def test_the_copied_stop_words_are_scikit_learns() -> None:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from tasks.ml.text import SKLEARN_STOP_WORDS
+
+    assert SKLEARN_STOP_WORDS == ENGLISH_STOP_WORDS
