@@ -9,7 +9,6 @@ a run the peak of its largest stage.
 from __future__ import annotations
 
 import ctypes
-import gc
 from functools import lru_cache
 from typing import Any
 
@@ -23,8 +22,12 @@ def _libc() -> Any:
 
 
 def release_memory() -> None:
-    """Collect garbage and hand freed allocator pages back to the system."""
-    gc.collect()
+    """Hand freed allocator pages back to the system.
+
+    The stage's frames are freed when its function returns (reference counts);
+    no garbage collection is forced (a full collection of this process's heap
+    takes a tenth of a second or more, every stage).
+    """
     try:
         import pyarrow as pa
 
