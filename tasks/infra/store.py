@@ -352,6 +352,10 @@ class ArtifactStore:
             _remember_good(path, ref.sha256)
         return path
 
+    def local_file(self, ref: ArtifactRef) -> Path:
+        """A local copy of a stored frame's Parquet file, checked against its sha256."""
+        return self._verified_path(ref)
+
     def open_frame(self, ref: ArtifactRef) -> Any:  # pyarrow.parquet.ParquetFile
         """The stored frame as a Parquet file to read by columns and row groups."""
         import pyarrow.parquet as pq

@@ -84,7 +84,10 @@ def cluster_table(
     examples: int = 3,
 ) -> list[dict]:
     """Per category: size, share, top words and the tweets closest to its centre."""
-    data = labels.merge(assignments[["tweet_id", "distance"]], on="tweet_id")
+    if labels["tweet_id"].equals(assignments["tweet_id"]):  # the stages' order
+        data = labels.assign(distance=assignments["distance"].to_numpy())
+    else:
+        data = labels.merge(assignments[["tweet_id", "distance"]], on="tweet_id")
     total = max(len(data), 1)
     rows = []
     for c in categories:
@@ -113,7 +116,6 @@ def cluster_table(
 def publish_run(
     store: ArtifactStore,
     record: RunRecord,
-    labels: pd.DataFrame,
     quarantine: pd.DataFrame,
     report: str,
     clusters: list[dict],
@@ -131,7 +133,11 @@ def publish_run(
     partial = runs / f".{record.run_id}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    labels.to_parquet(partial / "pseudo_labels.parquet", index=False)
+    # The stored pseudo-labels file itself (already checked), not a second encoding.
+    shutil.copyfile(
+        store.local_file(record.refs["pseudo_labels"]),
+        partial / "pseudo_labels.parquet",
+    )
     quarantine.to_parquet(partial / "quarantine.parquet", index=False)
     (partial / "metrics.json").write_text(
         json.dumps(
@@ -430,7 +436,7 @@ def publish(
     table = cluster_table(labels, assignments, cats)
     report = markdown_report(record, table)
     run_dir = publish_run(
-        store, record, labels, quarantine, report, table, config["preprocessing"]
+        store, record, quarantine, report, table, config["preprocessing"]
     )
     location = (
         storage.join(store.root_uri, "runs", record.run_id)
