@@ -10,10 +10,13 @@ the logged folder (the bundle's own verified format; issue-free to load with
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,10 +35,30 @@ from tasks.infra.registry import (
 )
 from tasks.ml.bundle import MANIFEST_FILE, bundle_digest
 from tasks.serving.model import TweetClassifier
+from tasks.serving.pyfunc import save_pyfunc
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# What the registered model needs to run, pinned to the versions that trained it.
+MODEL_REQUIREMENTS = (
+    "mlflow",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "scikit-learn",
+    "scipy",
+    "joblib",
+    "gensim",
+    "pandera",
+    "pydantic",
+    "pyyaml",
+    "ftfy",
+    "pystemmer",
+)
+GIT_COMMIT_ENV = "TWEETFLOW_GIT_COMMIT"
+DATASET_DIGEST_LIMIT = 36  # MLflow's dataset digest column
 PARAM_VALUE_LIMIT = 500  # the smallest param length MLflow servers have accepted
 REPORT_FILES = (
     "report.md",
@@ -102,6 +125,55 @@ def read_run(run_dir: Path) -> dict:
     return json.loads(info_file.read_text())
 
 
+def model_requirements() -> list[str]:
+    """``name==version`` of each package the registered model imports."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
+
+
+def git_commit() -> str | None:
+    """The commit the code runs from: ``TWEETFLOW_GIT_COMMIT`` (set in the image)
+    or ``git rev-parse HEAD`` of the checkout; None when neither is known."""
+    commit = os.environ.get(GIT_COMMIT_ENV, "").strip()
+    if commit:
+        return commit
+    if not (PROJECT_ROOT / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = done.stdout.strip()
+    return text if done.returncode == 0 and len(text) == 40 else None
+
+
+def snapshot_dataset(info: dict) -> Any:  # mlflow.entities.DatasetInput
+    """The raw snapshot a run trained on, as an MLflow dataset input: digest =
+    its sha256 (as much as MLflow keeps; the whole hash is in the profile)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    raw = info.get("refs", {}).get("raw", {})
+    sha = str(raw.get("sha256", "unknown"))
+    source = str(info.get("config", {}).get("source", ""))
+    dataset = Dataset(
+        name="raw-snapshot",
+        digest=sha[:DATASET_DIGEST_LIMIT],
+        source_type="tweetflow-artifact-store",
+        source=json.dumps({"uri": str(raw.get("uri", "")), "source": source}),
+        schema=json.dumps({"contract": raw.get("contract")}),
+        profile=json.dumps({"sha256": sha, "rows": int(raw.get("rows", 0))}),
+    )
+    return DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])
+
+
 def _batched(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -141,6 +213,9 @@ def log_run(
         "tweetflow.source": str(info.get("config", {}).get("source", "")),
         "tweetflow.stage_seconds": json.dumps(info.get("stage_seconds", {})),
     }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
     tags = {k: v[:TAG_VALUE_LIMIT] for k, v in tags.items()}
     report = run_dir / "report.md"
     if report.is_file():
@@ -162,7 +237,13 @@ def log_run(
         ]:
             if path.is_file():
                 reg.client.log_artifact(mlflow_run_id, str(path), "reports")
-        reg.client.log_artifacts(mlflow_run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+        reg.client.log_inputs(mlflow_run_id, datasets=[snapshot_dataset(info)])
+        reg.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=reg.root, prefix=".pyfunc-") as tmp:
+            pyfunc = save_pyfunc(
+                model_dir, Path(tmp) / "model", model_requirements(), PROJECT_ROOT
+            )
+            reg.client.log_artifacts(mlflow_run_id, str(pyfunc), MODEL_ARTIFACT_PATH)
     except BaseException:
         reg.client.set_terminated(mlflow_run_id, "FAILED")
         raise

@@ -13,7 +13,12 @@ import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-from tasks.serving.pyfunc import BUNDLE_ARTIFACT, predict_texts, texts_of
+from tasks.serving.pyfunc import (
+    BUNDLE_ARTIFACT,
+    DIGEST_KEY,
+    predict_texts,
+    texts_of,
+)
 
 
 class TweetflowModel(PythonModel):
@@ -22,9 +27,14 @@ class TweetflowModel(PythonModel):
     def load_context(self, context: Any) -> None:
         """Load the bundle: every file is checked against its sha256 in
         ``manifest.json`` before anything is unpickled."""
-        from tasks.serving.model import TweetClassifier
+        from pathlib import Path
 
-        self.model = TweetClassifier.load(context.artifacts[BUNDLE_ARTIFACT])
+        from tasks.serving.model import TweetClassifier
+        from tasks.serving.pyfunc import check_digest
+
+        bundle = Path(context.artifacts[BUNDLE_ARTIFACT])
+        check_digest(bundle, (context.model_config or {}).get(DIGEST_KEY))
+        self.model = TweetClassifier.load(bundle)
 
     def predict(
         self,

@@ -31,6 +31,7 @@ CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")
 BUNDLE_ARTIFACT = "bundle"
 BUNDLE_IN_PYFUNC = Path("artifacts") / BUNDLE_ARTIFACT
 PACKAGES = ("tasks", "data_contracts")
+DIGEST_KEY = "manifest_sha256"  # in the MLmodel's model_config
 INPUT_EXAMPLE = [
     "@united my flight was cancelled and nobody at the gate can rebook me",
     "the new iphone battery dies before lunch, any fix?",
@@ -80,6 +81,18 @@ def signature() -> Any:  # mlflow.models.ModelSignature
     )
 
 
+def check_digest(bundle: Path, expected: str | None) -> None:
+    """Refuse a bundle whose manifest is not the one the model was saved with."""
+    from tasks.infra.errors import ModelVerificationError
+    from tasks.ml.bundle import bundle_digest
+
+    if expected and bundle_digest(bundle) != expected:
+        raise ModelVerificationError(
+            f"refusing the model in {bundle.parent.parent}: its manifest does not "
+            f"match the {DIGEST_KEY} it was saved with"
+        )
+
+
 def _clean_copy(package: Path, target: Path) -> Path:
     """The package's Python sources only (no caches) under ``target``."""
     shutil.copytree(
@@ -95,6 +108,7 @@ def save_pyfunc(
 ) -> Path:
     """Write the MLflow pyfunc model of ``bundle`` into the new folder ``target``."""
     from tasks.infra.registry import _mlflow
+    from tasks.ml.bundle import bundle_digest
 
     mlflow = _mlflow()
     if not (bundle / MANIFEST_FILE).is_file():
@@ -115,6 +129,7 @@ def save_pyfunc(
             signature=signature(),
             input_example=pd.DataFrame({"text": INPUT_EXAMPLE}),
             pip_requirements=requirements,
+            model_config={DIGEST_KEY: bundle_digest(bundle)},
         )
     finally:
         shutil.rmtree(sources, ignore_errors=True)

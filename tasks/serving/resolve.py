@@ -30,6 +30,7 @@ from tasks.infra.registry import (
 from tasks.infra.store import ArtifactMissing, verify_manifest
 from tasks.ml.bundle import MANIFEST_FILE, bundle_digest
 from tasks.serving.model import TweetClassifier
+from tasks.serving.pyfunc import bundle_of
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -50,6 +51,7 @@ class LoadedModel:
 def check_registered_bundle(local: Path, mv: ModelVersion, name: str) -> None:
     """A downloaded version's files must match their manifest and registered hash."""
     label = f"{name}/{mv.version}"
+    local = bundle_of(local)
     try:
         verify_manifest(local)
     except ArtifactMissing as exc:
@@ -127,7 +129,7 @@ def cached_version(reg: Registry, mv: ModelVersion) -> Path:
     if cache.is_dir():
         try:
             check_registered_bundle(cache, mv, reg.name)
-            return cache
+            return bundle_of(cache)
         except ModelVerificationError:
             shutil.rmtree(cache)  # a damaged cache is fetched again and re-checked
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +138,7 @@ def cached_version(reg: Registry, mv: ModelVersion) -> Path:
         check_registered_bundle(local, mv, reg.name)
         storage.move_into_place(local, cache)  # or another process filled it
     check_registered_bundle(cache, mv, reg.name)
-    return cache
+    return bundle_of(cache)
 
 
 @uncached_task("load-model")

@@ -321,3 +321,56 @@ def test_classifying_in_chunks_equals_classifying_in_one_piece(
     }
     assert summary["counts"]["duplicates_removed"] == whole.duplicates_removed == 2
     assert summary["counts"]["predicted"] == len(whole.predictions) == 120
+
+
+def test_the_champion_loads_as_an_mlflow_pyfunc_model_with_batch_inference_categories(
+    trained, new_tweets: pd.DataFrame, tmp_path: Path, monkeypatch
+) -> None:
+    import json
+
+    import mlflow
+
+    from tasks.infra.errors import ModelVerificationError
+    from tasks.infra.registry import Registry
+    from tasks.infra.store import write_manifest
+    from tasks.release.config import ReleaseConfig
+
+    artifacts, retrained = trained
+    source = tmp_path / "new.csv"
+    new_tweets.to_csv(source, index=False, quoting=csv.QUOTE_ALL)
+    output = tmp_path / "predictions.parquet"
+    run_inference(source, output, artifacts)
+    batch = pd.read_parquet(output)
+    texts = new_tweets.drop_duplicates("tweet_id").set_index("tweet_id")["text"]
+
+    reg = Registry.open(artifacts, ReleaseConfig())
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: reg.tracking_uri)
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    mlflow.set_registry_uri(reg.tracking_uri)
+    uri = "models:/tweetflow-classifier@champion"
+    model = mlflow.pyfunc.load_model(uri)
+    inputs = model.metadata.get_input_schema().input_names()
+    outputs = model.metadata.get_output_schema().input_names()
+    assert inputs == ["text"]
+    assert outputs == ["category", "cluster_id", "confidence"]
+    predicted = model.predict(pd.DataFrame({"text": texts[batch["tweet_id"]].values}))
+    assert len(predicted) == len(batch)
+    assert predicted["category"].tolist() == batch["category"].tolist()
+    assert predicted["cluster_id"].tolist() == batch["cluster_id"].tolist()
+    assert predicted["confidence"].to_numpy() == pytest.approx(
+        batch["confidence"].to_numpy(), abs=1e-6
+    )
+
+    # The pyfunc path verifies the bundle too: a damaged file, or a manifest
+    # rewritten to match it, is refused before anything is unpickled.
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
+    bundle = local / "artifacts" / "bundle"
+    data = bytearray((bundle / "classifier.joblib").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "classifier.joblib").write_bytes(bytes(data))
+    with pytest.raises(ModelVerificationError, match="classifier.joblib"):
+        mlflow.pyfunc.load_model(str(local))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    write_manifest(bundle, {k: v for k, v in manifest.items() if k != "files"})
+    with pytest.raises(ModelVerificationError, match="manifest_sha256"):
+        mlflow.pyfunc.load_model(str(local))

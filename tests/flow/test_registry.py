@@ -93,7 +93,7 @@ def registered_file(artifacts: Path, config, version: str, name: str) -> Path:
     from tasks.infra.registry import Registry
 
     source = Registry.open(artifacts, config).version(version).source
-    return Path(source.removeprefix("file://")) / name
+    return Path(source.removeprefix("file://")) / "artifacts" / "bundle" / name
 
 
 def flip_a_byte(path: Path) -> None:
@@ -137,7 +137,8 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     )
     assert f"/runs/{first.tracked.mlflow_run_id}" in first.tracked.run_url
 
-    # The MLflow run holds params, metrics, reports and the bundle under model/.
+    # The MLflow run holds params, metrics, reports, the raw snapshot as its
+    # dataset, the git commit, and the pyfunc model (with the bundle) under model/.
     from tasks.infra.registry import Registry
 
     client = Registry.open(artifacts, config).client
@@ -150,10 +151,22 @@ def test_gate_promotes_a_good_model_and_refuses_a_worse_one(
     assert run.data.metrics["counts.accepted"] == info["counts"]["accepted"]
     assert run.data.tags["tweetflow.code_version"] == info["code_version"]
     model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert (
-        "model/manifest.json" in model_files
-        and "model/classifier.joblib" in model_files
-    )
+    assert {"model/MLmodel", "model/mlflow_model_code.py"} <= model_files
+    bundle = {
+        a.path for a in client.list_artifacts(run.info.run_id, "model/artifacts/bundle")
+    }
+    assert {
+        "model/artifacts/bundle/manifest.json",
+        "model/artifacts/bundle/classifier.joblib",
+    } <= bundle
+    (dataset,) = run.inputs.dataset_inputs
+    raw_sha = info["refs"]["raw"]["sha256"]
+    assert raw_sha.startswith(dataset.dataset.digest)
+    assert json.loads(dataset.dataset.profile)["sha256"] == raw_sha
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == commit
     reports = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
     assert {"reports/report.md", "reports/confusion_matrix.png"} <= reports
 
