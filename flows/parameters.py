@@ -135,3 +135,32 @@ class BatchInferenceParameters(BaseModel):
 
 
 RETRAIN_DEFAULTS = RetrainParameters()
+
+
+class PromoteParameters(BaseModel):
+    """Moving the champion by hand (a rollback, or an earlier refusal overruled)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(
+        description="The registered version to make the champion: a number such as "
+        "3, or <model name>/3.",
+        min_length=1,
+    )
+    artifacts_dir: str = Field(
+        "artifacts", description="Artifact store root whose registry holds the models."
+    )
+    promotion_config: str = Field(
+        PROMOTION_CONFIG,
+        description="Registry settings (YAML): MLflow URI and model name.",
+    )
+    reason: str = Field(
+        "", description="Why, recorded on the version (promotion_reason tag)."
+    )
+    log_level: LogLevel = Field(
+        "INFO", description="Verbosity of the run's logs in the Prefect dashboard."
+    )
+
+    def as_flow_kwargs(self) -> dict[str, Any]:
+        """The parameters as keyword arguments of the ``promote`` flow."""
+        return {name: getattr(self, name) for name in type(self).model_fields}

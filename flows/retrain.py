@@ -58,6 +58,7 @@ class RetrainResult(BaseModel):
     promotion: str
     promotion_reason: str
     unchanged: bool = False  # nothing changed since the run named: nothing published
+    identical_to_run: str | None = None  # same model as this run's: nothing registered
 
     @classmethod
     def of_unchanged(cls, kept: UnchangedRun, seconds: dict) -> RetrainResult:
@@ -85,7 +86,14 @@ class RetrainResult(BaseModel):
             stage_seconds=seconds,
             model_version=outcome.tracked.model_version,
             promotion=outcome.promotion.status,
-            promotion_reason=outcome.promotion.reason,
+            promotion_reason=outcome.promotion.reason
+            + (
+                f"; the model is byte-identical to run {identical}'s: nothing new "
+                "registered"
+                if (identical := outcome.tracked.identical_to_run)
+                else ""
+            ),
+            identical_to_run=outcome.tracked.identical_to_run,
         )
 
 

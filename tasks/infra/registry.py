@@ -43,6 +43,7 @@ TAG_PROMOTION = "promotion"
 TAG_REASON = "promotion_reason"
 TAG_FORCED = "promotion_forced"
 TAG_PREVIOUS = "previous_champion"
+TAG_ROLLBACK = "promotion_rollback"
 TAG_VALUE_LIMIT = 5000
 READY_TIMEOUT_SECONDS = 300.0
 

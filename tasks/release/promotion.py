@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from tasks.infra.caching import uncached_task
-from tasks.infra.errors import ModelVerificationError, NoChampionError
+from tasks.infra.errors import ModelVerificationError, NoChampionError, RegistryError
 from tasks.infra.registry import (
     CHAMPION,
     MODEL_ARTIFACT_PATH,
@@ -26,6 +26,7 @@ from tasks.infra.registry import (
     TAG_PREVIOUS,
     TAG_PROMOTION,
     TAG_REASON,
+    TAG_ROLLBACK,
     TAG_VALUE_LIMIT,
     Registry,
     RegistryConfig,
@@ -55,6 +56,7 @@ class PromotionOutcome:
     forced: bool
     reason: str
     previous_champion: str | None
+    rollback: bool = False  # moved by hand to a version older than the champion
 
 
 def promote(
@@ -77,6 +79,11 @@ def promote(
     mv = reg.wait_until_ready(version)
     previous = reg.champion()
     previous_version = str(previous.version) if previous else None
+    if previous_version == version and mv.tags.get(TAG_PROMOTION) == "promoted":
+        # The same bundle again (or a retry after the alias moved): its record stays.
+        return PromotionOutcome(
+            version, "promoted", True, False, "already the champion", version
+        )
     set_tag = reg.client.set_model_version_tag
     set_tag(reg.name, version, TAG_FROZEN_SHA, decision.frozen_sha256)
     set_tag(reg.name, version, "gate", "passed" if decision.promote else "failed")
@@ -114,6 +121,52 @@ def promote(
     set_tag(reg.name, version, TAG_FORCED, str(forced).lower())
     reg.client.set_registered_model_alias(reg.name, CHAMPION, version)
     return outcome("promoted", reason, forced)
+
+
+def registered_version(reg: Registry, version: str) -> ModelVersion:
+    """The registered version ``version`` names (``3`` or ``<model>/3``)."""
+    number = str(version).strip().removeprefix(f"{reg.name}/")
+    if not number.isdigit():
+        raise RegistryError(
+            f"--to needs a version number of {reg.name!r} (such as 3), not {number!r}"
+        )
+    return reg.version(number)
+
+
+def move_champion(
+    registry_root: str | Path, config: RegistryConfig, version: str, reason: str = ""
+) -> PromotionOutcome:
+    """Move the champion alias by hand to any registered ``version`` (``3`` or
+    ``<model>/3``), through the same verified path as a gated promotion: the
+    version must be READY and its registered files, downloaded afresh, must
+    match their manifest and registered hash; the alias moves last, in one
+    call. A move to an older version is tagged as a rollback."""
+    reg = Registry.open(registry_root, config)
+    version = str(registered_version(reg, version).version)
+    mv = reg.wait_until_ready(version)
+    previous = reg.champion()
+    previous_version = str(previous.version) if previous else None
+    if previous_version == version:
+        return PromotionOutcome(
+            version, "skipped", False, False, "already the champion", version
+        )
+    verify_registered(reg, mv)
+    rollback = previous_version is not None and int(version) < int(previous_version)
+    what = "rollback" if rollback else "manual promotion"
+    note = f"{what} from {previous_version or 'no champion'}" + (
+        f": {reason}" if reason else ""
+    )
+    set_tag = reg.client.set_model_version_tag
+    if previous_version:
+        set_tag(reg.name, version, TAG_PREVIOUS, previous_version)
+    set_tag(reg.name, version, TAG_ROLLBACK, str(rollback).lower())
+    set_tag(reg.name, version, TAG_FORCED, "false")
+    set_tag(reg.name, version, TAG_PROMOTION, "promoted")
+    set_tag(reg.name, version, TAG_REASON, note[:TAG_VALUE_LIMIT])
+    reg.client.set_registered_model_alias(reg.name, CHAMPION, version)
+    return PromotionOutcome(
+        version, "promoted", True, False, note, previous_version, rollback
+    )
 
 
 def verify_registered(reg: Registry, mv: ModelVersion) -> None:
@@ -167,9 +220,15 @@ class RegistryOutcome:
     def markdown(self) -> str:
         """Report section with links."""
         t, p = self.tracked, self.promotion
+        identical = (
+            f" (byte-identical to run {t.identical_to_run}'s model: nothing new "
+            "registered)"
+            if t.identical_to_run
+            else ""
+        )
         return (
             f"## Registry\n\n- MLflow run: [{t.mlflow_run_id}]({t.run_url})\n"
-            f"- model version: [{t.model_version}]({t.version_url})\n"
+            f"- model version: [{t.model_version}]({t.version_url}){identical}\n"
             f"- promotion: **{p.status}**{' (forced)' if p.forced else ''}: "
             f"{p.reason}\n- champion before: {p.previous_champion or 'none'}\n\n"
             + self.decision.markdown()
@@ -182,6 +241,7 @@ class RegistryOutcome:
             "mlflow_run_url": self.tracked.run_url,
             "model_version": self.tracked.model_version,
             "model_version_url": self.tracked.version_url,
+            "identical_to_run": self.tracked.identical_to_run,
             "promotion": self.promotion.status,
             "promoted": self.promotion.promoted,
             "forced": self.promotion.forced,
@@ -255,4 +315,72 @@ def promote_challenger(
         promotion.reason,
         time.perf_counter() - started,
     )
+    announce(outcome, run_id, artifacts_dir)
     return outcome
+
+
+def announce(outcome: RegistryOutcome, run_id: str, artifacts_dir: str) -> None:
+    """Emit ``tweetflow.model.promoted`` when the alias moved to this run's model,
+    ``tweetflow.model.rejected`` when the gate refused it."""
+    from tasks.release.events import PROMOTED, REJECTED, emit_release_event
+
+    t, p = outcome.tracked, outcome.promotion
+    moved = p.promoted and p.previous_champion != p.version
+    if not moved and p.status != "rejected":
+        return
+    emit_release_event(
+        PROMOTED if moved else REJECTED,
+        t.model_name,
+        {
+            "model_version": t.model_version,
+            "version": t.version,
+            "run_id": run_id,
+            "mlflow_run_id": t.mlflow_run_id,
+            "previous_champion": p.previous_champion,
+            "forced": p.forced,
+            "reason": p.reason[:1000],
+            "artifacts_dir": artifacts_dir,
+        },
+    )
+
+
+@uncached_task("move-champion")
+def move_champion_task(
+    version: str, config: ReleaseConfig, reason: str, *, artifacts_dir: str
+) -> PromotionOutcome:
+    """Move the champion to ``version`` by hand (verified, atomic) and announce it."""
+    from prefect import get_run_logger
+
+    from tasks.infra.registry import TAG_RUN_ID
+    from tasks.release.events import PROMOTED, emit_release_event
+
+    started = time.perf_counter()
+    store = ArtifactStore(artifacts_dir)
+    moved = move_champion(store.root, config, version, reason)
+    reg = Registry.open(store.root, config)
+    get_run_logger().info(
+        "move-champion: %s/%s %s: %s (%.2fs)",
+        reg.name,
+        moved.version,
+        moved.status,
+        moved.reason,
+        time.perf_counter() - started,
+    )
+    if moved.promoted:
+        mv = reg.version(moved.version)
+        emit_release_event(
+            PROMOTED,
+            reg.name,
+            {
+                "model_version": f"{reg.name}/{moved.version}",
+                "version": moved.version,
+                "run_id": mv.tags.get(TAG_RUN_ID),
+                "mlflow_run_id": mv.run_id,
+                "previous_champion": moved.previous_champion,
+                "forced": False,
+                "rollback": moved.rollback,
+                "reason": moved.reason[:1000],
+                "artifacts_dir": artifacts_dir,
+            },
+        )
+    return moved

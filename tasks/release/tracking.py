@@ -14,7 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,9 @@ class TrackedRun:
     tracking_uri: str
     run_url: str
     version_url: str
+    # The bundle is byte-identical (same manifest hash) to this earlier version
+    # of another run: nothing new was logged or registered.
+    identical_to_run: str | None = None
 
     @property
     def model_version(self) -> str:
@@ -184,7 +187,10 @@ def log_run(
     """Log a published run to MLflow and register its model as a new version.
 
     Idempotent per tweetflow run: when a version tagged with this run id is
-    already registered (a retried task), that version is returned.
+    already registered (a retried task), that version is returned. A bundle
+    byte-identical to a registered version (same manifest hash; another run
+    that changed nothing the model holds) registers nothing new either: that
+    version is returned, marked ``identical_to_run``.
     """
     from mlflow.entities import Metric, Param
 
@@ -204,6 +210,14 @@ def log_run(
     ):
         if mv.tags.get(TAG_MANIFEST_SHA) == model_sha:
             return _tracked(reg, reg.wait_until_ready(mv.version), experiment_id)
+    identical = reg.client.search_model_versions(
+        f"name = '{reg.name}' and tags.{TAG_MANIFEST_SHA} = '{model_sha}'",
+        order_by=["version_number ASC"],
+    )
+    if identical:
+        mv = reg.wait_until_ready(identical[0].version)
+        tracked = _tracked(reg, mv, experiment_id)
+        return replace(tracked, identical_to_run=tracked.tweetflow_run_id)
 
     tags = {
         "tweetflow.run_id": run_id,
@@ -289,6 +303,16 @@ def track(run_dir: str, config: RegistryConfig, *, artifacts_dir: str) -> Tracke
 
     started = time.perf_counter()
     tracked = log_run(run_dir, ArtifactStore(artifacts_dir).root, config)
+    if tracked.identical_to_run:
+        get_run_logger().info(
+            "track: the model is byte-identical to %s (run %s, manifest %s): "
+            "nothing new registered (%.2fs)",
+            tracked.model_version,
+            tracked.identical_to_run,
+            tracked.manifest_sha256[:12],
+            time.perf_counter() - started,
+        )
+        return tracked
     get_run_logger().info(
         "track: run %s logged to MLflow run %s, registered as %s (%.2fs)",
         tracked.tweetflow_run_id,

@@ -19,6 +19,7 @@ bundle with its manifest), the environment files and the input example.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,10 @@ def save_pyfunc(
     sources = target.parent / f".{target.name}-code"
     shutil.rmtree(sources, ignore_errors=True)
     sources.mkdir(parents=True)
+    # MLflow logs its input-example check at INFO to stderr: not news in a run.
+    quiet = logging.getLogger("mlflow.pyfunc")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         code = [str(_clean_copy(project_root / p, sources)) for p in PACKAGES]
         # MLflow names the artifact's folder after its source: stage it as "bundle".
@@ -132,6 +137,7 @@ def save_pyfunc(
             model_config={DIGEST_KEY: bundle_digest(bundle)},
         )
     finally:
+        quiet.setLevel(level)
         shutil.rmtree(sources, ignore_errors=True)
     return target
 

@@ -114,9 +114,25 @@ def test_a_long_step_shows_a_progress_bar_that_ends_full(prefect_api) -> None:
     assert float(bars[0].data) == 100.0
 
 
-def test_a_quick_stage_gets_no_progress_bar(first_run) -> None:
-    """The 400-tweet stages end before the first report: no clutter in the UI."""
-    assert progress_bars("features-progress") == []
+def test_a_quick_step_gets_no_progress_bar(prefect_api) -> None:
+    """A step that ends before its first report leaves no clutter in the UI."""
+    from prefect import flow, task
+
+    from tasks.infra.progress import Progress
+
+    @task(name="quick-step")
+    def quick_step() -> float:
+        with Progress("quick-step", "counting", 4, every=60.0) as progress:
+            for i in range(4):
+                progress.update(i + 1)
+        return progress.fraction
+
+    @flow(name="quick-progress-under-test")
+    def run_it() -> float:
+        return quick_step()
+
+    assert run_it() == 1.0
+    assert progress_bars("quick-step-progress") == []
 
 
 def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:
@@ -142,12 +158,28 @@ def test_an_unchanged_run_publishes_nothing_unless_promotion_is_forced(
     assert quiet.unchanged and quiet.run_id == first.run_id  # log level aside
     assert quiet.model_version == first.model_version
     assert set(states.values()) == {"Cached"}
+    from tasks.infra.registry import Registry
+    from tasks.release.config import ReleaseConfig
+
+    reg = Registry.open(tmp_path, ReleaseConfig())  # the session's MLflow store
+
+    def versions() -> int:
+        return len(reg.client.search_model_versions(f"name = '{reg.name}'"))
+
+    before = versions()
     forced, _ = run(small_params(small_csv, tmp_path, promote="force"))
     assert not forced.unchanged and forced.run_id != first.run_id
     assert forced.promotion == "promoted"
     assert (tmp_path / "LATEST").read_text().strip() == forced.run_id
+    # Its model is byte-identical to the first run's: no new version.
+    assert forced.model_version == first.model_version
+    assert forced.identical_to_run in {first.run_id, first.identical_to_run}
+    assert "nothing new registered" in forced.promotion_reason
+    assert versions() == before
     changed, _ = run(small_params(small_csv, tmp_path, training={"C": 0.5}))
     assert not changed.unchanged and changed.run_id != forced.run_id
+    assert changed.model_version != first.model_version
+    assert changed.identical_to_run is None
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -380,3 +381,133 @@ def test_importing_the_registry_does_no_work() -> None:
         "assert 'mlflow' not in sys.modules, 'mlflow imported at import time'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_an_identical_bundle_registers_nothing_new(
+    runs: dict[str, Path], artifacts: Path, tmp_path: Path
+) -> None:
+    from tasks.infra.registry import Registry
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.promotion import register_and_promote
+
+    config = RegistryConfig()
+    first = register_and_promote(runs["good"], ArtifactStore(artifacts), config)
+    # Another run folder (another run id) holding the very same model files.
+    again = tmp_path / "runs" / "20990101T000000Z-again"
+    shutil.copytree(runs["good"], again)
+    info = json.loads((again / "run.json").read_text())
+    (again / "run.json").write_text(json.dumps({**info, "run_id": again.name}))
+    second = register_and_promote(again, ArtifactStore(artifacts), config)
+    assert second.tracked.version == first.tracked.version == "1"
+    assert second.tracked.identical_to_run == info["run_id"]
+    assert second.tracked.mlflow_run_id == first.tracked.mlflow_run_id
+    assert "nothing new registered" in second.markdown()
+    assert second.promotion.status == "promoted"
+    assert second.promotion.reason == "already the champion"
+    client = Registry.open(artifacts, config).client
+    assert len(client.search_model_versions("name = 'tweetflow-classifier'")) == 1
+    assert len(client.search_runs([first.tracked.experiment_id])) == 1
+
+
+def test_the_champion_moves_back_to_an_earlier_version_as_a_tagged_rollback(
+    runs: dict[str, Path], artifacts: Path
+) -> None:
+    from tasks.infra.errors import ModelVerificationError, RegistryError
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.promotion import move_champion, register_and_promote
+
+    config = RegistryConfig()
+    register_and_promote(runs["good"], ArtifactStore(artifacts), config)
+    register_and_promote(runs["worse"], ArtifactStore(artifacts), config, "force")
+    assert champion_version(artifacts, config) == "2"
+
+    back = move_champion(artifacts, config, "tweetflow-classifier/1", "bad week")
+    assert back.promoted and back.rollback and back.previous_champion == "2"
+    assert champion_version(artifacts, config) == "1"
+    tags = version_tags(artifacts, config, "1")
+    assert tags["promotion_rollback"] == "true"
+    assert tags["previous_champion"] == "2"
+    assert tags["promotion_reason"] == "rollback from 2: bad week"
+    again = move_champion(artifacts, config, "1")
+    assert again.status == "skipped" and again.reason == "already the champion"
+
+    forward = move_champion(artifacts, config, "2")
+    assert forward.promoted and not forward.rollback
+    assert version_tags(artifacts, config, "2")["promotion_rollback"] == "false"
+
+    # Through the same verified path: a damaged version is refused, alias stays.
+    flip_a_byte(registered_file(artifacts, config, "1", "classifier.joblib"))
+    with pytest.raises(ModelVerificationError, match="classifier.joblib"):
+        move_champion(artifacts, config, "1")
+    assert champion_version(artifacts, config) == "2"
+    with pytest.raises(RegistryError, match="has no version 7"):
+        move_champion(artifacts, config, "7")
+    with pytest.raises(RegistryError, match="needs a version number"):
+        move_champion(artifacts, config, "latest")
+
+
+def test_promote_command_line_rolls_back_and_emits_the_promotion_event(
+    runs: dict[str, Path], artifacts: Path
+) -> None:
+    import asyncio
+
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.promotion import register_and_promote
+
+    config = RegistryConfig()
+    register_and_promote(runs["good"], ArtifactStore(artifacts), config)
+    register_and_promote(runs["worse"], ArtifactStore(artifacts), config, "force")
+    api = PREFECT_API_URL.value()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+    def promote_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flows.promote", "--artifacts-dir", str(artifacts)]
+            + list(args),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+
+    done = promote_cli("--to", "1", "--reason", "revert")
+    assert done.returncode == 0, done.stderr
+    assert "champion is now tweetflow-classifier/1 (rollback; was 2)" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert champion_version(artifacts, config) == "1"
+    refused = promote_cli("--to", "9")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: model 'tweetflow-classifier' has no version 9"
+    ]
+    assert champion_version(artifacts, config) == "1"
+
+    from prefect.client.orchestration import get_client
+
+    async def promoted_events() -> list[dict]:
+        async with get_client() as client:
+            reply = await client._client.post(
+                "/events/filter",
+                json={"filter": {"event": {"name": ["tweetflow.model.promoted"]}}},
+            )
+            reply.raise_for_status()
+            return reply.json()["events"]
+
+    events = [
+        e
+        for e in asyncio.run(promoted_events())
+        if e["payload"].get("artifacts_dir") == str(artifacts)
+    ]
+    assert [e["payload"]["model_version"] for e in events] == ["tweetflow-classifier/1"]
+    assert events[0]["payload"]["rollback"] is True
+    assert events[0]["resource"]["prefect.resource.id"] == (
+        "tweetflow.model.tweetflow-classifier"
+    )
