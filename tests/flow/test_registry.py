@@ -409,16 +409,24 @@ def test_an_identical_bundle_registers_nothing_new(
     assert len(client.search_runs([first.tracked.experiment_id])) == 1
 
 
-def test_the_champion_moves_back_to_an_earlier_version_as_a_tagged_rollback(
-    runs: dict[str, Path], artifacts: Path
-) -> None:
-    from tasks.infra.errors import ModelVerificationError, RegistryError
+def two_versions(runs: dict[str, Path], artifacts: Path):
+    """Version 1 (the good run) and version 2 (the worse one, forced): champion 2."""
     from tasks.release.config import ReleaseConfig as RegistryConfig
-    from tasks.release.promotion import move_champion, register_and_promote
+    from tasks.release.promotion import register_and_promote
 
     config = RegistryConfig()
     register_and_promote(runs["good"], ArtifactStore(artifacts), config)
     register_and_promote(runs["worse"], ArtifactStore(artifacts), config, "force")
+    return config
+
+
+def test_the_champion_moves_back_to_an_earlier_version_as_a_tagged_rollback(
+    runs: dict[str, Path], artifacts: Path
+) -> None:
+    from tasks.infra.errors import ModelVerificationError, RegistryError
+    from tasks.release.promotion import move_champion
+
+    config = two_versions(runs, artifacts)
     assert champion_version(artifacts, config) == "2"
 
     back = move_champion(artifacts, config, "tweetflow-classifier/1", "bad week")
@@ -453,12 +461,7 @@ def test_promote_command_line_rolls_back_and_emits_the_promotion_event(
 
     from prefect.settings import PREFECT_API_URL
 
-    from tasks.release.config import ReleaseConfig as RegistryConfig
-    from tasks.release.promotion import register_and_promote
-
-    config = RegistryConfig()
-    register_and_promote(runs["good"], ArtifactStore(artifacts), config)
-    register_and_promote(runs["worse"], ArtifactStore(artifacts), config, "force")
+    config = two_versions(runs, artifacts)
     api = PREFECT_API_URL.value()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
