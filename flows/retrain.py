@@ -64,7 +64,14 @@ class RetrainResult(BaseModel):
     def of_unchanged(cls, kept: UnchangedRun, seconds: dict) -> RetrainResult:
         """The result of a retrain that changed nothing since run ``kept``."""
         return cls(
-            **kept.model_dump(exclude={"run_location"}),
+            **kept.model_dump(
+                exclude={
+                    "run_location",
+                    "mlflow_run_id",
+                    "mlflow_run_url",
+                    "model_version_url",
+                }
+            ),
             run_dir=kept.run_location,
             stage_seconds=seconds,
             unchanged=True,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
@@ -23,14 +24,25 @@ from tasks.infra import storage
 from tasks.infra.caching import uncached_task
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CATEGORIES_FILE, CLUSTERS_FILE, Category, build_bundle
+from tasks.release.plots import confusion_figure, projection_figure, save_figure
 from tasks.release.promotion import REGISTRY_FILE
 from tasks.release.report import cluster_report, markdown_report
-from tasks.stages.clustering import K_SELECTION_PLOT, PROJECTION_PLOT, ClusteringOutput
+from tasks.stages.clustering import (
+    K_SELECTION_PLOT,
+    PROJECTION_FILE,
+    PROJECTION_PLOT,
+    ClusteringOutput,
+)
 from tasks.stages.features import FeaturesOutput
 from tasks.stages.ingestion import IngestionOutput
 from tasks.stages.preparation import PreparationOutput
 from tasks.stages.preprocessing import PreprocessingOutput
-from tasks.stages.training import CONFUSION_PLOT, REPORT_FILE, TrainingOutput
+from tasks.stages.training import (
+    CONFUSION_FILE,
+    CONFUSION_PLOT,
+    REPORT_FILE,
+    TrainingOutput,
+)
 
 LATEST_FILE = "LATEST"
 RUN_INFO_FILE = "run.json"
@@ -113,6 +125,23 @@ def cluster_table(
     return rows
 
 
+def draw_plots(
+    folder: Path, clustering: Path, training: Path, categories: list[Category]
+) -> None:
+    """Draw the 2-D map and the confusion matrix into ``folder``, with names."""
+    names = {c.cluster_id: c.category for c in categories}
+    with np.load(clustering / PROJECTION_FILE, allow_pickle=False) as projection:
+        figure = projection_figure(
+            projection["points"], projection["cluster_id"], names
+        )
+    save_figure(figure, folder / PROJECTION_PLOT)
+    confusion = json.loads((training / CONFUSION_FILE).read_text())
+    figure = confusion_figure(
+        np.array(confusion["matrix"]), confusion["classes"], names
+    )
+    save_figure(figure, folder / CONFUSION_PLOT)
+
+
 def publish_run(
     store: ArtifactStore,
     record: RunRecord,
@@ -154,9 +183,8 @@ def publish_run(
     embedder = store.get_dir(record.refs["embedder"])
     clustering = store.get_dir(record.refs["clustering_model"])
     training = store.get_dir(record.refs["training_model"])
-    shutil.copy2(clustering / PROJECTION_PLOT, partial / PROJECTION_PLOT)
     shutil.copy2(clustering / K_SELECTION_PLOT, partial / K_SELECTION_PLOT)
-    shutil.copy2(training / CONFUSION_PLOT, partial / CONFUSION_PLOT)
+    draw_plots(partial, clustering, training, record.categories)
     shutil.copy2(training / REPORT_FILE, partial / REPORT_FILE)
     model_sha = build_bundle(
         partial / "model",
@@ -216,6 +244,9 @@ class UnchangedRun(BaseModel):
     model_version: str
     promotion: str
     promotion_reason: str
+    mlflow_run_id: str = ""
+    mlflow_run_url: str = ""
+    model_version_url: str = ""
 
 
 STAGE_REFS = {  # run.json's reference name -> (stage output, field)
@@ -279,6 +310,9 @@ def unchanged_since(
         model_version=record["model_version"],
         promotion=record["promotion"],
         promotion_reason=record["reason"],
+        mlflow_run_id=record.get("mlflow_run_id", ""),
+        mlflow_run_url=record.get("mlflow_run_url", ""),
+        model_version_url=record.get("model_version_url", ""),
     )
 
 

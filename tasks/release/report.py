@@ -1,7 +1,8 @@
 """The run report: markdown for the run folder and the Prefect artifacts.
 
 The Prefect UI cannot reach the run folder, so the report it shows carries its
-plot of the criterion per k inside (a data URI).
+plots inside (data URIs), and link artifacts point at the MLflow run, the model
+version and the run folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from tasks.stages.training import CONFUSION_PLOT
 if TYPE_CHECKING:
     from tasks.release.promotion import RegistryOutcome
     from tasks.release.publishing import PublishedRun, RunRecord, UnchangedRun
+
+TOP_WORDS = 5  # per category in the report's table (the table artifact has more)
+REPORT_PLOTS = [K_SELECTION_PLOT, PROJECTION_PLOT, CONFUSION_PLOT]
 
 
 def markdown_report(
@@ -57,7 +61,15 @@ def markdown_report(
     ]
     lines += [f"| {k} | {v:.4f} |" for k, v in sorted(m.items())]
     lines += ["", cluster_report(clusters, record.clusters, level=2)]
-    lines += ["", "## Plots", "", f"![confusion matrix]({CONFUSION_PLOT})"]
+    lines += [
+        "",
+        "## Classifier vs pseudo-labels",
+        "",
+        "The evaluation split's confusion matrix: rows are the KMeans categories, "
+        "columns what the classifier predicts.",
+        "",
+        f"![confusion matrix]({CONFUSION_PLOT})",
+    ]
     if mlflow_note:
         lines += ["", mlflow_note]
     return "\n".join(lines) + "\n"
@@ -101,13 +113,74 @@ def cluster_report(clusters: list[dict], description: dict, level: int = 1) -> s
     ]
     lines += [
         f"| {r['cluster_id']} | {r['category']} | {r['name_from']} | {r['tweets']} | "
-        f"{r['share']:.1%} | {r['top_terms']} |"
+        f"{r['share']:.1%} | {', '.join(r['top_terms'].split(', ')[:TOP_WORDS])} |"
         for r in clusters
     ]
     lines += ["", f"{h}# Example tweets (closest to each centre)", ""]
     lines += [f"- **{r['category']}**: {r['examples']}" for r in clusters]
-    lines += ["", f"![clusters]({PROJECTION_PLOT})"]
+    lines += [
+        "",
+        f"{h}# Map",
+        "",
+        "A sample of tweets on the first two principal axes of their vectors.",
+        "",
+        f"![clusters]({PROJECTION_PLOT})",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def folder_link(location: str) -> str:
+    """The run folder as a URI: ``s3://...`` as it is, a local path as ``file://``."""
+    if "://" in location:
+        return location
+    return Path(location).resolve().as_uri()
+
+
+def summary_line(published: PublishedRun, outcome: RegistryOutcome) -> str:
+    """The report's first line in the Prefect UI: the model, its fate, the links."""
+    t, p = outcome.tracked, outcome.promotion
+    return (
+        f"**[{t.model_version}]({t.version_url})**: {p.status}"
+        f"{' (forced)' if p.forced else ''}; [MLflow run]({t.run_url}); run folder "
+        f"`{published.run_location}`"
+    )
+
+
+def link_artifacts(
+    run_id: str,
+    run_location: str,
+    mlflow_run: tuple[str, str],
+    model_version: tuple[str, str],
+) -> None:
+    """Link artifacts to the MLflow run, the model version and the run folder.
+
+    ``mlflow_run`` and ``model_version`` are (text, web address) pairs; a pair
+    without an address is left out.
+    """
+    from prefect.artifacts import create_link_artifact
+
+    links = [
+        (
+            "retrain-mlflow-run",
+            *mlflow_run,
+            "the MLflow run (metrics, parameters, files)",
+        ),
+        ("retrain-model-version", *model_version, "the registered model version"),
+        (
+            "retrain-run-folder",
+            run_location,
+            folder_link(run_location),
+            "the run folder",
+        ),
+    ]
+    for key, text, url, what in links:
+        if url:
+            create_link_artifact(
+                key=key,
+                link=url,
+                link_text=text,
+                description=f"tweetflow retrain {run_id}: {what}",
+            )
 
 
 def inline_images(markdown: str, folder: Path, names: list[str]) -> str:
@@ -131,12 +204,15 @@ def report(published: PublishedRun, outcome: RegistryOutcome) -> None:
     """Publish the run's Prefect artifacts: report, metrics, clusters, gate."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    tracked = outcome.tracked
     markdown = inline_images(
-        published.report, Path(published.local_run_dir), [K_SELECTION_PLOT]
+        published.report, Path(published.local_run_dir), REPORT_PLOTS
     )
+    title, body = markdown.split("\n", 1)
     create_markdown_artifact(
         key="retrain-report",
-        markdown=markdown + "\n" + outcome.markdown(),
+        markdown=f"{title}\n\n{summary_line(published, outcome)}\n{body}\n"
+        + outcome.markdown(),
         description=f"tweetflow retrain {published.run_id}: "
         f"{outcome.tracked.model_version} {outcome.promotion.status}",
     )
@@ -152,6 +228,12 @@ def report(published: PublishedRun, outcome: RegistryOutcome) -> None:
         key="retrain-gate",
         table=outcome.decision.as_table(),
         description=outcome.decision.reason,
+    )
+    link_artifacts(
+        published.run_id,
+        published.run_location,
+        (f"MLflow run {tracked.mlflow_run_id}", tracked.run_url),
+        (tracked.model_version, tracked.version_url),
     )
 
 
@@ -170,6 +252,19 @@ def report_unchanged(kept: UnchangedRun) -> None:
     create_markdown_artifact(
         key="retrain-report",
         markdown=f"# tweetflow retrain: unchanged\n\n{line[0].upper() + line[1:]}.\n\n"
-        f"The run's report: `{kept.run_location}/report.md`.\n",
+        f"The run's report: `{kept.run_location}/report.md`."
+        + (
+            f" Model version [{kept.model_version}]({kept.model_version_url}); "
+            f"[MLflow run]({kept.mlflow_run_url})."
+            if kept.model_version_url and kept.mlflow_run_url
+            else ""
+        )
+        + "\n",
         description=f"unchanged since {kept.run_id}: {kept.model_version}",
+    )
+    link_artifacts(
+        kept.run_id,
+        kept.run_location,
+        (f"MLflow run {kept.mlflow_run_id}", kept.mlflow_run_url),
+        (kept.model_version, kept.model_version_url),
     )

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from sklearn.cluster import KMeans
 
 STAGE = "clustering"
-PROJECTION_PLOT = "clusters_2d.png"
+PROJECTION_PLOT = "clusters_2d.png"  # drawn by publishing, with names
+PROJECTION_FILE = "projection_2d.npz"  # the sample's 2-D points and clusters
 K_SELECTION_PLOT = "k_selection.png"
 CRITERION = "Ward merge-cost ratio"
 MIN_NAME_LIFT = 1.5
@@ -663,39 +664,13 @@ def k_selection_plot(
     plt.close(fig)
 
 
-def projection_plot(
-    points: np.ndarray,
-    labels: np.ndarray,
-    path: Path,
-    seed: int,
-    names: dict[int, str] | None = None,
-) -> None:
-    """Save a 2-D PCA projection of sampled tweets' vectors, coloured by cluster."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def projection_2d(points: np.ndarray, seed: int) -> np.ndarray:
+    """The sampled tweets' vectors projected on their first two principal axes."""
     from sklearn.decomposition import PCA
 
-    points = PCA(2, random_state=seed).fit_transform(points)
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
-    present = np.unique(labels)
-    palette = plt.get_cmap("tab10" if len(present) <= 10 else "tab20")
-    for i, cluster_id in enumerate(present):
-        members = labels == cluster_id
-        label = f"{cluster_id}: {(names or {}).get(int(cluster_id), '')}".rstrip(": ")
-        ax.scatter(
-            points[members, 0],
-            points[members, 1],
-            s=4,
-            color=palette(i % palette.N),
-            label=label,
-        )
-    ax.legend(title="cluster: top words", loc="best", fontsize=7, markerscale=3)
-    ax.set_title("Tweets by discovered cluster (PCA of document vectors)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    if len(points) < 2:
+        return np.zeros((len(points), 2), dtype=np.float32)
+    return PCA(2, random_state=seed).fit_transform(points).astype(np.float32)
 
 
 class ClusteringOutput(BaseModel):
@@ -839,15 +814,10 @@ def cluster(
         allow_pickle=False,
     )
     (staging / CLUSTERS_FILE).write_text(json.dumps(description, indent=2) + "\n")
-    projection_plot(
-        points,
-        labels[shown],
-        staging / PROJECTION_PLOT,
-        seed,
-        {
-            c["cluster_id"]: " / ".join(c["name_terms"][:3])
-            for c in description["clusters"]
-        },
+    np.savez(
+        staging / PROJECTION_FILE,
+        points=projection_2d(points, seed),
+        cluster_id=labels[shown],
     )
     k_selection_plot(
         {int(k): v for k, v in description["k_selection"].items()},

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -30,7 +29,8 @@ if TYPE_CHECKING:
 STAGE = "training"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "classification_report.txt"
-CONFUSION_PLOT = "confusion_matrix.png"
+CONFUSION_PLOT = "confusion_matrix.png"  # drawn by publishing, with names
+CONFUSION_FILE = "confusion_matrix.json"
 
 
 class TrainingConfig(BaseModel):
@@ -176,25 +176,9 @@ def gather_rows(
     return pd.concat(parts, ignore_index=True)
 
 
-def confusion_plot(matrix: np.ndarray, classes: list[int], path: Path) -> None:
-    """Save the evaluation confusion matrix as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
-    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
-    ax.set_xlabel("predicted cluster")
-    ax.set_ylabel("pseudo-label (KMeans cluster)")
-    ax.set_title("Evaluation split: classifier vs pseudo-labels")
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def confusion_record(matrix: np.ndarray, classes: list[int]) -> dict:
+    """The evaluation confusion matrix as JSON (publishing draws it with names)."""
+    return {"classes": [int(c) for c in classes], "matrix": np.asarray(matrix).tolist()}
 
 
 class TrainingOutput(BaseModel):
@@ -235,7 +219,9 @@ def train(
         json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     )
     (staging / REPORT_FILE).write_text(report)
-    confusion_plot(matrix, classes, staging / CONFUSION_PLOT)
+    (staging / CONFUSION_FILE).write_text(
+        json.dumps(confusion_record(matrix, classes)) + "\n"
+    )
     ref = store.commit_dir(staging, STAGE, {"config": config.model_dump(mode="json")})
     logger.info(
         "training: %s on %d discovery tweets; validation accuracy %.3f, evaluation "

@@ -75,6 +75,80 @@ def test_first_run_executes_every_stage_and_writes_outputs(
     assert "## Registry" in report.data and "MLflow run" in report.data
 
 
+def run_artifacts(run_id: str) -> dict:
+    """The report and link artifacts of one retrain, by key (newest first)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    keys = ["retrain-report", *LINKS]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    mine: dict = {}
+    for artifact in found:
+        if (artifact.description or "").startswith(f"tweetflow retrain {run_id}:") or (
+            artifact.key == "retrain-report"
+            and (artifact.description or "").startswith(f"unchanged since {run_id}:")
+        ):
+            mine.setdefault(artifact.key, artifact)
+    return mine
+
+
+LINKS = ["retrain-mlflow-run", "retrain-model-version", "retrain-run-folder"]
+
+
+def link_of(artifact) -> str:
+    """The address of a link artifact (stored as a markdown link)."""
+    import re
+
+    [url] = re.findall(r"\]\((.+)\)$", artifact.data)
+    return url
+
+
+def test_the_prefect_report_shows_its_plots_and_links_the_run(first_run) -> None:
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    _, result, _ = first_run
+    run_dir = Path(result.local_run_dir)
+    registry = json.loads((run_dir / "registry.json").read_text())
+    found = run_artifacts(result.run_id)
+    report = found["retrain-report"].data
+    images = re.findall(
+        r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report
+    )
+    assert {alt for alt, _ in images} == {
+        "criterion per k",
+        "clusters",
+        "confusion matrix",
+    }
+    for _, data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            assert image.format == "PNG" and image.width > 300
+    assert ".png)" not in report  # no link the UI cannot follow
+    # The plots stay in the run folder, named by category.
+    for name in ["clusters_2d.png", "confusion_matrix.png", "k_selection.png"]:
+        with Image.open(run_dir / name) as image:
+            assert image.format == "PNG"
+    assert {key: link_of(found[key]) for key in LINKS} == {
+        "retrain-mlflow-run": registry["mlflow_run_url"],
+        "retrain-model-version": registry["model_version_url"],
+        "retrain-run-folder": run_dir.resolve().as_uri(),
+    }
+    assert registry["mlflow_run_url"].startswith("http://127.0.0.1:5000/#/experiments/")
+    assert registry["mlflow_run_url"].endswith(registry["mlflow_run_id"])
+    assert registry["model_version_url"].endswith(
+        "/#/models/tweetflow-classifier/versions/"
+        + result.model_version.rsplit("/", 1)[1]
+    )
+
+
 def progress_bars(key: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -147,6 +221,14 @@ def test_second_run_is_fully_cached(first_run, small_csv: Path) -> None:
     # Nothing changed: the run says so and publishes nor registers anything new.
     assert result.unchanged and result.run_id == latest
     assert (artifacts / "LATEST").read_text().strip() == latest
+    # Its report says so; its links are the kept run's.
+    registry = json.loads((artifacts / "runs" / latest / "registry.json").read_text())
+    found = run_artifacts(latest)
+    assert "unchanged" in found["retrain-report"].data
+    for key in LINKS:  # made by this run, after its report
+        assert found[key].created >= found["retrain-report"].created, key
+    assert link_of(found["retrain-model-version"]) == registry["model_version_url"]
+    assert link_of(found["retrain-mlflow-run"]) == registry["mlflow_run_url"]
     assert sorted(p.name for p in (artifacts / "runs").iterdir()) == runs_before
 
 
