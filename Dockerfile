@@ -31,7 +31,7 @@ RUN python -m pip install --no-cache-dir -r requirements.txt \
     && python -m pip check
 
 # Project code, owned by root and read-only to the runtime user.
-COPY prefect.yaml ./
+COPY prefect.yaml pyproject.toml ./
 COPY config/ config/
 COPY deployments/ deployments/
 COPY data_contracts/ data_contracts/

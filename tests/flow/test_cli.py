@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,10 +55,42 @@ def test_bad_source_is_one_line_and_nonzero(
     assert not (tmp_path / "a" / "LATEST").exists()
 
 
-def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
-    result = cli("--n-clusters", "many", "--artifacts-dir", str(tmp_path))
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-clusters", "many"], "must be 'auto' or a number, not 'many'"),
+        (["--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+        (["--features.vector-size", "-3"], "greater than or equal to 8, not -3"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_arguments_are_one_error_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = cli(*args, "--artifacts-dir", str(tmp_path))
     assert result.returncode == 2
-    assert "--n-clusters must be 'auto' or a number" in result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stdout == "" and not (tmp_path / "LATEST").exists()
+
+
+def test_help_and_version_need_no_prefect_server() -> None:
+    """Neither starts a server (the local one, or a temporary one)."""
+
+    env = {**os.environ, "TWEETFLOW_LOCAL_SERVER": "1", "PREFECT_PORT": "9"}
+    for args in (["--help"], ["--version"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.retrain", *args],
+            cwd=ROOT,
+            env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert done.stdout
+    assert "--features.vector-size N" in cli("--help").stdout
 
 
 def test_text_column_option_is_honoured(tmp_path: Path) -> None:

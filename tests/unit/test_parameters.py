@@ -68,67 +68,7 @@ def test_result_storage_is_local_or_a_block_slug(value: str, ok: bool) -> None:
             RetrainParameters(result_storage=value)
 
 
-def test_cli_arguments_map_onto_the_parameter_model() -> None:
-    from flows.cli import parse_retrain_args as parse_args
-
-    params = parse_args(
-        [
-            "--source",
-            "x.csv",
-            "--n-clusters",
-            "7",
-            "--seed",
-            "3",
-            "--text-column",
-            "body",
-            "--id-column",
-            "key",
-            "--encoding",
-            "latin-1",
-            "--log-level",
-            "DEBUG",
-            "--artifacts-dir",
-            "out",
-        ]
-    )
-    assert params.source == "x.csv" and params.artifacts_dir == "out"
-    assert params.clustering.n_clusters == 7 and params.seed == 3
-    assert (
-        params.ingestion.text_column == "body" and params.ingestion.id_column == "key"
-    )
-    assert params.log_level == "DEBUG" and params.ingestion.encoding == "latin-1"
-    assert parse_args([]).clustering.n_clusters == "auto"
-
-
-def test_command_line_defaults_are_the_models_and_help_shows_them(capsys) -> None:
-    from flows.cli import batch_parser, parse_batch_args, parse_retrain_args
-    from flows.parameters import BatchInferenceParameters, RetrainParameters
-
-    assert parse_retrain_args([]) == RetrainParameters()
-    batch = parse_batch_args(["--source", "in.csv", "--output", "out.parquet"])
-    assert batch == BatchInferenceParameters(source="in.csv", output="out.parquet")
-    with pytest.raises(SystemExit):
-        batch_parser().parse_args(["--help"])
-    shown = " ".join(capsys.readouterr().out.split())
-    assert "(default: champion)" in shown and "(default: artifacts)" in shown
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--n-clusters", "many"], "--n-clusters must be 'auto' or a number"),
-        (["--promote", "sometimes"], "invalid choice: 'sometimes'"),
-        (["--log-level", "LOUD"], "invalid choice: 'LOUD'"),
-        (["--seed", "x"], "invalid int value"),
-    ],
-)
-def test_bad_arguments_are_one_usage_error(argv, message, capsys) -> None:
-    from flows.cli import parse_retrain_args
-
-    with pytest.raises(SystemExit) as exit_info:
-        parse_retrain_args(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+# The command line generated from these models: tests/unit/test_cli.py.
 
 
 def test_invalid_settings_are_rejected() -> None:
