@@ -268,20 +268,10 @@ def batch_main(
 
 
 def promote_main(argv: Sequence[str], prog: str) -> int:
-    """``tweetflow promote``: ``flows.promote``'s command line, when it exists."""
-    import importlib
+    """``tweetflow promote``: ``python -m flows.promote``'s command line."""
+    from flows.promote import main as promote
 
-    try:
-        promote = importlib.import_module("flows.promote")
-    except ModuleNotFoundError as exc:
-        if exc.name != "flows.promote":
-            raise
-        print(
-            f"error: {prog} needs flows/promote.py, which this checkout does not have",
-            file=sys.stderr,
-        )
-        return 2
-    return int(promote.main(list(argv)))
+    return promote(list(argv), prog)
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str], str], int], str]] = {

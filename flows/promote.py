@@ -9,13 +9,12 @@ Run locally: ``python -m flows.promote --to 3``.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.cli import LOG_LEVELS, apply_log_level, exit_now, run_command
+from flows.cli import apply_log_level, exit_now, run_command
 from flows.parameters import LogLevel, PromoteParameters
 from tasks.infra.caching import StageRunner
 from tasks.infra.store import ArtifactStore
@@ -79,36 +78,28 @@ def summary(result: Any) -> str:
     )
 
 
-def parse_args(argv: list[str] | None = None) -> PromoteParameters:
-    """The promote command line; defaults and descriptions from the model."""
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.promote",
+def parse_args(
+    argv: list[str] | None = None, prog: str = "python -m flows.promote"
+) -> PromoteParameters:
+    """The promote command line, generated from ``PromoteParameters``."""
+    from flows.options import ModelParser
+
+    return ModelParser(
+        PromoteParameters,
+        prog=prog,
         description="Move the champion alias to a registered version (a rollback "
         "when it is older), after checking its files against their manifest.",
-    )
-    for name, field in PromoteParameters.model_fields.items():
-        extra: dict[str, Any] = (
-            {"required": True} if field.is_required() else {"default": field.default}
-        )
-        if name == "log_level":
-            extra["choices"] = LOG_LEVELS
-        default = "" if field.is_required() else f" (default: {field.default!r})"
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            help=f"{field.description}{default}",
-            **extra,
-        )
-    return PromoteParameters.model_validate(vars(parser.parse_args(argv)))
+    ).parse(argv)
 
 
-def promote_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m flows.promote") -> int:
     """Command-line entry point: move the champion, print what moved."""
     from tasks.infra.registry import Registry
     from tasks.release.promotion import registered_version
     from tasks.serving.resolve import check_model_spec
 
     def preflight() -> PromoteParameters:
-        params = parse_args(argv)
+        params = parse_args(argv, prog)
         release = load_release_config(params.promotion_config)
         root = ArtifactStore(params.artifacts_dir).root
         check_model_spec("champion", root, release)  # a registry exists
@@ -119,4 +110,4 @@ def promote_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_now(promote_main())
+    exit_now(main())

@@ -358,23 +358,15 @@ def test_tweetflow_bad_commands_are_one_error_line(
     assert len(err) == 1 and err[0].startswith(message), err
 
 
-def test_tweetflow_promote_runs_flows_promote_or_says_it_is_missing(
-    tweetflow, capsys, monkeypatch
-) -> None:
-    import types
-
-    monkeypatch.setitem(sys.modules, "flows.promote", None)  # not in this checkout
-    assert tweetflow("promote", "--to", "3") == 2
+def test_tweetflow_promote_is_flows_promote_command_line(tweetflow, capsys) -> None:
+    assert tweetflow("promote", "--help") == 0
+    shown = capsys.readouterr().out
+    assert "usage: tweetflow promote --to TEXT [options]" in shown
+    assert "The registered version to make the champion" in shown
+    assert tweetflow("promote") == 2
     assert capsys.readouterr().err == (
-        "error: tweetflow promote needs flows/promote.py, which this checkout "
-        "does not have\n"
+        "error: argument --to: field required (see tweetflow promote --help)\n"
     )
-    seen: list[list[str]] = []
-    fake = types.ModuleType("flows.promote")
-    fake.main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "flows.promote", fake)
-    assert tweetflow("promote", "--to", "3") == 0
-    assert seen == [["--to", "3"]]
 
 
 def test_the_console_script_is_declared() -> None:
