@@ -4,8 +4,8 @@
 hand); the payload names the version, the tweetflow and MLflow runs and the
 previous champion. ``tweetflow.model.rejected``: the gate refused a model.
 Both are about the resource ``tweetflow.model.<registered model name>``.
-``prefect.yaml`` runs batch inference after a promotion and notifies on a
-refusal (deployment ``triggers``, automations in ``deployments/automations.py``).
+``prefect.yaml`` runs batch inference after a promotion (a deployment
+trigger); ``deployments/automations.py`` notifies on a refusal.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -454,11 +455,55 @@ def test_the_champion_moves_back_to_an_earlier_version_as_a_tagged_rollback(
         move_champion(artifacts, config, "latest")
 
 
+def release_events(name: str, artifacts: Path) -> list[dict]:
+    """The events of this name about this artifacts dir, from the Prefect API."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read() -> list[dict]:
+        async with get_client() as client:
+            reply = await client._client.post(
+                "/events/filter", json={"filter": {"event": {"name": [name]}}}
+            )
+            reply.raise_for_status()
+            return reply.json()["events"]
+
+    for _ in range(40):  # events are stored a moment after they are sent
+        found = [
+            e
+            for e in asyncio.run(read())
+            if e["payload"].get("artifacts_dir") == str(artifacts)
+        ]
+        if found:
+            return found
+        time.sleep(0.5)
+    return []
+
+
+def test_a_gate_refusal_emits_the_rejected_event(
+    runs: dict[str, Path], artifacts: Path
+) -> None:
+    from prefect.events.utilities import emit_event  # noqa: F401 - events client ready
+
+    from tasks.release.config import ReleaseConfig as RegistryConfig
+    from tasks.release.promotion import announce, register_and_promote
+
+    config = RegistryConfig()
+    register_and_promote(runs["good"], ArtifactStore(artifacts), config)
+    worse = register_and_promote(runs["worse"], ArtifactStore(artifacts), config)
+    assert worse.promotion.status == "rejected"
+    announce(worse, runs["worse"].name, str(artifacts))
+    (event,) = release_events("tweetflow.model.rejected", artifacts)
+    assert event["payload"]["model_version"] == "tweetflow-classifier/2"
+    assert event["payload"]["previous_champion"] == "1"
+    assert "silhouette_drop" in event["payload"]["reason"]
+    assert release_events("tweetflow.model.promoted", artifacts) == []
+
+
 def test_promote_command_line_rolls_back_and_emits_the_promotion_event(
     runs: dict[str, Path], artifacts: Path
 ) -> None:
-    import asyncio
-
     from prefect.settings import PREFECT_API_URL
 
     config = two_versions(runs, artifacts)
@@ -493,22 +538,7 @@ def test_promote_command_line_rolls_back_and_emits_the_promotion_event(
     ]
     assert champion_version(artifacts, config) == "1"
 
-    from prefect.client.orchestration import get_client
-
-    async def promoted_events() -> list[dict]:
-        async with get_client() as client:
-            reply = await client._client.post(
-                "/events/filter",
-                json={"filter": {"event": {"name": ["tweetflow.model.promoted"]}}},
-            )
-            reply.raise_for_status()
-            return reply.json()["events"]
-
-    events = [
-        e
-        for e in asyncio.run(promoted_events())
-        if e["payload"].get("artifacts_dir") == str(artifacts)
-    ]
+    events = release_events("tweetflow.model.promoted", artifacts)
     assert [e["payload"]["model_version"] for e in events] == ["tweetflow-classifier/1"]
     assert events[0]["payload"]["rollback"] is True
     assert events[0]["resource"]["prefect.resource.id"] == (
