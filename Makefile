@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test lint format bench bench-scale quality clean up down pools mlflow-ui
+.PHONY: install run test lint format bench bench-scale quality clean up down deploy mlflow-ui
 
 install: $(STAMP)
 
@@ -68,8 +68,11 @@ up: install
 down:
 	deployments/embedded.sh down
 
-pools: install
-	deployments/embedded.sh pools
+# One environment's work pool and deployments on $PREFECT_API_URL (make up
+# deploys local itself; deploy.yml deploys ecs): make deploy ENVIRONMENT=ecs
+ENVIRONMENT ?= local
+deploy: install
+	deployments/embedded.sh deploy $(ENVIRONMENT)
 
 # The MLflow UI on the embedded tracking store and registry (ARTIFACTS/mlflow).
 ARTIFACTS ?= artifacts

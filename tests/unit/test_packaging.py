@@ -20,6 +20,8 @@ from typing import get_args
 import pytest
 import yaml
 
+from deployments.environments import POOLS, deployment_names
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -385,39 +387,63 @@ def test_retrain_passes_every_input_through_env():
     assert "--watch" in runner["run"]
 
 
-def test_retrain_choices_are_the_deployments_and_log_levels():
+def test_retrain_choices_are_productions_deployments_and_log_levels():
     from flows.parameters import LogLevel  # deferred: it imports Prefect
 
     dispatch = triggers(workflow("retrain.yml"))["workflow_dispatch"]["inputs"]
-    names = {
-        d["name"]
-        for d in load_yaml(PREFECT_YAML)["deployments"]
-        if d["entrypoint"] == "flows/retrain.py:retrain"
-    }
-    assert set(dispatch["deployment"]["options"]) == names
+    # The workflow talks to production's Prefect API, which carries only these.
+    names = [
+        name.split("/")[1]
+        for name in deployment_names("ecs")
+        if name.startswith("retrain/")
+    ]
+    assert dispatch["deployment"]["options"] == names == ["weekly-ecs"]
     from tasks.release.promotion import PromoteMode
 
     assert set(dispatch["promote"]["options"]) == set(get_args(PromoteMode))
     assert dispatch["log_level"]["options"] == list(get_args(LogLevel))
 
 
-def test_deploy_provides_every_variable_prefect_yaml_reads():
-    wanted = set(re.findall(r"\{\{\s*\$(\w+)\s*\}\}", PREFECT_YAML.read_text()))
-    (deploy,) = [
-        s for s in steps(workflow("deploy.yml")) if "deploy --all" in s.get("run", "")
+def test_deploy_provides_every_variable_the_production_deployments_read():
+    ecs = [
+        d
+        for d in load_yaml(PREFECT_YAML)["deployments"]
+        if d["work_pool"]["name"] == POOLS["ecs"]
     ]
-    assert "TWEETFLOW_IMAGE" in wanted
+    wanted = set(re.findall(r"\{\{\s*\$(\w+)\s*\}\}", yaml.safe_dump(ecs)))
+    (deploy,) = [
+        s
+        for s in steps(workflow("deploy.yml"))
+        if "embedded.sh deploy" in s.get("run", "")
+    ]
+    assert "TWEETFLOW_IMAGE" in wanted and "TWEETFLOW_HOME" not in wanted
     assert wanted <= set(deploy.get("env", {})), wanted - set(deploy.get("env", {}))
 
 
-def test_deploy_creates_the_work_pools_prefect_yaml_uses():
-    pools = {d["work_pool"]["name"] for d in load_yaml(PREFECT_YAML)["deployments"]}
-    scripts = "\n".join(s.get("run", "") for s in steps(workflow("deploy.yml")))
-    # deploy.yml creates them with the same script as `make up`.
-    assert "deployments/embedded.sh pools" in scripts
-    pools_script = (ROOT / "deployments" / "embedded.sh").read_text()
-    created = set(re.findall(r"prefect\" work-pool create ([\w-]+)", pools_script))
-    assert created == pools == {"tweetflow-ecs", "tweetflow-local"}
+def test_each_environment_deploys_its_own_pool_and_deployments_by_name():
+    script = (ROOT / "deployments" / "embedded.sh").read_text()
+    # Production (deploy.yml) and the embedded set-up (`make up`) call the same
+    # command, each with its environment; nothing deploys everything.
+    (deploy,) = [
+        s
+        for s in steps(workflow("deploy.yml"))
+        if "embedded.sh deploy" in s.get("run", "")
+    ]
+    assert deploy["run"].strip() == "deployments/embedded.sh deploy ecs"
+    up = re.search(r"^up\(\) \{\n(.*?)^\}", script, re.M | re.S)
+    assert up and "deploy local" in up.group(1)
+    assert re.search(r"prefect\" --no-prompt deploy \"\$\{args\[@\]\}\"", script)
+    texts = [script, (ROOT / "Makefile").read_text()]
+    texts += [path.read_text() for path in WORKFLOWS]
+    assert not [text for text in texts if "deploy --all" in text]
+    created = set(re.findall(r"prefect\" work-pool create ([\w-]+)", script))
+    assert created == set(POOLS.values())
+
+
+def test_the_deploy_command_rejects_an_unknown_environment():
+    result = run(ROOT / "deployments" / "embedded.sh", "deploy", "staging")
+    assert result.returncode == 1
+    assert "usage:" in result.stderr and "deploy local|ecs" in result.stderr
 
 
 def test_server_make_targets_are_thin_wrappers_of_the_scripts_the_tests_drive():
@@ -427,7 +453,7 @@ def test_server_make_targets_are_thin_wrappers_of_the_scripts_the_tests_drive():
     recipes = dict(re.findall(r"^([\w-]+):[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M))
     assert "deployments/embedded.sh up" in recipes["up"]
     assert "deployments/embedded.sh down" in recipes["down"]
-    assert "deployments/embedded.sh pools" in recipes["pools"]
+    assert "deployments/embedded.sh deploy $(ENVIRONMENT)" in recipes["deploy"]
     assert "deployments/mlflow_ui.sh" in recipes["mlflow-ui"]
     for script in ("embedded.sh", "mlflow_ui.sh"):
         assert os.access(ROOT / "deployments" / script, os.X_OK), script
