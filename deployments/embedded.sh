@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The embedded set-up: a local Prefect server (SQLite), the work pools, the
+# The embedded set-up: a local Prefect server (SQLite), its work pool, its
 # deployments from prefect.yaml and a process worker, all in the background.
 #   deployments/embedded.sh up     start (idempotent), print the UI address
 #   deployments/embedded.sh server start only the server (idempotent): what a
 #                                  command-line run uses (flows/local_server.py)
 #   deployments/embedded.sh down   stop exactly the processes `up` started
-#   deployments/embedded.sh pools  create/update the work pools on PREFECT_API_URL
+#   deployments/embedded.sh deploy local|ecs
+#                                  register one environment's work pool and
+#                                  deployments on PREFECT_API_URL (`up` does
+#                                  local, deploy.yml does ecs)
 # Logs and pids live in $TWEETFLOW_STATE_DIR (default .state/).
 set -euo pipefail
 
@@ -24,13 +27,6 @@ fi
 STARTUP_TIMEOUT=${TWEETFLOW_STARTUP_TIMEOUT:-120}
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-# The ECS deployment is registered (paused) here too; these are its local stand-ins.
-export TWEETFLOW_IMAGE=${TWEETFLOW_IMAGE:-tweetflow:dev}
-export TWEETFLOW_TASK_ROLE_ARN=${TWEETFLOW_TASK_ROLE_ARN:-}
-export TWEETFLOW_EXECUTION_ROLE_ARN=${TWEETFLOW_EXECUTION_ROLE_ARN:-}
-export TWEETFLOW_ARTIFACTS_URI=${TWEETFLOW_ARTIFACTS_URI:-s3://tweetflow-artifacts/tweetflow}
-export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-}
-export TWEETFLOW_MLFLOW_ARTIFACT_LOCATION=${TWEETFLOW_MLFLOW_ARTIFACT_LOCATION:-}
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -74,13 +70,41 @@ stop_bg() {
 
 healthy() { curl -sf --max-time 2 "http://$HOST:$PORT/api/health" >/dev/null 2>&1; }
 
-pools() {
-    if ! "$BIN/prefect" work-pool inspect tweetflow-local >/dev/null 2>&1; then
-        "$BIN/prefect" work-pool create tweetflow-local --type process >/dev/null
-    fi
-    "$BIN/prefect" work-pool create tweetflow-ecs --type ecs --overwrite \
-        --base-job-template "$ROOT/deployments/ecs-base-job-template.json" >/dev/null
-    say "work pools: tweetflow-local (process), tweetflow-ecs (ecs)"
+# The environment's own work pool: local -> tweetflow-local (process), ecs ->
+# tweetflow-ecs (ecs, from the base job template); the other one is never created.
+# Every step checks its own status: `up` calls this where `set -e` does not apply.
+pool() {
+    case $1 in
+        local)
+            "$BIN/prefect" work-pool inspect tweetflow-local >/dev/null 2>&1 \
+                || "$BIN/prefect" work-pool create tweetflow-local --type process >/dev/null \
+                || die "could not create the work pool tweetflow-local"
+            say "work pool: tweetflow-local (process)"
+            ;;
+        ecs)
+            "$BIN/prefect" work-pool create tweetflow-ecs --type ecs --overwrite \
+                --base-job-template "$ROOT/deployments/ecs-base-job-template.json" >/dev/null \
+                || die "could not create the work pool tweetflow-ecs"
+            say "work pool: tweetflow-ecs (ecs)"
+            ;;
+        *) die "usage: $0 deploy local|ecs" ;;
+    esac
+}
+
+# The environment's pool, then `prefect deploy --name` for exactly the
+# prefect.yaml deployments on it (python -m deployments.environments ENV).
+deploy() {
+    local environment=${1:-} names=() args=() name
+    pool "$environment"
+    mapfile -t names < <(cd "$ROOT" && "$BIN/python" -m deployments.environments "$environment")
+    ((${#names[@]})) || die "no $environment deployments in prefect.yaml"
+    for name in "${names[@]}"; do
+        args+=(--name "$name")
+    done
+    # The local deployments run from this checkout unless told otherwise.
+    (cd "$ROOT" && TWEETFLOW_HOME=${TWEETFLOW_HOME:-$ROOT} "$BIN/prefect" --no-prompt deploy "${args[@]}") \
+        || die "prefect deploy failed for: ${names[*]}"
+    say "deployed ($environment): ${names[*]}"
 }
 
 server() {
@@ -106,10 +130,9 @@ server() {
 up() {
     local started=$SECONDS
     server
-    pools
-    (cd "$ROOT" && TWEETFLOW_HOME=$ROOT "$BIN/prefect" --no-prompt deploy --all) >"$STATE/deploy.log" 2>&1 \
+    (TWEETFLOW_HOME=$ROOT deploy local) >"$STATE/deploy.log" 2>&1 \
         || { tail -n 30 "$STATE/deploy.log" >&2; die "prefect deploy failed; log: $STATE/deploy.log"; }
-    (cd "$ROOT" && "$BIN/python" -m deployments.schedules local)
+    tail -n 1 "$STATE/deploy.log"
     if alive_pid worker >/dev/null; then
         say "worker already running (pid $(alive_pid worker))"
     else
@@ -130,6 +153,6 @@ case ${1:-} in
     up) up ;;
     server) server ;;
     down) down ;;
-    pools) pools ;;
-    *) die "usage: $0 up|server|down|pools" ;;
+    deploy) deploy "${2:-}" ;;
+    *) die "usage: $0 up|server|down|deploy local|ecs" ;;
 esac

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -81,31 +80,16 @@ def run_deployment(env: dict[str, str], name: str, *params: str) -> str:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory):
-    """A real server with both pools and both deployments from prefect.yaml."""
+    """A real server with the embedded set-up's pool and deployments (as ``make up``)."""
     work = tmp_path_factory.mktemp("e2e")
     started = time.perf_counter()
     with prefect_server(work) as server_env:
-        env = {
-            **server_env,
-            "TWEETFLOW_HOME": str(REPO),
-            "TWEETFLOW_BIN": str(BIN),
-            "TWEETFLOW_IMAGE": "registry.example/tweetflow:e2e",
-            "TWEETFLOW_TASK_ROLE_ARN": "",
-            "TWEETFLOW_EXECUTION_ROLE_ARN": "",
-        }
+        env = {**server_env, "TWEETFLOW_HOME": str(REPO), "TWEETFLOW_BIN": str(BIN)}
         subprocess.run(
-            [str(REPO / "deployments" / "embedded.sh"), "pools"],
+            [str(REPO / "deployments" / "embedded.sh"), "deploy", "local"],
             env=env,
             check=True,
-            timeout=120,
-        )
-        prefect("deploy", "--all", env=env, timeout=300)
-        subprocess.run(
-            [sys.executable, "-m", "deployments.schedules", "local"],
-            cwd=REPO,
-            env=env,
-            check=True,
-            timeout=60,
+            timeout=300,
         )
         print(f"server up and deployed in {time.perf_counter() - started:.1f}s")
         yield env, work
@@ -124,6 +108,27 @@ def two_runs(deployed, small_csv: Path):
     first = run_deployment(env, "retrain/weekly", *params)
     second = run_deployment(env, "retrain/weekly", *params)
     return env, first, second
+
+
+def test_the_embedded_set_up_carries_none_of_productions_deployments(
+    deployed,
+) -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    from deployments.environments import deployment_names
+
+    env, _ = deployed
+    with client_for(env) as client:
+        found = {
+            f"{client.read_flow(d.flow_id).name}/{d.name}": d.work_pool_name
+            for d in client.read_deployments()
+        }
+        assert found == dict.fromkeys(deployment_names("local"), "tweetflow-local")
+        assert {"retrain/weekly", "batch-inference/on-demand"} <= set(found)
+        assert [pool.name for pool in client.read_work_pools()] == ["tweetflow-local"]
+        for name in deployment_names("ecs"):
+            with pytest.raises(ObjectNotFound):
+                client.read_deployment_by_name(name)
 
 
 def test_the_deployed_run_completes_every_stage(two_runs) -> None:
@@ -204,12 +209,10 @@ def test_the_deployment_is_scheduled_weekly(deployed) -> None:
     env, _ = deployed
     with client_for(env) as client:
         local = client.read_deployment_by_name("retrain/weekly")
-        ecs = client.read_deployment_by_name("retrain/weekly-ecs")
         [schedule] = local.schedules
         assert schedule.schedule.cron == "0 3 * * 1"
         assert schedule.schedule.timezone == "UTC"
         assert schedule.slug == "weekly-retrain" and schedule.active
-        assert [s.active for s in ecs.schedules] == [False]
         assert local.enforce_parameter_schema
         assert local.concurrency_limit == 1 or local.global_concurrency_limit.limit == 1
         # The scheduler service fills in the coming weekly runs (bounded wait).

@@ -1,8 +1,9 @@
 """The ECS worker submits a retrain run as AWS would see it (moto stands in for AWS).
 
 Real components only: a Prefect server, the pool built from
-``deployments/ecs-base-job-template.json``, the deployments from ``prefect.yaml``,
-``prefect deployment run`` and ``prefect worker start --type ecs --run-once``. moto
+``deployments/ecs-base-job-template.json`` and the production deployments from
+``prefect.yaml``, both registered as deploy.yml does (``deployments/embedded.sh
+deploy ecs``), ``prefect deployment run`` and ``prefect worker start --type ecs --run-once``. moto
 records the task definition and the RunTask call; it never pulls the image or starts
 the container, so the flow run stays Pending: what happens inside the task (image
 pull, IAM roles, networking to the Prefect API, logs) is not covered here.
@@ -12,14 +13,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from deployments.environments import deployment_names
 from tests.aws import ACCOUNT, REGION, aws_env, client, moto_server
-from tests.servers import REPO, prefect, prefect_server
+from tests.servers import BIN, REPO, prefect, prefect_server
 
 TEMPLATE = REPO / "deployments" / "ecs-base-job-template.json"
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/tweetflow:sha-0123456789ab"
@@ -41,6 +43,18 @@ def api(env: dict[str, str], path: str) -> dict:
     """GET ``path`` from the Prefect REST API; the decoded JSON answer."""
     url = env["PREFECT_API_URL"] + path
     with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def api_post(env: dict[str, str], path: str) -> list[dict]:
+    """POST an empty filter to ``path`` of the Prefect REST API; the decoded list."""
+    request = urllib.request.Request(
+        env["PREFECT_API_URL"] + path,
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
 
@@ -93,26 +107,30 @@ def test_template_is_the_prefect_aws_default_plus_container_size():
 @pytest.mark.e2e
 def test_worker_registers_task_definition_and_runs_task(stack):
     env, aws = stack
-    # `prefect deploy --all` needs both pools of prefect.yaml; create them side by side.
-    pools = [
-        ("tweetflow-ecs", "--type", "ecs", "--base-job-template", str(TEMPLATE)),
-        ("tweetflow-local", "--type", "process"),
-    ]
-    with ThreadPoolExecutor(len(pools)) as executor:
-        created = [
-            executor.submit(prefect, "work-pool", "create", *args, env=env)
-            for args in pools
-        ]
-    for future in created:
-        future.result()
     deploy_env = {
         **env,
-        "TWEETFLOW_HOME": str(REPO),
+        "TWEETFLOW_BIN": str(BIN),
         "TWEETFLOW_IMAGE": IMAGE,
         "TWEETFLOW_TASK_ROLE_ARN": TASK_ROLE,
         "TWEETFLOW_EXECUTION_ROLE_ARN": EXECUTION_ROLE,
     }
-    prefect("deploy", "--all", env=deploy_env)
+    deployed = subprocess.run(
+        [str(REPO / "deployments" / "embedded.sh"), "deploy", "ecs"],
+        env=deploy_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    # Production carries its own pool and deployments only, the weekly schedule active.
+    pools = [p["name"] for p in api_post(env, "/work_pools/filter")]
+    assert pools == ["tweetflow-ecs"]
+    found = {d["name"]: d for d in api_post(env, "/deployments/filter")}
+    assert set(found) == {name.split("/")[1] for name in deployment_names("ecs")}
+    assert {d["work_pool_name"] for d in found.values()} == {"tweetflow-ecs"}
+    [schedule] = found["weekly-ecs"]["schedules"]
+    assert schedule["active"] and schedule["schedule"]["cron"] == "0 3 * * 1"
 
     started = prefect(
         "deployment", "run", "retrain/weekly-ecs", "--param", "log_level=DEBUG",

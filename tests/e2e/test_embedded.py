@@ -58,6 +58,11 @@ def test_up_starts_server_deployments_and_worker_and_down_stops_them(
         with SyncPrefectClient(f"http://127.0.0.1:{port}/api") as client:
             deployment = client.read_deployment_by_name("retrain/weekly")
             assert [s.active for s in deployment.schedules] == [True]
+            # Only the embedded set-up's own pool and deployments.
+            assert [p.name for p in client.read_work_pools()] == ["tweetflow-local"]
+            assert {d.work_pool_name for d in client.read_deployments()} == {
+                "tweetflow-local"
+            }
             form = deployment.parameter_openapi_schema["properties"]
             assert {"source", "log_level", "clustering"} <= set(form)
             # The worker registers with its first poll, a few seconds after start.

@@ -373,4 +373,4 @@ def test_the_console_script_is_declared() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"] == {"tweetflow": "flows.cli:main"}
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install --quiet --no-deps -e ." in makefile
+    assert "pip install --quiet --no-deps --no-build-isolation -e ." in makefile

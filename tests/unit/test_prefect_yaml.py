@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 import yaml
 
+from deployments.environments import POOLS, deployment_names, main
 from tests.servers import REPO
 
 
@@ -87,3 +90,57 @@ def test_the_ecs_task_definition_has_container_cpu_and_memory() -> None:
         "memory",
         "task_role_arn",
     }
+
+
+def test_each_environment_deploys_the_deployments_on_its_own_pool() -> None:
+    assert deployment_names("local") == ["retrain/weekly", "batch-inference/on-demand"]
+    assert deployment_names("ecs") == [
+        "retrain/weekly-ecs",
+        "batch-inference/on-demand-ecs",
+    ]
+    # Every deployment of prefect.yaml belongs to exactly one environment.
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    everything = [entry["name"] for entry in config["deployments"]]
+    names = [n.split("/")[1] for env in POOLS for n in deployment_names(env)]
+    assert sorted(names) == sorted(everything)
+    # So each environment registers exactly one weekly schedule.
+    for environment in POOLS:
+        scheduled = [
+            name
+            for name in deployment_names(environment)
+            for entry in config["deployments"]
+            if entry["name"] == name.split("/")[1] and entry.get("schedules")
+        ]
+        assert len(scheduled) == 1, (environment, scheduled)
+
+
+def test_the_environment_names_follow_the_flow_names() -> None:
+    """``prefect deploy --name flow/deployment`` matches the flows' own names."""
+    from flows.batch_inference import batch_inference
+    from flows.retrain import retrain
+
+    flows = {n.split("/")[0] for env in POOLS for n in deployment_names(env)}
+    assert flows == {retrain.name, batch_inference.name}
+
+
+def test_the_command_prints_one_name_a_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["ecs"]) == 0
+    assert capsys.readouterr().out.splitlines() == deployment_names("ecs")
+
+
+def test_an_environment_without_deployments_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    config["deployments"] = [
+        d for d in config["deployments"] if d["work_pool"]["name"] == POOLS["local"]
+    ]
+    only_local = tmp_path / "prefect.yaml"
+    only_local.write_text(yaml.safe_dump(config))
+    assert deployment_names("ecs", only_local) == []
+    assert len(deployment_names("local", only_local)) == 2
+    monkeypatch.setattr("deployments.environments.PREFECT_YAML", only_local)
+    assert main(["ecs"]) == 1
+    assert "no deployment in prefect.yaml uses tweetflow-ecs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["staging"])
