@@ -51,6 +51,11 @@ COPY ${CHAMPION_MODEL:-deployments/no-champion}/ champion/
 # (or mount a volume here) to keep their outputs.
 RUN install -d -o tweetflow -g tweetflow /opt/tweetflow/artifacts
 
+# The commit the image was built from: MLflow runs record it as
+# mlflow.source.git.commit (the image has no .git). Last, so it costs no cache.
+ARG GIT_COMMIT=""
+ENV TWEETFLOW_GIT_COMMIT=${GIT_COMMIT}
+
 USER 10001:10001
 
 CMD ["python", "-m", "flows.retrain", "--help"]

@@ -703,3 +703,21 @@ def test_the_smoke_test_checks_the_image(
             "id -u",
         ]
         assert "smoke test passed: tweetflow:ci-test" in result.stdout
+
+
+def test_the_image_records_its_commit_for_mlflow(monkeypatch, tmp_path) -> None:
+    """The image has no .git: the build passes the commit, the run tags it."""
+    import tasks.release.tracking as tracking
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ENV TWEETFLOW_GIT_COMMIT=${GIT_COMMIT}" in dockerfile
+    for name in ("ci.yml", "deploy.yml"):
+        (build,) = [
+            s for s in steps(workflow(name)) if "build-push-action" in s.get("uses", "")
+        ]
+        assert build["with"]["build-args"] == "GIT_COMMIT=${{ github.sha }}"
+    monkeypatch.setenv("TWEETFLOW_GIT_COMMIT", "a" * 40)
+    assert tracking.git_commit() == "a" * 40
+    monkeypatch.delenv("TWEETFLOW_GIT_COMMIT")
+    monkeypatch.setattr(tracking, "PROJECT_ROOT", tmp_path)  # no checkout here
+    assert tracking.git_commit() is None
