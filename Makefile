@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install lock node-tools run test lint format bench bench-scale quality clean up down deploy mlflow-ui
+.PHONY: install lock node-tools run test test-reliability lint format bench bench-scale quality clean up down deploy mlflow-ui
 
 install: $(STAMP)
 
@@ -53,6 +53,12 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# Real faults on real processes and servers (tests/reliability): kill -9,
+# concurrent runs, corrupted stores, hostile inputs, storage and server faults.
+# Prints the table of faults tried and how they ended.
+test-reliability: install
+	TWEETFLOW_RELIABILITY=1 $(PY) -m pytest tests/reliability
 
 lint: install
 	$(VENV)/bin/black --check .

@@ -17,6 +17,11 @@ os.environ["TWEETFLOW_LOCAL_SERVER"] = "0"
 
 SMALL_SAMPLE = 400
 
+# The reliability suite runs on its own (make test-reliability, a CI step).
+collect_ignore = (
+    [] if os.environ.get("TWEETFLOW_RELIABILITY") == "1" else ["reliability"]
+)
+
 
 @pytest.fixture(scope="session")
 def corpus() -> pd.DataFrame:
