@@ -59,18 +59,30 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
-def task_states(flow_run_id) -> dict[str, str]:
-    """Map task name -> state name of its last task run in one flow run (from the API)."""
+def task_states(flow_run_id, expected: set[str] = frozenset()) -> dict[str, str]:
+    """Map task name -> state name of its last task run in one flow run (from the API).
+
+    Task runs reach the API as events, a moment after the flow returns: wait
+    (bounded) until the ``expected`` task names are there in a final state.
+    """
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    # A stage re-run after a stale cache hit has two task runs; the later one counts.
-    ordered = sorted(runs, key=lambda run: run.created)
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in ordered}
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        # A stage re-run after a stale cache hit has two task runs; the later counts.
+        ordered = sorted(runs, key=lambda run: run.created)
+        states = {run.name.rsplit("-", 1)[0]: run for run in ordered}
+        settled = all(r.state and r.state.is_final() for r in states.values())
+        if (expected <= set(states) and settled) or time.monotonic() > deadline:
+            return {name: run.state.name for name, run in states.items()}
+        time.sleep(0.5)
 
 
 # The retrain's stages (cached) and the steps that run every time.
@@ -119,8 +131,9 @@ def run_retrain(params):
     state = retrain(**params.as_flow_kwargs(), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
-    states = task_states(state.state_details.flow_run_id)
-    for step in WHEN_UNCHANGED if result.unchanged else EVERY_TIME:
+    steps = WHEN_UNCHANGED if result.unchanged else EVERY_TIME
+    states = task_states(state.state_details.flow_run_id, steps | STAGES)
+    for step in steps:
         assert states.pop(step) == "Completed", (step, states)
     assert not set(states) & EVERY_TIME, states
     return result, states

@@ -344,9 +344,10 @@ def test_the_champion_loads_as_an_mlflow_pyfunc_model_with_batch_inference_categ
     texts = new_tweets.drop_duplicates("tweet_id").set_index("tweet_id")["text"]
 
     reg = Registry.open(artifacts, ReleaseConfig())
-    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: reg.tracking_uri)
-    mlflow.set_tracking_uri(reg.tracking_uri)
-    mlflow.set_registry_uri(reg.tracking_uri)
+    # As a user would point MLflow at the store (the environment, restored after:
+    # mlflow.set_tracking_uri would leak into every later test of the session).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reg.tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", reg.tracking_uri)
     uri = "models:/tweetflow-classifier@champion"
     model = mlflow.pyfunc.load_model(uri)
     inputs = model.metadata.get_input_schema().input_names()
