@@ -103,6 +103,13 @@ def read_head(uri: str, size: int) -> bytes:
         return fh.read(size)
 
 
+def open_binary(uri: str) -> Any:
+    """A seekable binary file object reading a file or object (a context manager)."""
+    if is_remote(uri):
+        return s3().open(_key(uri), "rb")
+    return open(local_path(uri), "rb")
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a complete file or object; readers never see it half-written."""
     if is_remote(uri):

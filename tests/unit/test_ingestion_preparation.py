@@ -191,14 +191,16 @@ def test_preparation_accounts_for_every_row() -> None:
 
 
 def test_preflight_reads_only_the_head_of_large_files(tmp_path: Path) -> None:
-    from tasks.stages.ingestion.readers import PREVIEW_BYTES, _head
+    from tasks.stages.ingestion.readers import PREVIEW_BYTES, _preview
+    from tasks.stages.ingestion.sources import SourceFile
 
     path = tmp_path / "big.csv"
     path.write_text(
         "text\n" + "caf\u00e9 at the gate \u2708\n" * 100_000, encoding="utf-8"
     )
     assert path.stat().st_size > PREVIEW_BYTES
-    head = _head(path)
-    assert len(head) <= PREVIEW_BYTES and head.endswith(b"\n")
-    head.decode("utf-8")  # cut on a line boundary, never inside a character
+    head, truncated = _preview(SourceFile(str(path)), "auto", PREVIEW_BYTES)
+    # Cut on a line boundary, never inside a character.
+    assert truncated and head.endswith("\n")
+    assert len(head.encode("utf-8")) <= PREVIEW_BYTES
     assert check_source(str(path), IngestionConfig()) == 1

