@@ -22,6 +22,8 @@ from tasks.infra.errors import InputError
 from tasks.stages.ingestion import IngestionConfig, check_source
 
 USER_ERRORS = (InputError, ContractViolation)
+# How long a temporary Prefect server may take to start (a new database included).
+TEMPORARY_SERVER_STARTUP_SECONDS = 120
 
 
 def apply_log_level(level: str) -> None:
@@ -81,14 +83,23 @@ def run_command(
 @contextlib.contextmanager
 def prefect_api(api_url: str | None) -> Iterator[None]:
     """Run against ``api_url`` (or Prefect's own choice when None); a temporary
-    server Prefect starts has its analytics off, so offline it stays quiet."""
+    server Prefect starts has its analytics off, so offline it stays quiet, and
+    is given time to create its database on a first run on a busy machine
+    (Prefect's 20 s default is not enough there; the environment may say more)."""
+    import os
+
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         temporary_settings,
     )
 
     updates: dict[Any, Any] = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    if not os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"):
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = (
+            TEMPORARY_SERVER_STARTUP_SECONDS
+        )
     if api_url:
         updates[PREFECT_API_URL] = api_url
     with temporary_settings(updates=updates):
