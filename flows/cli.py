@@ -33,15 +33,18 @@ def apply_log_level(level: str) -> None:
 
 
 class QuietInputErrors(logging.Filter):
-    """Drop the traceback from log records about input errors (command line only).
+    """Drop the traceback from log records about input errors and transient
+    storage failures (command line only).
 
-    People get one readable line for bad input; a programming error keeps its
-    traceback.
+    People get one readable line for bad input or storage that stayed
+    unavailable through every retry; a programming error keeps its traceback.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Strip ``exc_info`` when the logged exception is an input error."""
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+        """Strip ``exc_info`` when the logged exception is an input error or a
+        transient storage failure."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and (isinstance(exc, USER_ERRORS) or is_transient(exc)):
             record.exc_info = None
             record.exc_text = None
         return True
@@ -56,8 +59,9 @@ def run_command(
 
     ``preflight`` checks the input cheaply (exit 2 when it refuses), ``run``
     takes its result and runs the flow (exit 1 when the flow refuses the
-    input), ``report`` turns the flow's result into what is printed.
-    Programming errors keep their tracebacks.
+    input, or when storage stayed unavailable through every retry), ``report``
+    turns the flow's result into what is printed. Programming errors keep
+    their tracebacks.
     """
     try:
         checked = preflight()
@@ -73,6 +77,11 @@ def run_command(
             result = run(checked)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        print(f"error: {exc} (still failing after every retry)", file=sys.stderr)
         return 1
     print(report(result))
     if api_url:
