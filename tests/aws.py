@@ -109,9 +109,8 @@ class FaultyProxy:
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self.rules: list[list] = (
-            []
-        )  # [method, path_part, to_skip, to_fail, status, code]
+        # [method, path_part, to_skip, to_fail, status, code]
+        self.rules: list[list] = []
         self.frozen: dict[tuple[str, str], dict[str, tuple]] = {}
         self.faults: list[str] = []
         self.requests: list[str] = []
@@ -199,7 +198,10 @@ class FaultyProxy:
                             self.send_header(key, value)
                     # A HEAD answer carries the object's length, not the body's.
                     length = (
-                        dict(answer[2]).get("Content-Length", "0")
+                        next(
+                            (v for k, v in answer[2] if k.lower() == "content-length"),
+                            "0",
+                        )
                         if self.command == "HEAD"
                         else str(len(data))
                     )
