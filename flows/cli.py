@@ -22,6 +22,8 @@ from tasks.infra.errors import InputError
 from tasks.stages.ingestion import IngestionConfig, check_source
 
 USER_ERRORS = (InputError, ContractViolation)
+# How long a temporary Prefect server may take to start (a new database included).
+TEMPORARY_SERVER_STARTUP_SECONDS = 120
 
 
 def apply_log_level(level: str) -> None:
@@ -31,15 +33,18 @@ def apply_log_level(level: str) -> None:
 
 
 class QuietInputErrors(logging.Filter):
-    """Drop the traceback from log records about input errors (command line only).
+    """Drop the traceback from log records about input errors and transient
+    storage failures (command line only).
 
-    People get one readable line for bad input; a programming error keeps its
-    traceback.
+    People get one readable line for bad input or storage that stayed
+    unavailable through every retry; a programming error keeps its traceback.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Strip ``exc_info`` when the logged exception is an input error."""
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+        """Strip ``exc_info`` when the logged exception is an input error or a
+        transient storage failure."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and (isinstance(exc, USER_ERRORS) or is_transient(exc)):
             record.exc_info = None
             record.exc_text = None
         return True
@@ -54,8 +59,9 @@ def run_command(
 
     ``preflight`` checks the input cheaply (exit 2 when it refuses), ``run``
     takes its result and runs the flow (exit 1 when the flow refuses the
-    input), ``report`` turns the flow's result into what is printed.
-    Programming errors keep their tracebacks.
+    input, or when storage stayed unavailable through every retry), ``report``
+    turns the flow's result into what is printed. Programming errors keep
+    their tracebacks.
     """
     try:
         checked = preflight()
@@ -72,6 +78,11 @@ def run_command(
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        print(f"error: {exc} (still failing after every retry)", file=sys.stderr)
+        return 1
     print(report(result))
     if api_url:
         print(f"  runs: {api_url.removesuffix('/api')}/runs")
@@ -81,14 +92,23 @@ def run_command(
 @contextlib.contextmanager
 def prefect_api(api_url: str | None) -> Iterator[None]:
     """Run against ``api_url`` (or Prefect's own choice when None); a temporary
-    server Prefect starts has its analytics off, so offline it stays quiet."""
+    server Prefect starts has its analytics off, so offline it stays quiet, and
+    is given time to create its database on a first run on a busy machine
+    (Prefect's 20 s default is not enough there; the environment may say more)."""
+    import os
+
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         temporary_settings,
     )
 
     updates: dict[Any, Any] = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    if not os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"):
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = (
+            TEMPORARY_SERVER_STARTUP_SECONDS
+        )
     if api_url:
         updates[PREFECT_API_URL] = api_url
     with temporary_settings(updates=updates):

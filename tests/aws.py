@@ -100,24 +100,42 @@ class FaultyProxy:
     """A loopback HTTP proxy in front of moto that fails chosen requests.
 
     ``fail(method, path_part, times)`` makes the next ``times`` matching requests
-    answer ``500 InternalError`` (an S3 server fault) without reaching moto;
-    everything else is forwarded unchanged. ``faults`` lists what was failed.
+    answer ``500 InternalError`` (an S3 server fault; ``status`` and ``code``
+    choose another, e.g. ``503 SlowDown``) without reaching moto;
+    ``freeze(method, path_part)`` answers every matching request with the first
+    answer moto gave it (a stale listing); everything else is forwarded
+    unchanged. ``faults`` lists what was failed.
     """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self.rules: list[list] = []  # [method, path_part, to_skip, to_fail]
+        # [method, path_part, to_skip, to_fail, status, code]
+        self.rules: list[list] = []
+        self.frozen: dict[tuple[str, str], dict[str, tuple]] = {}
         self.faults: list[str] = []
         self.requests: list[str] = []
         self.url = ""
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
-    def fail(self, method: str, path_part: str, times: int = 1, after: int = 0) -> None:
+    def fail(
+        self,
+        method: str,
+        path_part: str,
+        times: int = 1,
+        after: int = 0,
+        status: int = 500,
+        code: str = "InternalError",
+    ) -> None:
         """Fail ``times`` requests whose path contains ``path_part``, after ``after``."""
-        self.rules.append([method, path_part, after, times])
+        self.rules.append([method, path_part, after, times, status, code])
 
-    def _should_fail(self, method: str, path: str) -> bool:
+    def freeze(self, method: str, path_part: str) -> None:
+        """Answer each matching request with the first answer moto gave to the
+        same request (a stale listing)."""
+        self.frozen[(method, path_part)] = {}
+
+    def _should_fail(self, method: str, path: str) -> tuple[int, str] | None:
         for rule in self.rules:
             if rule[0] != method or rule[1] not in path:
                 continue
@@ -126,8 +144,11 @@ class FaultyProxy:
             elif rule[3] > 0:
                 rule[3] -= 1
                 self.faults.append(f"{method} {path}")
-                return True
-        return False
+                return rule[4], rule[5]
+        return None
+
+    def _frozen_key(self, method: str, path: str) -> tuple[str, str] | None:
+        return next((k for k in self.frozen if k[0] == method and k[1] in path), None)
 
     def __enter__(self) -> FaultyProxy:
         proxy = self
@@ -143,13 +164,14 @@ class FaultyProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 proxy.requests.append(f"{self.command} {self.path}")
-                if proxy._should_fail(self.command, self.path):
+                fault = proxy._should_fail(self.command, self.path)
+                if fault is not None:
                     payload = (
                         b'<?xml version="1.0" encoding="UTF-8"?><Error>'
-                        b"<Code>InternalError</Code><Message>injected fault"
-                        b"</Message></Error>"
+                        b"<Code>" + fault[1].encode() + b"</Code><Message>injected "
+                        b"fault</Message></Error>"
                     )
-                    self.send_response(500)
+                    self.send_response(fault[0])
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
@@ -163,13 +185,23 @@ class FaultyProxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     response = conn.getresponse()
                     data = response.read()
-                    self.send_response(response.status, response.reason)
-                    for key, value in response.getheaders():
+                    answer = (response.status, response.reason, response.getheaders())
+                    frozen = proxy._frozen_key(self.command, self.path)
+                    if frozen is not None:
+                        seen = proxy.frozen[frozen].setdefault(
+                            self.path, (answer, data)
+                        )
+                        answer, data = seen
+                    self.send_response(answer[0], answer[1])
+                    for key, value in answer[2]:
                         if key.lower() not in ("transfer-encoding", "content-length"):
                             self.send_header(key, value)
                     # A HEAD answer carries the object's length, not the body's.
                     length = (
-                        response.getheader("Content-Length", "0")
+                        next(
+                            (v for k, v in answer[2] if k.lower() == "content-length"),
+                            "0",
+                        )
                         if self.command == "HEAD"
                         else str(len(data))
                     )

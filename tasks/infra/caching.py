@@ -8,7 +8,8 @@ hand: a stage re-runs when its code or any helper it uses changes, and only
 then. Prefect never hashes frames or models here: stages pass references.
 
 Retries: Prefect retries a task on transient failures only (timeouts,
-throttling, 5xx, connection errors), with exponential backoff and jitter.
+throttling, 5xx, connection errors, a SQLite store locked by another process),
+with exponential backoff and jitter.
 Storage clients below do not retry on their own (see ``tasks.infra.storage``),
 so attempts never multiply.
 """
@@ -34,6 +35,8 @@ TRANSIENT_AWS_CODES = {
     "InternalError",
     "TooManyRequestsException",
 }
+# SQLite's answer when another process holds the store (MLflow's embedded one).
+SQLITE_LOCKED = "database is locked"
 PROJECT_PACKAGES = ("tasks", "data_contracts", "flows")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STAGE_RETRIES = 2
@@ -244,6 +247,8 @@ def transient_retries(retries: int) -> dict[str, Any]:
 def _is_transient_one(exc: BaseException) -> bool:
     if isinstance(exc, (TransientStorageError, TimeoutError, ConnectionError)):
         return True
+    if type(exc).__name__ == "OperationalError" and SQLITE_LOCKED in str(exc):
+        return True  # another process holds the SQLite store longer than its wait
     response = getattr(exc, "response", None)
     if isinstance(response, dict):  # botocore ClientError
         code = response.get("Error", {}).get("Code", "")

@@ -13,13 +13,17 @@ visible once complete. No reader ever sees half of anything.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
+
+from tasks.infra.caching import TransientStorageError, is_transient
 
 REMOTE_SCHEMES = ("s3",)
 
@@ -88,6 +92,47 @@ def _key(uri: str) -> str:
     return uri.split("://", 1)[1]
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _aws_reason(exc: BaseException) -> str:
+    """'SlowDown, HTTP 503' from the botocore error behind an exception, if any."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code", "")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return ", ".join(str(p) for p in (code, status and f"HTTP {status}") if p)
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
+
+
+def names_the_object(fn: F) -> F:
+    """A transient failure on a remote object becomes a ``TransientStorageError``
+    naming the object and the server's answer (still retried as transient), so a
+    storm longer than the retries ends in one readable line."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TransientStorageError:
+            raise
+        except Exception as exc:
+            uri = next((a for a in args if isinstance(a, str) and is_remote(a)), None)
+            if uri is None or not is_transient(exc):
+                raise
+            raise TransientStorageError(
+                f"{uri}: storage unavailable ({_aws_reason(exc)}: {exc})"
+            ) from exc
+
+    return call  # type: ignore[return-value]
+
+
+@names_the_object
 def read_bytes(uri: str) -> bytes:
     """The whole content of a file or object."""
     if is_remote(uri):
@@ -95,6 +140,7 @@ def read_bytes(uri: str) -> bytes:
     return local_path(uri).read_bytes()
 
 
+@names_the_object
 def read_head(uri: str, size: int) -> bytes:
     """The first ``size`` bytes of a file or object (fewer if it is shorter)."""
     if is_remote(uri):
@@ -103,6 +149,7 @@ def read_head(uri: str, size: int) -> bytes:
         return fh.read(size)
 
 
+@names_the_object
 def open_binary(uri: str) -> Any:
     """A seekable binary file object reading a file or object (a context manager)."""
     if is_remote(uri):
@@ -110,6 +157,7 @@ def open_binary(uri: str) -> Any:
     return open(local_path(uri), "rb")
 
 
+@names_the_object
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a complete file or object; readers never see it half-written."""
     if is_remote(uri):
@@ -118,6 +166,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     _write_local(local_path(uri), data, exclusive=False)
 
 
+@names_the_object
 def write_new(uri: str, data: bytes) -> bool:
     """Write a complete file or object only if there is none yet.
 
@@ -159,6 +208,7 @@ def _write_local(path: Path, data: bytes, exclusive: bool) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
+@names_the_object
 def put_file(path: Path, uri: str, keep: bool = False) -> bool:
     """Move (or, with ``keep``, copy) a complete local file to ``uri`` if nothing
     is there yet; returns whether it was written.
@@ -186,6 +236,7 @@ def put_file(path: Path, uri: str, keep: bool = False) -> bool:
     return move_into_place(path, target)
 
 
+@names_the_object
 def replace_with_file(path: Path, uri: str) -> None:
     """Move a complete local file to ``uri``, replacing what is there (outputs
     such as batch predictions); readers see the old file or the new one."""
@@ -211,6 +262,7 @@ def replace_with_file(path: Path, uri: str) -> None:
             path.unlink(missing_ok=True)
 
 
+@names_the_object
 def download_file(uri: str, path: Path) -> None:
     """Copy a remote object to a local file (written aside, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +296,7 @@ def move_into_place(staging: Path, final: Path) -> bool:
     return False
 
 
+@names_the_object
 def exists(uri: str) -> bool:
     """Whether a file or object exists at ``uri``."""
     if is_remote(uri):
@@ -253,6 +306,7 @@ def exists(uri: str) -> bool:
     return local_path(uri).exists()
 
 
+@names_the_object
 def is_dir(uri: str) -> bool:
     """Whether ``uri`` is a directory (local) or a prefix holding objects (S3)."""
     if is_remote(uri):
@@ -262,6 +316,7 @@ def is_dir(uri: str) -> bool:
     return local_path(uri).is_dir()
 
 
+@names_the_object
 def list_files(uri: str) -> list[FileInfo]:
     """Every file under a directory or prefix, sorted by URI, with content versions."""
     if is_remote(uri):
@@ -288,6 +343,7 @@ def list_files(uri: str) -> list[FileInfo]:
     return files
 
 
+@names_the_object
 def file_info(uri: str) -> FileInfo:
     """Size and content version of one file or object."""
     if is_remote(uri):
