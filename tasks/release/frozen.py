@@ -3,8 +3,8 @@
 It lives in the artifact store (``registry/frozen_evaluation.parquet``, local or
 on S3), so every run that shares the store shares it, whichever machine it
 runs on. It is frozen from the first gated run's evaluation split, written
-once and never replaced; a configured file must exist. Its sha256 is recorded
-beside it on first use, and a set that no longer matches is refused.
+once and never replaced; its sha256 is recorded beside it on first use, and a
+set that no longer matches is refused. A configured file must exist.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tasks.release.config import ReleaseConfig
 from tasks.release.gate import FrozenSet
 
 FROZEN_FILE = "registry/frozen_evaluation.parquet"
+FROZEN_SHA_FILE = FROZEN_FILE + ".sha256"  # recorded on first use
 
 
 def frozen_uri(store: ArtifactStore, config: ReleaseConfig) -> str:
@@ -65,20 +66,17 @@ def frozen_evaluation_set(
     return FrozenSet(uri, sha256_bytes(data), frame.reset_index(drop=True), created)
 
 
-def recorded_sha256_file(store: ArtifactStore, uri: str) -> str:
-    """Where the frozen set's sha256 is recorded, relative to the store."""
-    if uri == store.uri(FROZEN_FILE):
-        return FROZEN_FILE + ".sha256"
-    return f"registry/frozen-sha256/{sha256_bytes(uri.encode())[:16]}.sha256"
-
-
 def check_recorded_sha256(store: ArtifactStore, uri: str, digest: str) -> None:
     """The frozen set must still hash to what was recorded when it was first read.
 
     The first read records the sha256 (written once, like the set itself); any
     later change to the file (truncated, edited, replaced) is refused, naming it.
+    Only the store's own set is recorded: a configured file is its owner's to
+    update, and the store is left untouched.
     """
-    relative = recorded_sha256_file(store, uri)
+    if uri != store.uri(FROZEN_FILE):
+        return
+    relative = FROZEN_SHA_FILE
     recorded = store.read_text(relative)
     if recorded is None:
         storage.write_new(store.uri(relative), (digest + "\n").encode())
