@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from flows.cli import apply_log_level, exit_now, run_command
 from flows.parameters import LogLevel, PromoteParameters
 from tasks.infra.caching import StageRunner
+from tasks.infra.lease import release_lock, run_purpose
 from tasks.infra.store import ArtifactStore
 from tasks.release.config import load_release_config
 from tasks.release.promotion import move_champion_task
@@ -56,8 +57,10 @@ def promote(
     apply_log_level(p.log_level)
     store = ArtifactStore(p.artifacts_dir)
     release = load_release_config(p.promotion_config)
-    run = StageRunner(store.root_uri, "local", get_run_logger())
-    moved = run("move-champion", move_champion_task, p.to, release, p.reason)
+    logger = get_run_logger()
+    run = StageRunner(store.root_uri, "local", logger)
+    with release_lock(store.root_uri, run_purpose("promote"), logger.info):
+        moved = run("move-champion", move_champion_task, p.to, release, p.reason)
     return PromoteResult(
         model_version=f"{release.model_name}/{moved.version}",
         status=moved.status,

@@ -15,6 +15,7 @@ from flows.cli import apply_log_level, exit_now, retrain_main
 from flows.parameters import RETRAIN_DEFAULTS as D
 from flows.parameters import LogLevel, RetrainParameters
 from tasks.infra.caching import StageRunner, source_version
+from tasks.infra.lease import release_lock, run_purpose
 from tasks.infra.store import ArtifactStore
 from tasks.release.config import load_release_config
 from tasks.release.promotion import (
@@ -197,17 +198,26 @@ def retrain(
         naming_basis=basis,
     )
     code = source_version("flows.retrain")
-    kept = unchanged_since(store, stages, p, code)
-    if kept is not None:
-        run("publishing", report_unchanged, kept)
-        return RetrainResult.of_unchanged(kept, run.seconds)
-    published = run("publishing", publish, stages, p, code, dict(run.seconds))
-    run_dir = published.local_run_dir
-    tracked = run("registry", track, run_dir, release)
-    decision = run("registry", gate, run_dir, release, tracked)
-    outcome = run(
-        "registry", promote_challenger, run_dir, release, tracked, decision, p.promote
-    )
+    # One release at a time per store: the stages above write content-addressed
+    # files only, what follows moves shared names (registry, champion, LATEST).
+    with release_lock(store.root_uri, run_purpose("retrain"), logger.info):
+        kept = unchanged_since(store, stages, p, code)
+        if kept is not None:
+            run("publishing", report_unchanged, kept)
+            return RetrainResult.of_unchanged(kept, run.seconds)
+        published = run("publishing", publish, stages, p, code, dict(run.seconds))
+        run_dir = published.local_run_dir
+        tracked = run("registry", track, run_dir, release)
+        decision = run("registry", gate, run_dir, release, tracked)
+        outcome = run(
+            "registry",
+            promote_challenger,
+            run_dir,
+            release,
+            tracked,
+            decision,
+            p.promote,
+        )
     run("publishing", report, published, outcome)
     return RetrainResult.of(published, outcome, run.seconds)
 

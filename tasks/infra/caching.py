@@ -333,7 +333,13 @@ class StageRunner:
         import inspect
         import time
 
-        from tasks.infra.store import artifact_refs, missing_artifacts
+        from tasks.infra.store import (
+            ArtifactStore,
+            artifact_refs,
+            damaged_artifacts,
+            discard,
+            missing_artifacts,
+        )
 
         if "artifacts_dir" in inspect.signature(task.fn).parameters:
             kwargs["artifacts_dir"] = self.root_uri
@@ -341,12 +347,18 @@ class StageRunner:
         state = task.with_options(**self.options)(*args, return_state=True, **kwargs)
         out = state.result()
         missing = missing_artifacts(out)
+        store = ArtifactStore(self.root_uri)
+        damaged = damaged_artifacts(store, out) if state.name == "Cached" else {}
+        for uri, problem in damaged.items():
+            self.logger.warning("%s: %s; removing it and re-running", name, problem)
+            discard(store, uri)
         if missing:
             self.logger.warning(
                 "%s: cached result points at deleted artifacts (%s); re-running",
                 name,
                 ", ".join(missing),
             )
+        if missing or damaged:
             state = task.with_options(**self.options, refresh_cache=True)(
                 *args, return_state=True, **kwargs
             )

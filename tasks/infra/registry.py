@@ -46,6 +46,7 @@ TAG_PREVIOUS = "previous_champion"
 TAG_ROLLBACK = "promotion_rollback"
 TAG_VALUE_LIMIT = 5000
 READY_TIMEOUT_SECONDS = 300.0
+READY_MARKER = ".store-ready"  # beside mlflow.db once it is created and migrated
 
 
 class RegistryConfig(BaseModel):
@@ -114,6 +115,30 @@ def embedded_store_missing(config: RegistryConfig, registry_root: str | Path) ->
     )
 
 
+def create_embedded_store(registry_root: str | Path, registry_uri: str) -> None:
+    """Create (and migrate) the embedded SQLite store once, under a store lock.
+
+    Two processes opening a new store at once would both run MLflow's schema
+    migrations and one would fail; the ``mlflow-store`` lock lets one create
+    it while the other waits, and a ready marker written afterwards lets every
+    later open skip the lock.
+    """
+    from tasks.infra.lease import StoreLock
+
+    ready = embedded_db(registry_root).with_name(READY_MARKER)
+    if ready.is_file():
+        return
+    root = root_of(registry_root)
+    with StoreLock(str(root), "mlflow-store", purpose=f"creating {ready.parent}"):
+        if ready.is_file():
+            return
+        uri = f"sqlite:///{embedded_db(registry_root)}"
+        client = _mlflow().MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
+        client.search_experiments(max_results=1)  # the tracking tables
+        client.search_registered_models(max_results=1)  # the registry tables
+        storage.write_bytes(str(ready), b"created\n")
+
+
 def _is_local_store(uri: str) -> bool:
     scheme = urllib.parse.urlparse(uri).scheme
     return scheme in ("", "file", "sqlite") or len(scheme) == 1  # C:\ paths
@@ -157,6 +182,8 @@ class Registry:
             )
         mlflow = _mlflow()
         registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or uri
+        if uri == f"sqlite:///{embedded_db(registry_root)}":
+            create_embedded_store(registry_root, registry_uri)
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
         return cls(client, uri, config, root_of(registry_root))
 

@@ -306,6 +306,25 @@ def exists(uri: str) -> bool:
     return local_path(uri).exists()
 
 
+def remove(uri: str) -> None:
+    """Delete a file or a directory (prefix); a directory's manifest goes first,
+    so that no reader trusts what is left while the rest is deleted."""
+    if is_remote(uri):
+        fs = s3()
+        key = _key(uri)
+        if fs.exists(f"{key}/manifest.json"):
+            fs.rm_file(f"{key}/manifest.json")
+        fs.rm(key, recursive=True)
+        fs.invalidate_cache(key)
+        return
+    path = local_path(uri)
+    if path.is_dir():
+        (path / "manifest.json").unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @names_the_object
 def is_dir(uri: str) -> bool:
     """Whether ``uri`` is a directory (local) or a prefix holding objects (S3)."""

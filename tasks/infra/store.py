@@ -490,3 +490,41 @@ def missing_artifacts(output: object) -> list[str]:
             storage.join(ref.uri, "manifest.json") if ref.kind == "dir" else ref.uri
         )
     ]
+
+
+def damaged_artifacts(store: ArtifactStore, output: object) -> dict[str, str]:
+    """Artifacts of a stage output that exist but fail their sha256 check, by URI.
+
+    A frame's file must hash to its reference; a model directory's files must
+    match its manifest and the manifest its reference. Each is hashed once per
+    process (later reads reuse the check), and a remote artifact is checked as
+    its local copy is fetched, which the next stage would do anyway.
+    """
+    damaged = {}
+    missing = set(missing_artifacts(output))  # absent ones are re-made anyway
+    for ref in artifact_refs(output).values():
+        if ref.uri in missing:
+            continue
+        try:
+            if ref.kind == "frame":
+                store.local_file(ref)
+            else:
+                listed = verify_manifest(store.get_dir(ref))
+                if manifest_digest(listed) != ref.sha256:
+                    raise ArtifactMissing(
+                        f"artifact {ref.uri}: manifest.json does not match its sha256"
+                    )
+        except ArtifactMissing as exc:
+            damaged[ref.uri] = str(exc)
+    return damaged
+
+
+def discard(store: ArtifactStore, uri: str) -> None:
+    """Remove a damaged artifact so that recomputing it can write it again
+    (content-addressed names are otherwise never rewritten), with any local
+    copy of a remote one."""
+    storage.remove(uri)
+    if store.remote:
+        relative = uri[len(store.root_uri) :].strip("/")
+        for local in (store.root / relative, store.root / "cache" / relative):
+            storage.remove(str(local))

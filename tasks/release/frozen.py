@@ -3,7 +3,8 @@
 It lives in the artifact store (``registry/frozen_evaluation.parquet``, local or
 on S3), so every run that shares the store shares it, whichever machine it
 runs on. It is frozen from the first gated run's evaluation split, written
-once and never replaced; a configured file must exist.
+once and never replaced; its sha256 is recorded beside it on first use, and a
+set that no longer matches is refused. A configured file must exist.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tasks.release.config import ReleaseConfig
 from tasks.release.gate import FrozenSet
 
 FROZEN_FILE = "registry/frozen_evaluation.parquet"
+FROZEN_SHA_FILE = FROZEN_FILE + ".sha256"  # recorded on first use
 
 
 def frozen_uri(store: ArtifactStore, config: ReleaseConfig) -> str:
@@ -44,6 +46,10 @@ def frozen_evaluation_set(
         created = freeze(Path(run_dir), uri, config.frozen_size)
     try:
         data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise RegistryError(f"frozen evaluation set {uri} does not exist") from None
+    check_recorded_sha256(store, uri, sha256_bytes(data))
+    try:
         frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # any unreadable file is the same problem
         raise RegistryError(
@@ -58,6 +64,29 @@ def frozen_evaluation_set(
     if frame.empty:
         raise RegistryError(f"frozen evaluation set {uri} has no tweets")
     return FrozenSet(uri, sha256_bytes(data), frame.reset_index(drop=True), created)
+
+
+def check_recorded_sha256(store: ArtifactStore, uri: str, digest: str) -> None:
+    """The frozen set must still hash to what was recorded when it was first read.
+
+    The first read records the sha256 (written once, like the set itself); any
+    later change to the file (truncated, edited, replaced) is refused, naming it.
+    Only the store's own set is recorded: a configured file is its owner's to
+    update, and the store is left untouched.
+    """
+    if uri != store.uri(FROZEN_FILE):
+        return
+    relative = FROZEN_SHA_FILE
+    recorded = store.read_text(relative)
+    if recorded is None:
+        storage.write_new(store.uri(relative), (digest + "\n").encode())
+        recorded = store.read_text(relative) or digest
+    if recorded.strip() != digest:
+        raise RegistryError(
+            f"frozen evaluation set {uri} does not match its recorded sha256 "
+            f"({store.uri(relative)}): refusing to gate on altered tweets; restore "
+            "the file (or delete both to freeze a new set)"
+        )
 
 
 def freeze(run_dir: Path, uri: str, size: int = 20_000) -> bool:

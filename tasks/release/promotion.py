@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 PromoteMode = Literal["never", "auto", "force"]
 PromotionStatus = Literal["promoted", "rejected", "skipped"]
 REGISTRY_FILE = "registry.json"
+LATEST_FILE = "LATEST"  # names the newest run that is published and registered
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,8 @@ def promote_challenger(
     *,
     artifacts_dir: str,
 ) -> RegistryOutcome:
-    """Move the champion alias if the mode and the gate allow; write registry.json."""
+    """Move the champion alias if the mode and the gate allow; write registry.json,
+    then point ``LATEST`` at the run."""
     from prefect import get_run_logger
 
     started = time.perf_counter()
@@ -307,6 +309,8 @@ def promote_challenger(
         f"runs/{run_id}/{REGISTRY_FILE}",
         json.dumps(outcome.record(), indent=2, sort_keys=True, default=str) + "\n",
     )
+    # Only now is the run complete (files, version, registry record): LATEST moves.
+    store.write_text(LATEST_FILE, run_id + "\n")
     get_run_logger().info(
         "promote: %s %s%s: %s (%.2fs)",
         tracked.model_version,

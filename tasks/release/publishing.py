@@ -2,7 +2,8 @@
 
 Everything is written under ``runs/.<run_id>.partial`` and renamed into place
 when complete (on S3, uploaded with ``run.json`` last); ``LATEST`` is replaced
-atomically last, so it only ever names a complete run. Publishing is a task:
+atomically by promotion, after registration, so it only ever names a complete,
+registered run. Publishing is a task:
 its uploads are retried like every other storage call.
 """
 
@@ -25,7 +26,7 @@ from tasks.infra.caching import uncached_task
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CATEGORIES_FILE, CLUSTERS_FILE, Category, build_bundle
 from tasks.release.plots import confusion_figure, projection_figure, save_figure
-from tasks.release.promotion import REGISTRY_FILE
+from tasks.release.promotion import LATEST_FILE, REGISTRY_FILE
 from tasks.release.report import cluster_report, markdown_report
 from tasks.stages.clustering import (
     K_SELECTION_PLOT,
@@ -44,7 +45,6 @@ from tasks.stages.training import (
     TrainingOutput,
 )
 
-LATEST_FILE = "LATEST"
 RUN_INFO_FILE = "run.json"
 
 
@@ -150,11 +150,11 @@ def publish_run(
     clusters: list[dict],
     preprocessing: dict,
 ) -> Path:
-    """Write ``runs/<run_id>/`` completely, then point ``LATEST`` at it.
+    """Write ``runs/<run_id>/`` completely (``LATEST`` moves once it is registered).
 
     The run is assembled in ``runs/.<run_id>.partial`` (locally, under the store's
     local folder) and renamed into place; on S3 its files are uploaded with
-    ``run.json`` last. ``LATEST`` moves only after that. Returns the local folder.
+    ``run.json`` last. Returns the local folder.
     """
     runs = store.root / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,6 @@ def publish_run(
         )
     if not storage.move_into_place(partial, final):
         raise RuntimeError(f"run folder {final} already exists (run ids are unique)")
-    store.write_text(LATEST_FILE, record.run_id + "\n")
     return final
 
 
@@ -406,7 +405,7 @@ def publish(
     *,
     artifacts_dir: str,
 ) -> PublishedRun:
-    """Write the run folder (labels, quarantine, report, model bundle) and LATEST.
+    """Write the run folder (labels, quarantine, report, model bundle).
 
     ``parameters`` are the run's parameters (recorded in run.json; their
     ``preprocessing`` settings go into the model bundle).

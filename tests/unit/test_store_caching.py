@@ -150,3 +150,58 @@ def test_embedding_in_chunks_gives_the_vectors_embedding_at_once_gives() -> None
     assert np.array_equal(whole, pieces)  # bit for bit
     assert np.array_equal(known, known_pieces)
     assert (known[1::5] == 0).all() and not whole[1::5].any()
+
+
+def test_damaged_artifacts_are_found_and_discarded(tmp_path: Path) -> None:
+    """What a cached stage rerun checks: files that exist but fail their sha256."""
+    from tasks.infra.store import damaged_artifacts, discard
+
+    store = ArtifactStore(tmp_path)
+    frame = store.put_frame(pd.DataFrame({"a": [1, 2]}), "stage")
+    staging = store.staging_dir("model")
+    (staging / "weights.npy").write_bytes(b"abc")
+    folder = store.commit_dir(staging, "model")
+    from pydantic import BaseModel
+
+    from tasks.infra.store import ArtifactRef
+
+    class StageOutput(BaseModel):
+        frame: ArtifactRef
+        folder: ArtifactRef
+
+    out = StageOutput(frame=frame, folder=folder)
+    assert damaged_artifacts(store, out) == {}
+    path = store.path_of(frame)
+    path.write_bytes(path.read_bytes()[:5])  # truncated
+    (store.path_of(folder) / "weights.npy").write_bytes(b"abd")
+    damaged = damaged_artifacts(store, out)
+    assert set(damaged) == {frame.uri, folder.uri}
+    assert "sha256" in damaged[frame.uri] and "weights.npy" in damaged[folder.uri]
+    for uri in damaged:
+        discard(store, uri)
+    assert not path.exists() and not store.path_of(folder).exists()
+    assert damaged_artifacts(store, out) == {}  # missing now: re-made, not damaged
+    again = store.put_frame(pd.DataFrame({"a": [1, 2]}), "stage")
+    assert again == frame and store.get_frame(again)["a"].tolist() == [1, 2]
+
+
+def test_an_altered_frozen_set_is_refused(tmp_path: Path) -> None:
+    from tasks.infra.errors import RegistryError
+    from tasks.release.config import ReleaseConfig
+    from tasks.release.frozen import FROZEN_FILE, frozen_evaluation_set
+
+    store = ArtifactStore(tmp_path)
+    frozen = tmp_path / FROZEN_FILE
+    frozen.parent.mkdir(parents=True)
+    pd.DataFrame(
+        {"tweet_id": ["1", "2"], "text": ["late flight", "lost bag"]}
+    ).to_parquet(frozen, index=False)
+    first = frozen_evaluation_set(store, ReleaseConfig(), tmp_path)
+    recorded = (tmp_path / (FROZEN_FILE + ".sha256")).read_text().strip()
+    assert recorded == first.sha256
+    assert frozen_evaluation_set(store, ReleaseConfig(), tmp_path).sha256 == recorded
+    pd.DataFrame(
+        {"tweet_id": ["1", "2"], "text": ["late flight", "edited"]}
+    ).to_parquet(frozen, index=False)
+    with pytest.raises(RegistryError, match="does not match its recorded sha256"):
+        frozen_evaluation_set(store, ReleaseConfig(), tmp_path)
