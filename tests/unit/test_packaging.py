@@ -557,7 +557,7 @@ def test_the_type_checker_runs_in_make_lint_ci_and_pre_commit():
 
 def make_dry_run(*targets: str) -> str:
     """The commands ``make -n -B`` prints for ``targets`` (none of them runs)."""
-    result = run("make", "-n", "-B", *targets)
+    result = run("make", "--no-print-directory", "-n", "-B", *targets)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
