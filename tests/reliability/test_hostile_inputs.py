@@ -30,26 +30,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.aws import aws_env, client, moto_server
+from tests.reliability.commands import FAST
 from tests.reliability.faults import record
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULT = "hostile inputs"
 TIMEOUT = 240  # seconds any one command may take: a hang fails the test
 FIELD_BYTES = 5 << 20
-FAST = [  # the conftest's small_params, as command-line options
-    "--features.min-count",
-    "2",
-    "--features.workers",
-    "1",
-    "--clustering.k-min",
-    "2",
-    "--clustering.k-max",
-    "5",
-    "--clustering.selection-sample",
-    "300",
-    "--clustering.n-init",
-    "2",
-]
 PROPERTY = settings(
     derandomize=True,
     max_examples=30,
