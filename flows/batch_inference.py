@@ -8,6 +8,7 @@ Run locally: ``python -m flows.batch_inference --help``.
 
 from __future__ import annotations
 
+from concurrent.futures import wait
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -69,10 +70,16 @@ def batch_inference(
     check_output(p.output)
     store = ArtifactStore(p.artifacts_dir)
     run = StageRunner(store.root_uri, "local", get_run_logger())
-    fingerprint = run("preflight", preflight, p.source, p.ingestion)
-    read = run("ingestion", ingest, p.source, p.ingestion, fingerprint, False)
     release = load_release_config(p.promotion_config)
-    loaded = run("load-model", load_model, p.model, str(store.root), release)
+    # Loading the model (mostly Python) runs beside reading the source (mostly
+    # Arrow); the source's errors still come first.
+    loading = run.beside("load-model", load_model, p.model, str(store.root), release)
+    try:
+        fingerprint = run("preflight", preflight, p.source, p.ingestion)
+        read = run("ingestion", ingest, p.source, p.ingestion, fingerprint, False)
+    finally:
+        wait([loading])
+    loaded = loading.result()
     summary = run(
         "classify",
         classify,

@@ -16,6 +16,7 @@ from flows.parameters import RETRAIN_DEFAULTS as D
 from flows.parameters import LogLevel, RetrainParameters
 from tasks.infra.caching import StageRunner, source_version
 from tasks.infra.lease import release_lock, run_purpose
+from tasks.infra.registry import create_store_in_background
 from tasks.infra.store import ArtifactStore
 from tasks.release.config import load_release_config
 from tasks.release.promotion import (
@@ -174,6 +175,9 @@ def retrain(
     if keeps_previous_k(clus, p.clustering, previous_k):
         clus = run("clustering", cluster, *args, previous_k)
     basis = naming_basis(previous, clus.model.sha256)
+    # A first run's MLflow store is created while the last, mostly single-core
+    # stages run (before them it would slow ingestion down as much as it saves).
+    store_creation = create_store_in_background(store.root, release)
     cats = run(
         "categories",
         name_categories,
@@ -198,6 +202,8 @@ def retrain(
         naming_basis=basis,
     )
     code = source_version("flows.retrain")
+    if store_creation is not None:
+        store_creation.join()
     # One release at a time per store: the stages above write content-addressed
     # files only, what follows moves shared names (registry, champion, LATEST).
     with release_lock(store.root_uri, run_purpose("retrain"), logger.info):

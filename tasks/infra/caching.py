@@ -20,6 +20,7 @@ import ast
 import functools
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,19 @@ class StageRunner:
         self.options = {"result_storage": result_storage_for(result_storage, root_uri)}
         self.logger = logger
         self.seconds: dict[str, float] = {}
+
+    def beside(self, name: str, task: Any, *args: Any, **kwargs: Any) -> Future:
+        """Start step ``name`` in a thread of this flow run, beside the steps that
+        run meanwhile (it must need none of their outputs); ``result()`` waits
+        for it and raises what it raised."""
+        import contextvars
+
+        context = contextvars.copy_context()
+        pool = ThreadPoolExecutor(1, thread_name_prefix=f"tweetflow-{name}")
+        try:
+            return pool.submit(context.run, self, name, task, *args, **kwargs)
+        finally:
+            pool.shutdown(wait=False)
 
     def __call__(self, name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``task(*args, **kwargs)`` as step ``name``; return its result."""

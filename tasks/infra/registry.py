@@ -11,9 +11,11 @@ registry retries transient failures, once, with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -137,6 +139,30 @@ def create_embedded_store(registry_root: str | Path, registry_uri: str) -> None:
         client.search_experiments(max_results=1)  # the tracking tables
         client.search_registered_models(max_results=1)  # the registry tables
         storage.write_bytes(str(ready), b"created\n")
+
+
+def create_store_in_background(
+    registry_root: str | Path, config: RegistryConfig
+) -> threading.Thread | None:
+    """Start creating a new embedded store while the stages run; None when there
+    is none to create.
+
+    MLflow's schema migrations take seconds on a first run; done beside the
+    last stages (which leave a core idle) they cost little. Join the thread
+    before the release opens the registry. A failure here is left for that ``Registry.open`` to raise again
+    (with the store lock, it then creates the store or names what stops it).
+    """
+    if not embedded_store_missing(config, registry_root):
+        return None
+
+    def create() -> None:
+        # Any failure is raised again where the registry is used.
+        with contextlib.suppress(Exception):
+            Registry.open(registry_root, config)
+
+    thread = threading.Thread(target=create, name="tweetflow-mlflow-store")
+    thread.start()
+    return thread
 
 
 def _is_local_store(uri: str) -> bool:

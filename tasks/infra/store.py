@@ -77,7 +77,7 @@ def frame_to_parquet_bytes(df: pd.DataFrame) -> bytes:
 
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, **parquet_options(table.schema))
+    pq.write_table(table, buffer, **parquet_options(table.schema, table))
     return buffer.getvalue()
 
 
@@ -139,17 +139,36 @@ def local_cache_for(root_uri: str) -> Path:
     return base / sha256_bytes(root_uri.encode())[:16]
 
 
-def parquet_options(schema: Any) -> dict[str, Any]:  # a pyarrow.Schema
-    """How the store writes Parquet: zstd with dictionaries, except that
-    floating-point columns (tweet vectors, distances) are stored plain. Their
-    values barely repeat or compress, and building a dictionary for each is what
-    made writing a million vectors slow (several times the plain cost)."""
+DICTIONARY_MAX_DISTINCT = 0.5  # share of distinct values above which no dictionary
+DICTIONARY_SAMPLE_ROWS = 10_000  # first rows that share is measured on
+
+
+def parquet_options(schema: Any, sample: Any = None) -> dict[str, Any]:
+    """How the store writes Parquet (``schema`` a pyarrow.Schema, ``sample`` an
+    optional pyarrow.Table of the first rows): zstd, with dictionaries only where
+    values repeat. Floating-point columns (tweet vectors, distances) are stored
+    plain: their values barely repeat or compress, and building a dictionary for
+    each is what made writing a million vectors slow. Text columns whose values
+    are mostly distinct in the sample (ids, tweets, tokens) skip the dictionary
+    too: pyarrow would build one, find it too large and fall back, for nothing."""
     import pyarrow as pa
 
     floats = {f.name for f in schema if pa.types.is_floating(f.type)}
+    distinct = set()
+    if sample is not None and sample.num_rows:
+        import pyarrow.compute as pc
+
+        head = sample.slice(0, DICTIONARY_SAMPLE_ROWS)
+        for f in schema:
+            if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                share = pc.count_distinct(head.column(f.name)).as_py()
+                if share > DICTIONARY_MAX_DISTINCT * head.num_rows:
+                    distinct.add(f.name)
     return {
         "compression": {f.name: "none" if f.name in floats else "zstd" for f in schema},
-        "use_dictionary": [f.name for f in schema if f.name not in floats],
+        "use_dictionary": [
+            f.name for f in schema if f.name not in floats and f.name not in distinct
+        ],
     }
 
 
@@ -201,7 +220,7 @@ class FrameWriter:
         table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
         if self._writer is None:
             self._writer = pq.ParquetWriter(
-                self._path, table.schema, **parquet_options(table.schema)
+                self._path, table.schema, **parquet_options(table.schema, table)
             )
         self._writer.write_table(table)
         self.rows += len(df)

@@ -347,6 +347,7 @@ class PredictionWriter:
         self._path = self._folder / "predictions.parquet"
         self._writer: Any = None
         self._schema: Any = None
+        self._options: dict[str, Any] = {}
 
     def write(self, predictions: pd.DataFrame) -> None:
         """Check one chunk against the predictions contract and append it."""
@@ -359,9 +360,8 @@ class PredictionWriter:
         )
         if self._writer is None:
             self._schema = table.schema
-            self._writer = pq.ParquetWriter(
-                self._path, table.schema, **parquet_options(table.schema)
-            )
+            self._options = parquet_options(table.schema, table)
+            self._writer = pq.ParquetWriter(self._path, table.schema, **self._options)
         self._writer.write_table(table)
         self._count(predictions, 1)
 
@@ -385,9 +385,7 @@ class PredictionWriter:
         self._writer = None
         kept_path = self._folder / "kept.parquet"
         start = 0
-        with pq.ParquetWriter(
-            kept_path, self._schema, **parquet_options(self._schema)
-        ) as kept:
+        with pq.ParquetWriter(kept_path, self._schema, **self._options) as kept:
             for batch in pq.ParquetFile(self._path).iter_batches(CHUNK_ROWS):
                 mask = refused[start : start + batch.num_rows]
                 start += batch.num_rows
