@@ -44,15 +44,56 @@ def _stemmer() -> Any:
     return stemmer
 
 
+class _StemCache:
+    """Words already stemmed and their stems, shared by every thread.
+
+    The chunks of a million tweets share most of their words: each word is
+    stemmed once, not once per chunk, and looked up in a hashed index.
+    """
+
+    LIMIT = 2_000_000  # words; forgotten all at once beyond this
+
+    def __init__(self) -> None:
+        self.words = pd.Index([], dtype=object)
+        self.stems = np.array([], dtype=object)
+        self.lock = threading.Lock()
+
+    def stems_of(self, words: np.ndarray) -> np.ndarray:
+        """The stem of each distinct word, stemming only words never seen."""
+        with self.lock:
+            words_now, stems_now = self.words, self.stems
+        at = words_now.get_indexer(words) if len(words_now) else np.full(len(words), -1)
+        out = np.empty(len(words), dtype=object)
+        out[at >= 0] = stems_now[at[at >= 0]]
+        new = words[at < 0]
+        if len(new):
+            fresh = np.asarray(_stemmer().stemWords(list(new)), dtype=object)
+            out[at < 0] = fresh
+            with self.lock:
+                known = self.words.get_indexer(new) >= 0 if len(self.words) else None
+                if known is not None:
+                    new, fresh = new[~known], fresh[~known]
+                if len(self.words) + len(new) > self.LIMIT:
+                    self.words, self.stems = pd.Index([], dtype=object), self.stems[:0]
+                self.words = self.words.append(pd.Index(new, dtype=object))
+                self.stems = np.concatenate([self.stems, fresh])
+        return out
+
+
+_STEM_CACHE = _StemCache()
+
+
 def stem_words(words: np.ndarray) -> np.ndarray:
     """The English Snowball stem of each distinct word; @handles stay as they are."""
     words = np.asarray(words, dtype=object)
     out = words.copy()
+    if not len(words):
+        return out
     plain = np.array(
         [isinstance(w, str) and not w.startswith("@") for w in words], dtype=bool
     )
     if plain.any():
-        out[plain] = _stemmer().stemWords(list(words[plain]))
+        out[plain] = _STEM_CACHE.stems_of(words[plain])
     return out
 
 

@@ -37,6 +37,27 @@ def test_word_forms_share_one_stem_and_handles_are_left_alone() -> None:
     assert doc_term_matrix(tokens, vocab).toarray().tolist() == [[0, 1], [0, 0], [0, 0]]
 
 
+def test_remembered_stems_equal_fresh_ones_across_calls_and_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import Stemmer
+
+    words = [
+        f"{w}{s}"
+        for w in ("delay", "cancel", "refund", "board")
+        for s in ("", "ed", "ing", "s")
+    ]
+    fresh = Stemmer.Stemmer("english").stemWords(words)
+    chunks = [
+        np.array(words[i:] + ["@united", ""], dtype=object) for i in range(0, 16, 3)
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(stem_words, chunks * 4))
+    for chunk, stems in zip(chunks * 4, results, strict=True):
+        expected = [dict(zip(words, fresh)).get(w, w) for w in chunk]
+        assert list(stems) == expected  # handles and the empty word stay as they are
+
+
 def test_an_old_bundle_without_the_stem_flag_loads_unstemmed(
     tmp_path,
 ) -> None:
