@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pandas as pd
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,43 +31,12 @@ class PreprocessingConfig(BaseModel):
     remove_stop_words: bool = Field(
         True, description="Drop English stop words and Twitter filler (rt, amp, via)."
     )
-    reply_sample: int = Field(
-        200_000,
-        ge=0,
-        description="Tweets whose brand replies are tokenised as their conversation "
-        "view: when more tweets have replies, the ones whose id hashes lowest (a "
-        "fixed, seed-free sample); the others are clustered like tweets without "
-        "replies. 0: every tweet's replies. As many as the KMeans learns from; "
-        "measured on the generated 1M-tweet file: NMI 0.984 with all 800k "
-        "reply views, with 200k, and with none.",
-    )
-
-
-def reply_views(prepared: pd.DataFrame, limit: int) -> np.ndarray:
-    """Which tweets' replies become their conversation view: every tweet with
-    replies, or when more than ``limit`` (> 0) have some, the ``limit`` whose ids
-    hash lowest (pandas' fixed-key hash: the same tweets in every run)."""
-    has = prepared["context"].fillna("").astype("str").str.len().gt(0).to_numpy()
-    rows = np.flatnonzero(has)
-    if limit <= 0 or len(rows) <= limit:
-        return has
-    ids = prepared["tweet_id"].astype("str").to_numpy(dtype=object)[rows]
-    chosen = rows[np.argsort(pd.util.hash_array(ids), kind="stable")[:limit]]
-    view = np.zeros(len(prepared), dtype=bool)
-    view[chosen] = True
-    return view
 
 
 def preprocess_frame(
-    prepared: pd.DataFrame,
-    config: PreprocessingConfig,
-    reply_view: np.ndarray | None = None,
+    prepared: pd.DataFrame, config: PreprocessingConfig
 ) -> pd.DataFrame:
-    """Tokenise prepared tweets (and their replies) into the preprocessed contract.
-
-    ``reply_view`` marks the tweets whose replies are tokenised (default: all);
-    the others get no context tokens.
-    """
+    """Tokenise prepared tweets (and their replies) into the preprocessed contract."""
     tokens = tokenise(
         prepared["text"],
         keep_mentions=config.keep_mentions,
@@ -76,8 +44,6 @@ def preprocess_frame(
     )
     context = prepared["context"].fillna("").astype("str")
     has_context = context.str.len().gt(0)
-    if reply_view is not None:
-        has_context &= reply_view
     context_tokens = pd.Series("", index=prepared.index, dtype="str")
     if has_context.any():
         context_tokens[has_context] = tokenise(
@@ -104,18 +70,16 @@ def tokenise_in_chunks(
     Arrow kernels, which release the interpreter lock), reporting rows done."""
     progress = current()
     progress.phase("tokenising", len(prepared), "rows")
-    view = reply_views(prepared, config.reply_sample)
     parts = []
     chunks = (
-        (prepared.iloc[start : start + chunk], view[start : start + chunk])
-        for start in range(0, len(prepared), chunk)
+        prepared.iloc[start : start + chunk] for start in range(0, len(prepared), chunk)
     )
-    for part in map_ordered(lambda c: preprocess_frame(c[0], config, c[1]), chunks):
+    for part in map_ordered(lambda rows: preprocess_frame(rows, config), chunks):
         parts.append(part)
         progress.advance(len(part))
     if len(parts) == 1:
         return parts[0]
-    return pd.concat(parts) if parts else preprocess_frame(prepared, config, view)
+    return pd.concat(parts) if parts else preprocess_frame(prepared, config)
 
 
 class PreprocessingOutput(BaseModel):
@@ -141,21 +105,14 @@ def preprocess(
     ref = store.put_frame(frame, STAGE, "preprocessed")
     empty = int(frame["n_tokens"].eq(0).sum())
     mean = float(frame["n_tokens"].mean()) if len(frame) else 0.0
-    with_replies = int(frame["n_replies"].gt(0).sum())
     logger.info(
         "preprocessing: %d rows in, %d rows out, %.1f tokens per tweet, "
-        "%d tweets with no tokens, %d with replies tokenised as context%s (%.2fs)",
+        "%d tweets with no tokens, %d with replies tokenised as context (%.2fs)",
         prepared.rows,
         len(frame),
         mean,
         empty,
         int(frame["context_tokens"].str.len().gt(0).sum()),
-        (
-            f" (preprocessing.reply_sample: {config.reply_sample:,} of the "
-            f"{with_replies:,} tweets with replies)"
-            if 0 < config.reply_sample < with_replies
-            else ""
-        ),
         time.perf_counter() - started,
     )
     return PreprocessingOutput(
