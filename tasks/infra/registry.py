@@ -149,8 +149,9 @@ def create_store_in_background(
 
     MLflow's schema migrations take seconds on a first run; done beside the
     last stages (which leave a core idle) they cost little. Join the thread
-    before the release opens the registry. A failure here is left for that ``Registry.open`` to raise again
-    (with the store lock, it then creates the store or names what stops it).
+    before the release opens the registry. A failure here is left for that
+    ``Registry.open`` to raise again (with the store lock, it then creates the
+    store or names what stops it).
     """
     if not embedded_store_missing(config, registry_root):
         return None

@@ -59,25 +59,17 @@ class _StemCache:
         self.lock = threading.Lock()
 
     def stems_of(self, words: np.ndarray) -> np.ndarray:
-        """The stem of each distinct word, stemming only words never seen."""
+        """The stem of each word, stemming only words never seen (under the lock:
+        the stemmer holds the interpreter anyway)."""
         with self.lock:
-            words_now, stems_now = self.words, self.stems
-        at = words_now.get_indexer(words) if len(words_now) else np.full(len(words), -1)
-        out = np.empty(len(words), dtype=object)
-        out[at >= 0] = stems_now[at[at >= 0]]
-        new = words[at < 0]
-        if len(new):
-            fresh = np.asarray(_stemmer().stemWords(list(new)), dtype=object)
-            out[at < 0] = fresh
-            with self.lock:
-                known = self.words.get_indexer(new) >= 0 if len(self.words) else None
-                if known is not None:
-                    new, fresh = new[~known], fresh[~known]
-                if len(self.words) + len(new) > self.LIMIT:
-                    self.words, self.stems = pd.Index([], dtype=object), self.stems[:0]
+            if len(self.words) + len(words) > self.LIMIT:
+                self.words, self.stems = pd.Index([], dtype=object), self.stems[:0]
+            new = pd.unique(words[self.words.get_indexer(words) < 0])
+            if len(new):
+                stems = np.asarray(_stemmer().stemWords(list(new)), dtype=object)
                 self.words = self.words.append(pd.Index(new, dtype=object))
-                self.stems = np.concatenate([self.stems, fresh])
-        return out
+                self.stems = np.concatenate([self.stems, stems])
+            return self.stems[self.words.get_indexer(words)]
 
 
 _STEM_CACHE = _StemCache()

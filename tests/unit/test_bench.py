@@ -67,3 +67,28 @@ def test_the_quality_table_has_one_line_per_row() -> None:
     }
     lines = markdown_table([row]).splitlines()
     assert lines[-1] == "| c | s | 6 | 0.500 | 0.400 | 60.0 | 50.0 | 54.5 | 10 | 1.2 |"
+
+
+def test_best_of_takes_the_fastest_retrain_and_the_fastest_batch_and_lists_all() -> (
+    None
+):
+    from bench.scale_bench import best_of
+
+    runs = [
+        {
+            "retrain_process_seconds": 90.0,
+            "batch_process_seconds": 25.0,
+            "k": 6,
+            "batch_peak_rss_mb": 1300,
+        },
+        {
+            "retrain_process_seconds": 84.0,
+            "batch_process_seconds": 31.0,
+            "k": 7,
+            "batch_peak_rss_mb": 1200,
+        },
+    ]
+    best = best_of(runs)
+    assert best["retrain_process_seconds"] == 84.0 and best["k"] == 7
+    assert best["batch_process_seconds"] == 25.0 and best["batch_peak_rss_mb"] == 1300
+    assert best["retrain_runs"] == "90 84" and best["batch_runs"] == "25 31"

@@ -58,6 +58,25 @@ def test_remembered_stems_equal_fresh_ones_across_calls_and_threads() -> None:
         assert list(stems) == expected  # handles and the empty word stay as they are
 
 
+def test_a_full_stem_cache_starts_again_and_stays_right(monkeypatch) -> None:
+    import Stemmer
+
+    from tasks.ml import embedding
+
+    cache = embedding._StemCache()
+    monkeypatch.setattr(embedding._StemCache, "LIMIT", 6)
+    stemmer = Stemmer.Stemmer("english")
+    for words in (
+        ["flights", "delayed", "flights"],
+        ["boarding", "refunds"],
+        ["delayed", "cancelled", "bags", "seats"],
+        ["flights"],
+    ):
+        got = cache.stems_of(np.array(words, dtype=object))
+        assert list(got) == stemmer.stemWords(words)
+        assert len(cache.words) <= 6 and cache.words.is_unique
+
+
 def test_an_old_bundle_without_the_stem_flag_loads_unstemmed(
     tmp_path,
 ) -> None:
