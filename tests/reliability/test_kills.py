@@ -67,7 +67,7 @@ KILLS = (
     Kill("categories", after("clustering"), (0.0, 0.03)),
     Kill("training", after("categories"), (0.0, 0.2)),
     Kill("publishing", after("training"), (0.05, 0.4)),
-    Kill("track", rf"{FLOW}publishing: computed", (1.0, 4.0)),
+    Kill("track", rf"{FLOW}publishing: computed", (0.1, 0.9)),
     Kill("promote", r"Task run 'gate-[^']*' - Finished", (0.0, 0.3)),
 )
 COMPARED_REFS = (
