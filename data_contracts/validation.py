@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import pandas as pd
+from tasks.infra.lazy import pd
 
 if TYPE_CHECKING:
     import pandera.pandas as pa

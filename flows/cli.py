@@ -19,6 +19,7 @@ from flows.options import ModelParser, OneLineParser, VersionAction
 from flows.parameters import BatchInferenceParameters, RetrainParameters
 from tasks.infra.caching import is_transient
 from tasks.infra.errors import InputError
+from tasks.infra.store import ArtifactStore
 from tasks.stages.ingestion import IngestionConfig, check_source
 
 USER_ERRORS = (InputError, ContractViolation)
@@ -115,11 +116,16 @@ def prefect_api(api_url: str | None) -> Iterator[None]:
         yield
 
 
-def check_source_now(source: str, config: IngestionConfig) -> None:
+def check_source_now(
+    source: str, config: IngestionConfig, artifacts_dir: str | None = None
+) -> None:
     """The source pre-flight, once: a transient storage error is left to the
-    flow, whose pre-flight task retries it (one retry layer)."""
+    flow, whose pre-flight task retries it (one retry layer). With
+    ``artifacts_dir``, a source that passed there before is not read again."""
     try:
-        check_source(source, config)
+        check_source(
+            source, config, ArtifactStore(artifacts_dir) if artifacts_dir else None
+        )
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -211,7 +217,7 @@ def retrain_main(
         params = parse_retrain_args(argv, prog)
         load_category_map(params.category_map)
         load_release_config(params.promotion_config)
-        check_source_now(params.source, params.ingestion)
+        check_source_now(params.source, params.ingestion, params.artifacts_dir)
         return params
 
     def run(params: RetrainParameters) -> Any:
@@ -271,7 +277,7 @@ def batch_main(
     def preflight() -> BatchInferenceParameters:
         params = parse_batch_args(argv, prog)
         check_output(params.output)
-        check_source_now(params.source, params.ingestion)
+        check_source_now(params.source, params.ingestion, params.artifacts_dir)
         check_model_spec(
             params.model,
             ArtifactStore(params.artifacts_dir).root,

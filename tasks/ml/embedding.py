@@ -15,15 +15,13 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import scipy.sparse as sp
-
+from tasks.infra.lazy import np, pa, pc, pd
 from tasks.infra.progress import current
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 WORD_VECTORS_FILE = "word_vectors.bin"
 EMBEDDING_ARRAYS_FILE = "embedding.npz"
@@ -54,16 +52,17 @@ class _StemCache:
     LIMIT = 2_000_000  # words; forgotten all at once beyond this
 
     def __init__(self) -> None:
-        self.words = pd.Index([], dtype=object)
-        self.stems = np.array([], dtype=object)
+        self.words: pd.Index | None = None  # made on first use (no pandas on import)
+        self.stems: Any = None
         self.lock = threading.Lock()
 
     def stems_of(self, words: np.ndarray) -> np.ndarray:
         """The stem of each word, stemming only words never seen (under the lock:
         the stemmer holds the interpreter anyway)."""
         with self.lock:
-            if len(self.words) + len(words) > self.LIMIT:
-                self.words, self.stems = pd.Index([], dtype=object), self.stems[:0]
+            if self.words is None or len(self.words) + len(words) > self.LIMIT:
+                self.words = pd.Index([], dtype=object)
+                self.stems = np.array([], dtype=object)
             new = pd.unique(words[self.words.get_indexer(words) < 0])
             if len(new):
                 stems = np.asarray(_stemmer().stemWords(list(new)), dtype=object)
@@ -148,6 +147,8 @@ def doc_term_matrix(
     Rows are split ``chunk`` at a time in Arrow (``word_codes``): only distinct
     words become Python strings, and each is stemmed once per chunk.
     """
+    import scipy.sparse as sp  # not needed to import this module
+
     parts = []
     for start in range(0, max(len(tokens), 1), chunk):
         piece = tokens.iloc[start : start + chunk]

@@ -16,10 +16,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
+from tasks.infra.lazy import np, pa, pc, pd
 
 # scikit-learn's English stop words (sklearn.feature_extraction.text), copied so
 # that tokenising does not import scikit-learn (about 1 s); a test keeps the

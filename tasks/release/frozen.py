@@ -12,10 +12,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import pandas as pd
-
 from tasks.infra import storage
 from tasks.infra.errors import RegistryError
+from tasks.infra.lazy import pd
 from tasks.infra.store import ArtifactStore, frame_to_parquet_bytes, sha256_bytes
 from tasks.release.config import ReleaseConfig
 from tasks.release.gate import FrozenSet

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-import numpy as np
+from tasks.infra.lazy import np
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

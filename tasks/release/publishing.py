@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from data_contracts import check_row_accounting, get_contract, validate_frame
 from tasks.infra import storage
 from tasks.infra.caching import uncached_task
+from tasks.infra.lazy import np, pd
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CATEGORIES_FILE, CLUSTERS_FILE, Category, build_bundle
 from tasks.release.plots import confusion_figure, projection_figure, save_figure

@@ -18,10 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from tasks.infra.caching import uncached_task
 from tasks.infra.errors import RegistryError
+from tasks.infra.lazy import np
 from tasks.infra.registry import (
     MODEL_ARTIFACT_PATH,
     TAG_CODE_VERSION,

@@ -18,9 +18,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from data_contracts import (
     check_row_accounting,
     get_contract,
@@ -30,6 +27,7 @@ from data_contracts import (
 from tasks.infra import storage
 from tasks.infra.caching import uncached_task
 from tasks.infra.errors import InputError
+from tasks.infra.lazy import np, pd
 from tasks.infra.parallel import map_ordered
 from tasks.infra.progress import current
 from tasks.infra.store import (

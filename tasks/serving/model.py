@@ -9,11 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
-import numpy as np
-import pandas as pd
-
 from tasks.infra.errors import ModelVerificationError
+from tasks.infra.lazy import np, pd
 from tasks.infra.store import ArtifactMissing, verify_manifest
 from tasks.ml.bundle import (
     CLASSIFIER_FILE,
@@ -45,6 +42,8 @@ class TweetClassifier:
         Raises ModelVerificationError (one readable line) when a file is missing,
         unlisted or altered.
         """
+        import joblib  # not needed to import this module (the retrain flow does)
+
         path = Path(directory)
         try:
             verify_manifest(path)

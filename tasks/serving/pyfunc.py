@@ -24,8 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from tasks.infra.lazy import pd
 from tasks.ml.bundle import MANIFEST_FILE
 
 CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")

@@ -15,15 +15,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import yaml
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from scipy.optimize import linear_sum_assignment
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InputError
+from tasks.infra.lazy import np, pd
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import (
     CLUSTERS_FILE,
@@ -143,6 +141,8 @@ def curated_match(
     when ``concentration`` (clusters x categories, see ``term_concentration``) is
     given, that holds ``min_concentration`` of the tweets using its terms.
     """
+    from scipy.optimize import linear_sum_assignment  # 0.4 s to import: only here
+
     if not cmap.categories or not clusters:
         return {}
     scores = np.zeros((len(clusters), len(cmap.categories)))
@@ -168,6 +168,8 @@ def carried_match(
     assignments: pd.DataFrame, previous: pd.DataFrame, share: float
 ) -> dict[int, str]:
     """Carry previous categories over to clusters that hold mostly the same tweets."""
+    from scipy.optimize import linear_sum_assignment
+
     joined = assignments[assignments["cluster_id"] >= 0].merge(
         previous[previous["cluster_id"] >= 0][["tweet_id", "category"]], on="tweet_id"
     )

@@ -31,13 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import pandas as pd
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
+from tasks.infra.lazy import np, pd
 from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CENTROIDS_FILE, CLUSTERS_FILE, NO_WORDS_CLUSTER

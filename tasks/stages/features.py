@@ -23,16 +23,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
+from tasks.infra.lazy import np, pd
 from tasks.infra.parallel import map_ordered
 from tasks.infra.progress import Progress, current
 from tasks.infra.store import ArtifactRef, ArtifactStore
@@ -43,6 +41,9 @@ from tasks.ml.embedding import (
     sif_weights,
     term_lists,
 )
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 STAGE = "features"
 MAX_EPOCHS = 40
@@ -235,6 +236,8 @@ def specificity(
     group; a term's group distribution is shrunk towards the group sizes by
     ``prior`` pseudo-counts before it is compared with them.
     """
+    import scipy.sparse as sp
+
     onehot = sp.csr_matrix(
         (np.ones(len(groups)), (np.arange(len(groups)), groups)),
         shape=(len(groups), n_groups),

@@ -10,16 +10,13 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_contracts import get_contract, split_quarantine
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
+from tasks.infra.lazy import np, pa, pc, pd
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.cleaning import CleaningConfig, clean_and_check, clean_column
 

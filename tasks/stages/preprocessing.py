@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.infra.caching import stage_task
+from tasks.infra.lazy import pd
 from tasks.infra.parallel import map_ordered
 from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore

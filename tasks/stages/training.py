@@ -12,13 +12,12 @@ import json
 import time
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import pandas as pd
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
+from tasks.infra.lazy import np, pd
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CLASSIFIER_FILE
 from tasks.ml.embedding import vectors_of

@@ -55,3 +55,50 @@ def test_the_rule_would_catch_a_violation(tmp_path) -> None:
     )
     found = project_modules("tasks.serving.model", root=tmp_path)
     assert "tasks.stages.clustering" in found
+
+
+# What a command must not import before it needs them: the numeric and ML
+# libraries (a warm run and --help use none of them).
+HEAVY_LIBRARIES = (
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "sklearn",
+    "gensim",
+    "mlflow",
+    "pandera",
+    "matplotlib",
+    "joblib",
+)
+
+
+def test_importing_the_flows_imports_no_numeric_or_ml_library() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import flows.retrain, flows.batch_inference, flows.promote\n"
+        f"print(sorted(m for m in {HEAVY_LIBRARIES!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_a_lazy_module_is_the_module_once_used() -> None:
+    import json
+
+    from tasks.infra.lazy import LazyModule
+
+    lazy = LazyModule("json")
+    assert "json" in repr(lazy)
+    assert lazy.dumps({"a": 1}) == json.dumps({"a": 1})
+    assert lazy.JSONDecodeError is json.JSONDecodeError

@@ -3,6 +3,7 @@ module and of every project module it imports (no module list kept by hand)."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from tasks.infra.caching import (
     PROJECT_ROOT,
     _stage_code_policy,
+    import_statements,
     project_modules,
     source_version,
 )
@@ -39,6 +41,48 @@ def test_a_stage_version_covers_the_helpers_it_imports_and_only_those() -> None:
     ingestion = project_modules("tasks.stages.ingestion")
     assert "tasks.stages.ingestion.threads" in ingestion
     assert "tasks.stages.ingestion.readers" in ingestion
+
+
+def every_import(source: str) -> list[str]:
+    """Every import statement of a module, from its whole syntax tree."""
+    return sorted(
+        ast.dump(node)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    )
+
+
+def test_the_import_scan_finds_every_import_of_every_project_module() -> None:
+    files = [
+        path
+        for package in ("tasks", "data_contracts", "flows")
+        for path in sorted((PROJECT_ROOT / package).rglob("*.py"))
+    ]
+    assert len(files) > 40
+    for path in files:
+        source = path.read_text()
+        scanned = sorted(ast.dump(node) for node in import_statements(source))
+        assert scanned == every_import(source), path
+
+
+def test_the_import_scan_reads_continued_and_nested_imports_and_skips_prose() -> (
+    None
+):
+    source = (
+        '"""Docs.\n\nfrom the store import nothing here\n"""\n'
+        "from tasks.infra import (\n    store,\n    caching,\n)\n"
+        "from tasks.ml.text import tokenise, \\\n    STOP_WORDS\n"
+        "def f():\n    if True:\n        import tasks.ml.bundle as b\n"
+        "    from . import sibling\n"
+    )
+    names = [ast.unparse(node) for node in import_statements(source)]
+    assert names == [
+        "from tasks.infra import store, caching",
+        "from tasks.ml.text import tokenise, STOP_WORDS",
+        "import tasks.ml.bundle as b",
+        "from . import sibling",
+    ]
+    assert sorted(map(ast.dump, import_statements(source))) == every_import(source)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -11,10 +12,12 @@ import pytest
 from tasks.stages.ingestion import (
     IngestionConfig,
     SourceError,
+    CHECKED_DIR,
     check_source,
     ingest_frame,
     resolve_source,
 )
+from tasks.infra.store import ArtifactStore
 from tasks.stages.ingestion.schema import derive_ids
 from tasks.stages.preparation import PreparationConfig, prepare_frame, split_of
 
@@ -126,6 +129,34 @@ def test_bad_sources_raise_one_clear_error(tmp_path: Path, setup, message: str) 
     with pytest.raises(SourceError, match=message) as info:
         check_source(str(setup(tmp_path)), IngestionConfig())
     assert "\n" not in str(info.value)
+
+
+def test_a_source_that_passed_is_not_read_again_until_it_or_the_settings_change(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tweets.csv"
+    customer_support_frame().to_csv(path, index=False)
+    store = ArtifactStore(tmp_path / "store")
+    assert check_source(str(path), IngestionConfig(), store) == 1
+    records = list((tmp_path / "store" / CHECKED_DIR).glob("*.json"))
+    assert len(records) == 1
+    assert json.loads(records[0].read_text())["rows_previewed"] == 4
+
+    # Same size and modification time: the recorded answer stands, unread.
+    stat = path.stat()
+    path.write_bytes(b"x" * stat.st_size)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert check_source(str(path), IngestionConfig(), store) == 1
+    with pytest.raises(SourceError):  # without the store it is read, and refused
+        check_source(str(path), IngestionConfig())
+    # Other settings are another question: read again, refused, nothing recorded.
+    with pytest.raises(SourceError):
+        check_source(str(path), IngestionConfig(text_column="body"), store)
+    # A new content version is read again too.
+    path.write_text("text\n")
+    with pytest.raises(SourceError, match="no rows"):
+        check_source(str(path), IngestionConfig(), store)
+    assert len(list((tmp_path / "store" / CHECKED_DIR).glob("*.json"))) == 1
 
 
 def test_unknown_scheme_and_sample() -> None:

@@ -17,13 +17,14 @@ exact objects and versions it holds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.infra.caching import stage_task, uncached_task
+from tasks.infra.caching import source_version, stage_task, uncached_task
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.stages.ingestion.config import IngestionConfig, SourceError
 from tasks.stages.ingestion.readers import read_file
@@ -34,7 +35,11 @@ from tasks.stages.ingestion.snapshot import (
     ingest_frame,
     ingest_incremental,
 )
-from tasks.stages.ingestion.sources import resolve_source, source_fingerprint
+from tasks.stages.ingestion.sources import (
+    SourceFile,
+    resolve_source,
+    source_fingerprint,
+)
 
 __all__ = [
     "IngestionConfig",
@@ -50,14 +55,36 @@ __all__ = [
 ]
 
 
-def check_source(source_uri: str, config: IngestionConfig) -> int:
+# Sources that passed the pre-flight, by files, settings and checking code.
+CHECKED_DIR = f"data/{STAGE}/checked"
+
+
+def check_key(files: list[SourceFile], config: IngestionConfig) -> str:
+    """What decides the pre-flight's answer: each file's URI and content version,
+    the ingestion settings and the source of the code that checks them."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.uri}|{f.version}\n".encode())
+    digest.update(config.model_dump_json().encode())
+    digest.update(source_version(__name__).encode())
+    return digest.hexdigest()
+
+
+def check_source(
+    source_uri: str, config: IngestionConfig, store: ArtifactStore | None = None
+) -> int:
     """Cheap pre-flight: every file exists, parses and has a text column, and
     the source holds at least one row.
 
     Reads only a few rows of each file. Returns the number of files; raises
-    SourceError with one readable line otherwise.
+    SourceError with one readable line otherwise. With ``store``, a source that
+    passed before with the same files, settings and code is not read again (its
+    record is under ``data/ingestion/checked/``): a warm run reads no frame.
     """
     files = resolve_source(source_uri)
+    record = f"{CHECKED_DIR}/{check_key(files, config)}.json"
+    if store is not None and store.read_text(record) is not None:
+        return len(files)
     rows = 0
     for source in files:
         head = read_file(source, config.encoding, nrows=5)
@@ -68,17 +95,23 @@ def check_source(source_uri: str, config: IngestionConfig) -> int:
             ", ..." if len(files) > 3 else ""
         )
         raise SourceError(f"{source_uri} holds no rows, only a header ({names})")
+    if store is not None:
+        summary = {"source": source_uri, "files": len(files), "rows_previewed": rows}
+        store.write_text(record, json.dumps(summary) + "\n")
     return len(files)
 
 
 @uncached_task("preflight")
-def preflight(source_uri: str, config: IngestionConfig) -> str:
+def preflight(
+    source_uri: str, config: IngestionConfig, *, artifacts_dir: str | None = None
+) -> str:
     """Pre-flight check of the source (every file readable, with a text column);
     returns its fingerprint (files and content versions) for the ingest cache key.
 
     A task so that transient storage errors are retried like any other call.
     """
-    check_source(source_uri, config)
+    store = ArtifactStore(artifacts_dir) if artifacts_dir else None
+    check_source(source_uri, config, store)
     return source_fingerprint(source_uri)
 
 

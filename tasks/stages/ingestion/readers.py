@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import pandas as pd
-from pyarrow import ArrowException
-
 from tasks.infra import storage
+from tasks.infra.lazy import pa, pd
 from tasks.infra.progress import current
 from tasks.stages.ingestion.config import SourceError
 from tasks.stages.ingestion.sources import SourceFile
@@ -420,7 +418,7 @@ def read_file(
         raise SourceError(f"{name} holds no rows") from None
     except FileNotFoundError:
         raise SourceError(f"source {name} disappeared while being read") from None
-    except (ValueError, pd.errors.ParserError, ArrowException) as exc:
+    except (ValueError, pd.errors.ParserError, pa.ArrowException) as exc:
         raise SourceError(
             f"cannot read {name} as {source.suffix[1:]}: {_first_line(exc)}"
         ) from None

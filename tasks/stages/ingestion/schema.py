@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
-
+from tasks.infra.lazy import np, pd
 from tasks.stages.ingestion.config import IngestionConfig, SourceError
 from tasks.stages.ingestion.threads import REPLY_COLUMNS
 

@@ -13,11 +13,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-import numpy as np
-import pandas as pd
-
 from data_contracts import get_contract, split_quarantine
 from tasks.infra.caching import source_version
+from tasks.infra.lazy import np, pd
 from tasks.infra.store import ArtifactMissing, ArtifactRef, ArtifactStore
 from tasks.stages.ingestion.config import IngestionConfig
 from tasks.stages.ingestion.readers import read_file

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
+from tasks.infra.lazy import np, pd
 
 NOT_A_REPLY = "not in reply to any tweet"
 PARENT_MISSING = "answers a tweet that is not in the source"
