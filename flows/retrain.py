@@ -8,6 +8,8 @@ Run locally: ``python -m flows.retrain --help``.
 
 from __future__ import annotations
 
+from concurrent.futures import wait
+
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
@@ -178,7 +180,9 @@ def retrain(
     # A first run's MLflow store is created while the last, mostly single-core
     # stages run (before them it would slow ingestion down as much as it saves).
     store_creation = create_store_in_background(store.root, release)
-    cats = run(
+    # Naming the categories and fitting the classifier need only the clusters:
+    # the naming (mostly one core) runs beside the fit (one core).
+    naming = run.beside(
         "categories",
         name_categories,
         clus.model,
@@ -188,9 +192,13 @@ def retrain(
         p.categories,
         pre.preprocessed,
     )
-    trained = run(
-        "training", train, feats.features, clus.assignments, p.training, p.seed
-    )
+    try:
+        trained = run(
+            "training", train, feats.features, clus.assignments, p.training, p.seed
+        )
+    finally:
+        wait([naming])
+    cats = naming.result()
     stages = StageOutputs(
         ingestion=ing,
         preparation=prep,

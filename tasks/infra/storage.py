@@ -17,6 +17,7 @@ import functools
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +230,7 @@ def put_file(path: Path, uri: str, keep: bool = False) -> bool:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
     if keep:
-        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        staged = aside(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, staged)
         path = staged
@@ -253,7 +254,7 @@ def replace_with_file(path: Path, uri: str) -> None:
     try:
         os.replace(path, target)
     except OSError:  # another filesystem: copy beside the target, then rename
-        staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        staged = aside(target)
         try:
             shutil.copyfile(path, staged)
             os.replace(staged, target)
@@ -262,11 +263,18 @@ def replace_with_file(path: Path, uri: str) -> None:
             path.unlink(missing_ok=True)
 
 
+def aside(target: Path) -> Path:
+    """A hidden name beside ``target`` for writing it before the rename, unique
+    to this call (two threads or processes may be writing the same target)."""
+    unique = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    return target.with_name(f".{target.name}.{unique}.tmp")
+
+
 @names_the_object
 def download_file(uri: str, path: Path) -> None:
     """Copy a remote object to a local file (written aside, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staged = aside(path)
     try:
         s3().get_file(_key(uri), str(staged))
         os.replace(staged, path)

@@ -224,7 +224,8 @@ def test_never_registers_without_a_champion(
 def test_a_tampered_registered_file_is_refused_before_unpickling(
     runs: dict[str, Path], artifacts: Path, monkeypatch
 ) -> None:
-    import tasks.serving.model
+    import joblib
+
     from tasks.infra.errors import InputError, ModelVerificationError
     from tasks.release.config import ReleaseConfig as RegistryConfig
     from tasks.release.promotion import promote, register_and_promote
@@ -250,7 +251,7 @@ def test_a_tampered_registered_file_is_refused_before_unpickling(
         monkeypatch.context() as patch,
         pytest.raises(ModelVerificationError, match="classifier.joblib") as refused,
     ):
-        patch.setattr(tasks.serving.model.joblib, "load", no_unpickling)
+        patch.setattr(joblib, "load", no_unpickling)
         resolve_model("champion", artifacts, config)
     assert isinstance(refused.value, InputError)
     assert "\n" not in str(refused.value)

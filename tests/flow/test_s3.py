@@ -298,3 +298,26 @@ def test_the_frozen_set_is_one_object_every_machine_shares(
     registry = Registry.open(tmp_path / "two", ReleaseConfig())
     tags = [registry.version(v).tags[TAG_FROZEN_SHA] for v in ("1", "2")]
     assert tags == [sha256_bytes(frozen)] * 2
+
+
+def test_threads_downloading_one_object_each_get_the_whole_file(
+    s3, tmp_path: Path
+) -> None:
+    """Steps running side by side (categories beside training) read the same
+    stored frame: every download succeeds, whole, and leaves no temporary."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.infra import storage
+
+    body = bytes(range(256)) * 4096  # 1 MB
+    s3.boto.put_object(Bucket=STORE_BUCKET, Key="shared/frame.parquet", Body=body)
+    target = tmp_path / "cache" / "frame.parquet"
+
+    def download(_: int) -> bytes:
+        storage.download_file(f"s3://{STORE_BUCKET}/shared/frame.parquet", target)
+        return target.read_bytes()
+
+    with ThreadPoolExecutor(6) as pool:
+        copies = list(pool.map(download, range(12)))
+    assert all(copy == body for copy in copies)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["frame.parquet"]

@@ -65,9 +65,7 @@ def test_the_import_scan_finds_every_import_of_every_project_module() -> None:
         assert scanned == every_import(source), path
 
 
-def test_the_import_scan_reads_continued_and_nested_imports_and_skips_prose() -> (
-    None
-):
+def test_the_import_scan_reads_continued_and_nested_imports_and_skips_prose() -> None:
     source = (
         '"""Docs.\n\nfrom the store import nothing here\n"""\n'
         "from tasks.infra import (\n    store,\n    caching,\n)\n"

@@ -9,15 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tasks.infra.store import ArtifactStore
 from tasks.stages.ingestion import (
+    CHECKED_DIR,
     IngestionConfig,
     SourceError,
-    CHECKED_DIR,
     check_source,
     ingest_frame,
     resolve_source,
 )
-from tasks.infra.store import ArtifactStore
 from tasks.stages.ingestion.schema import derive_ids
 from tasks.stages.preparation import PreparationConfig, prepare_frame, split_of
 
