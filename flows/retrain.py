@@ -170,6 +170,9 @@ def retrain(
     feats = run(
         "features", build_features, pre.preprocessed, p.features, p.seed, ing.addressees
     )
+    # A first run's MLflow store is created by a child process on the core that
+    # clustering (mostly one core) leaves idle.
+    store_creation = create_store_in_background(store.root, release)
     args = (feats.features, pre.preprocessed, p.clustering, p.seed, feats.replies)
     clus = run("clustering", cluster, *args)
     previous = previous_run(store)
@@ -177,9 +180,6 @@ def retrain(
     if keeps_previous_k(clus, p.clustering, previous_k):
         clus = run("clustering", cluster, *args, previous_k)
     basis = naming_basis(previous, clus.model.sha256)
-    # A first run's MLflow store is created while the last, mostly single-core
-    # stages run (before them it would slow ingestion down as much as it saves).
-    store_creation = create_store_in_background(store.root, release)
     # Naming the categories and fitting the classifier need only the clusters:
     # the naming (mostly one core) runs beside the fit (one core).
     naming = run.beside(

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -141,29 +142,67 @@ def create_embedded_store(registry_root: str | Path, registry_uri: str) -> None:
         storage.write_bytes(str(ready), b"created\n")
 
 
+class StoreCreation:
+    """A child process creating the embedded MLflow store."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        """Follow ``process``."""
+        self.process = process
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the store to be created (or the child to give up)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
+    def is_alive(self) -> bool:
+        """Whether the child is still creating the store."""
+        return self.process.poll() is None
+
+
 def create_store_in_background(
     registry_root: str | Path, config: RegistryConfig
-) -> threading.Thread | None:
+) -> StoreCreation | None:
     """Start creating a new embedded store while the stages run; None when there
     is none to create.
 
-    MLflow's schema migrations take seconds on a first run; done beside the
-    last stages (which leave a core idle) they cost little. Join the thread
-    before the release opens the registry. A failure here is left for that
+    MLflow's import and schema migrations take several CPU-seconds on a first
+    run. A child process does them on whatever core the stages leave idle (a
+    thread would contend with them for the interpreter lock). Join it before
+    the release opens the registry. A failure here is left for that
     ``Registry.open`` to raise again (with the store lock, it then creates the
-    store or names what stops it).
+    store or names what stops it); a child outliving a failed run only
+    finishes creating the store.
     """
     if not embedded_store_missing(config, registry_root):
         return None
+    fields = RegistryConfig.model_validate(
+        config.model_dump(include=set(RegistryConfig.model_fields))
+    )
+    project = str(Path(__file__).resolve().parents[2])  # the same code as this run
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [project, path]))}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tasks.infra.registry",
+            str(registry_root),
+            fields.model_dump_json(),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return StoreCreation(process)
 
-    def create() -> None:
-        # Any failure is raised again where the registry is used.
-        with contextlib.suppress(Exception):
-            Registry.open(registry_root, config)
 
-    thread = threading.Thread(target=create, name="tweetflow-mlflow-store")
-    thread.start()
-    return thread
+def _create_store(argv: list[str]) -> int:
+    """``python -m tasks.infra.registry ROOT CONFIG_JSON``: open (so create) the
+    registry of the store at ROOT."""
+    root, config = argv
+    Registry.open(root, RegistryConfig.model_validate_json(config))
+    return 0
 
 
 def _is_local_store(uri: str) -> bool:
@@ -327,3 +366,7 @@ class Registry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+
+if __name__ == "__main__":
+    sys.exit(_create_store(sys.argv[1:]))

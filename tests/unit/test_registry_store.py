@@ -1,4 +1,4 @@
-"""A first run's embedded MLflow store, created beside the last stages."""
+"""A first run's embedded MLflow store, created by a child process beside the stages."""
 
 from __future__ import annotations
 
