@@ -37,6 +37,7 @@ from tasks.stages.ingestion.snapshot import (
 )
 from tasks.stages.ingestion.sources import (
     SourceFile,
+    files_fingerprint,
     resolve_source,
     source_fingerprint,
 )
@@ -62,12 +63,12 @@ CHECKED_DIR = f"data/{STAGE}/checked"
 def check_key(files: list[SourceFile], config: IngestionConfig) -> str:
     """What decides the pre-flight's answer: each file's URI and content version,
     the ingestion settings and the source of the code that checks them."""
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f"{f.uri}|{f.version}\n".encode())
-    digest.update(config.model_dump_json().encode())
-    digest.update(source_version(__name__).encode())
-    return digest.hexdigest()
+    parts = (
+        files_fingerprint(files),
+        config.model_dump_json(),
+        source_version(__name__),
+    )
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def check_source(
@@ -82,9 +83,19 @@ def check_source(
     record is under ``data/ingestion/checked/``): a warm run reads no frame.
     """
     files = resolve_source(source_uri)
+    _check_files(source_uri, files, config, store)
+    return len(files)
+
+
+def _check_files(
+    source_uri: str,
+    files: list[SourceFile],
+    config: IngestionConfig,
+    store: ArtifactStore | None,
+) -> None:
     record = f"{CHECKED_DIR}/{check_key(files, config)}.json"
     if store is not None and store.read_text(record) is not None:
-        return len(files)
+        return
     rows = 0
     for source in files:
         head = read_file(source, config.encoding, nrows=5)
@@ -98,7 +109,6 @@ def check_source(
     if store is not None:
         summary = {"source": source_uri, "files": len(files), "rows_previewed": rows}
         store.write_text(record, json.dumps(summary) + "\n")
-    return len(files)
 
 
 @uncached_task("preflight")
@@ -108,11 +118,17 @@ def preflight(
     """Pre-flight check of the source (every file readable, with a text column);
     returns its fingerprint (files and content versions) for the ingest cache key.
 
-    A task so that transient storage errors are retried like any other call.
+    A task so that transient storage errors are retried like any other call. The
+    source is listed once, for the check and the fingerprint.
     """
-    store = ArtifactStore(artifacts_dir) if artifacts_dir else None
-    check_source(source_uri, config, store)
-    return source_fingerprint(source_uri)
+    files = resolve_source(source_uri)
+    _check_files(
+        source_uri,
+        files,
+        config,
+        ArtifactStore(artifacts_dir) if artifacts_dir else None,
+    )
+    return files_fingerprint(files)
 
 
 class IngestionOutput(BaseModel):

@@ -168,9 +168,14 @@ def resolve_source(uri: str) -> list[SourceFile]:
     return [_with_member(_local_file(path))]
 
 
-def source_fingerprint(source: str) -> str:
-    """A cheap fingerprint of the source's files (URI and content version)."""
+def files_fingerprint(files: list[SourceFile]) -> str:
+    """A cheap fingerprint of resolved files (URI and content version)."""
     digest = hashlib.sha256()
-    for f in resolve_source(source):
+    for f in files:
         digest.update(f"{f.uri}|{f.version}\n".encode())
     return digest.hexdigest()
+
+
+def source_fingerprint(source: str) -> str:
+    """A cheap fingerprint of the source's files (URI and content version)."""
+    return files_fingerprint(resolve_source(source))
