@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -53,6 +54,17 @@ def scale_file(n: int) -> Path:
     return path
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (its threads, not its
+    children), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int) -> float:
     """Resident memory of a process now (MB), 0 when it is gone."""
     try:
@@ -67,15 +79,16 @@ def _rss_mb(pid: int) -> float:
 
 def run_measured(
     cmd: list[str], log: Path
-) -> tuple[int, float, float, list[tuple[float, float]], float]:
+) -> tuple[int, float, float, list[tuple[float, float, float]], float]:
     """Run a command with its output in ``log``.
 
     Returns (exit code, seconds, peak RSS MB from ``wait4``, RSS samples, CPU
-    seconds): the samples are (time of day in seconds, RSS MB) every 0.2 s, to
-    find which stage reached the peak; CPU seconds are user + system time.
+    seconds): the samples are (time of day in seconds, RSS MB, CPU seconds so
+    far) every 0.2 s, to find which stage reached the peak and how many cores
+    each stage kept busy; CPU seconds are user + system time.
     """
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float]] = []
     started = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -85,7 +98,13 @@ def run_measured(
             while not done.wait(RSS_EVERY):
                 now = datetime.now()
                 of_day = now.hour * 3600 + now.minute * 60 + now.second
-                samples.append((of_day + now.microsecond / 1e6, _rss_mb(proc.pid)))
+                samples.append(
+                    (
+                        of_day + now.microsecond / 1e6,
+                        _rss_mb(proc.pid),
+                        _cpu_seconds(proc.pid),
+                    )
+                )
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -108,8 +127,8 @@ def _stamped(log: Path) -> list[tuple[float, str]]:
     return stamps
 
 
-def peak_rss_by_step(log: Path, samples: list[tuple[float, float]]) -> dict[str, float]:
-    """Peak RSS (MB) while each step of the flow ran.
+def _step_of(log: Path) -> Callable[[float], str]:
+    """The step of the flow running at a time of day, from its log.
 
     A step runs from the previous step's "<name>: computed in" (or "reused")
     line in the flow's log to its own; before the flow run begins is
@@ -119,14 +138,43 @@ def peak_rss_by_step(log: Path, samples: list[tuple[float, float]]) -> dict[str,
     stamped = _stamped(log)
     begin = next((t for t, line in stamped if "Beginning flow run" in line), None)
     ends = [(t, m.group(1)) for t, line in stamped if (m := STEP_DONE.search(line))]
-    peaks: dict[str, float] = {}
-    for t, rss in samples:
+
+    def step(t: float) -> str:
         if begin is not None and t < begin:
-            name = "start-up"
-        else:
-            name = next((step for end, step in ends if t <= end), "finishing")
+            return "start-up"
+        return next((name for end, name in ends if t <= end), "finishing")
+
+    return step
+
+
+def peak_rss_by_step(
+    log: Path, samples: list[tuple[float, float, float]]
+) -> dict[str, float]:
+    """Peak RSS (MB) while each step of the flow ran (steps as ``_step_of``)."""
+    step = _step_of(log)
+    peaks: dict[str, float] = {}
+    for t, rss, _ in samples:
+        name = step(t)
         peaks[name] = max(peaks.get(name, 0.0), rss)
     return {k: round(v) for k, v in peaks.items()}
+
+
+def cores_by_step(
+    log: Path, samples: list[tuple[float, float, float]]
+) -> dict[str, float]:
+    """Cores each step kept busy on average: the process's CPU seconds over the
+    wall seconds between consecutive samples in that step (its own threads;
+    the background MLflow store process is not counted)."""
+    step = _step_of(log)
+    cpu: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    for (t0, _, c0), (t1, _, c1) in zip(samples, samples[1:], strict=False):
+        if c1 <= 0:  # the process has gone
+            continue
+        name = step(t1)
+        cpu[name] = cpu.get(name, 0.0) + c1 - c0
+        wall[name] = wall.get(name, 0.0) + (t1 - t0) % 86400
+    return {k: round(cpu[k] / wall[k], 2) for k in cpu if wall[k] > 0}
 
 
 def longest_silence(log: Path) -> tuple[float, str]:
@@ -196,6 +244,10 @@ def bench_one(n: int, keep: bool) -> dict:
             "batch_peak_rss_mb_by_step": peak_rss_by_step(
                 work / "batch.log", batch_samples
             ),
+            "retrain_cores_by_step": cores_by_step(
+                work / "retrain.log", retrain_samples
+            ),
+            "batch_cores_by_step": cores_by_step(work / "batch.log", batch_samples),
         }
     finally:
         if keep:
@@ -261,13 +313,18 @@ def print_table(results: list[dict]) -> None:
     for label, key in rows:
         print(f"{label:<28}" + "".join(f"{str(r[key]):>24}" for r in results))
     for flow in ("retrain", "batch"):
-        key = f"{flow}_peak_rss_mb_by_step"
-        steps = list(dict.fromkeys(s for r in results for s in r[key]))
-        for step in steps:
-            print(
-                f"{flow + ' RSS MB, ' + step:<28}"
-                + "".join(f"{str(r[key].get(step, '')):>24}" for r in results)
-            )
+        for what, key in (
+            ("RSS MB", f"{flow}_peak_rss_mb_by_step"),
+            ("cores", f"{flow}_cores_by_step"),
+        ):
+            steps = list(dict.fromkeys(s for r in results for s in r.get(key, {})))
+            for step in steps:
+                print(
+                    f"{flow + ' ' + what + ', ' + step:<28}"
+                    + "".join(
+                        f"{str(r.get(key, {}).get(step, '')):>24}" for r in results
+                    )
+                )
     print(
         f"{'retrain tweets/s':<28}"
         + "".join(f"{r['n'] / r['retrain_process_seconds']:>24,.0f}" for r in results)

@@ -14,8 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -25,8 +27,10 @@ from pydantic import BaseModel, ConfigDict
 from data_contracts import ContractViolation, get_contract, validate_frame
 from tasks.infra import storage
 from tasks.infra.lazy import pd
+from tasks.infra.parallel import map_ordered
 
 CHUNK = 1 << 20
+PUT_CHUNK = 200_000  # rows of a whole frame checked and written at a time
 
 
 class ArtifactRef(BaseModel):
@@ -172,6 +176,77 @@ def parquet_options(schema: Any, sample: Any = None) -> dict[str, Any]:
     }
 
 
+class HashingFile(io.RawIOBase):
+    """A new local file that is hashed (sha256) as it is written.
+
+    Data goes straight to the operating system; a background thread hashes it
+    (hashlib releases the interpreter lock) and hands it to the disk every
+    ``SYNC_EVERY`` bytes, so closing the file costs neither a second pass over
+    it to hash it nor a long wait for the disk, and the writer's thread does
+    neither.
+    """
+
+    SYNC_EVERY = 64 * 1024 * 1024
+    QUEUED = 64  # writes waiting to be hashed at most (pyarrow writes ~100 KB)
+
+    def __init__(self, path: Path) -> None:
+        """Create (or truncate) ``path`` for writing."""
+        import queue
+
+        super().__init__()
+        self._fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUED)
+        self._error: BaseException | None = None
+        self._hasher = threading.Thread(
+            target=self._hash, name="tweetflow-hash", daemon=True
+        )
+        self._hasher.start()
+
+    def _hash(self) -> None:
+        unsynced = 0
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain the queue; close() reports the error
+            try:
+                self._digest.update(data)
+                unsynced += len(data)
+                if unsynced >= self.SYNC_EVERY:
+                    os.fdatasync(self._fh.fileno())
+                    unsynced = 0
+            except BaseException as exc:  # re-raised by close()
+                self._error = exc
+
+    def writable(self) -> bool:
+        """Always: the file is open for writing."""
+        return True
+
+    def write(self, data: Any) -> int:
+        """Write ``data`` (bytes) and queue it to be hashed."""
+        data = bytes(data)  # immutable: the hasher reads it later
+        view = memoryview(data)
+        while view:
+            view = view[self._fh.write(view) or 0 :]
+        self._queue.put(data)
+        return len(data)
+
+    def close(self) -> None:
+        """Wait for the hash, close; raise what the background thread raised."""
+        if not self._fh.closed:
+            self._queue.put(None)
+            self._hasher.join()
+            self._fh.close()
+        super().close()
+        if self._error is not None:
+            raise self._error
+
+    def hexdigest(self) -> str:
+        """Hex sha256 of everything written (once closed)."""
+        if not self._fh.closed:
+            raise RuntimeError("the file is still being written")
+        return self._digest.hexdigest()
+
+
 _VERIFIED: dict[tuple[str, int, int], str] = {}
 
 
@@ -188,10 +263,18 @@ def _remember_good(path: Path, sha256: str) -> None:
     _VERIFIED[(str(path), stat.st_size, stat.st_mtime_ns)] = sha256
 
 
+@dataclass(frozen=True)
+class CheckedChunk:
+    """A chunk that met its writer's contract, as an Arrow table."""
+
+    table: Any  # pyarrow.Table
+    writer: FrameWriter
+
+
 class FrameWriter:
     """Writes one frame to the store chunk by chunk; ``ref`` once closed.
 
-    Each chunk is checked against the contract (the row checks; a ``tweet_id``
+    Each chunk is checked against the contract (the row checks; a column
     declared unique is checked across chunks too) and written as one Parquet
     row group to a local temporary file, which is hashed and moved into place
     only when the writer closes without error: a failed or interrupted write
@@ -205,54 +288,83 @@ class FrameWriter:
         self.rows = 0
         self._ref: ArtifactRef | None = None
         self._writer: Any = None
-        self._ids: list[pd.Index] = []
+        self._file: HashingFile | None = None
+        # Columns the contract declares unique, and each chunk's values of them.
+        self._unique = [
+            name
+            for name, column in (self.schema.columns if self.schema else {}).items()
+            if column.unique
+        ]
+        self._seen: dict[str, list[Any]] = {}
         self._path = self.store.staging_dir(stage) / "frame.parquet"
 
-    def write(self, df: pd.DataFrame) -> None:
-        """Check and append one chunk."""
+    def check(self, df: pd.DataFrame) -> CheckedChunk:
+        """Check one chunk against the contract and convert it to Arrow, ready
+        for ``write``. Touches nothing of the writer's: threads may check
+        chunks side by side while this writer writes earlier ones."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if self.schema is not None:
             validate_frame(df, self.schema, self.stage)
-            if self._unique_ids():
-                self._ids.append(pd.Index(df["tweet_id"]))
         table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+        return CheckedChunk(table, self)
+
+    def write(self, chunk: pd.DataFrame | CheckedChunk) -> None:
+        """Append one chunk (checked here unless it came from ``check``)."""
+        import pyarrow.parquet as pq
+
+        if not isinstance(chunk, CheckedChunk):
+            chunk = self.check(chunk)
+        elif chunk.writer is not self:
+            raise ValueError(f"{self.stage}: a chunk checked by another writer")
+        table = chunk.table
+        for name in self._unique:
+            self._seen.setdefault(name, []).append(table.column(name))
         if self._writer is None:
+            self._file = HashingFile(self._path)
             self._writer = pq.ParquetWriter(
-                self._path, table.schema, **parquet_options(table.schema, table)
+                self._file, table.schema, **parquet_options(table.schema, table)
             )
         self._writer.write_table(table)
-        self.rows += len(df)
+        self.rows += table.num_rows
 
-    def _unique_ids(self) -> bool:
-        column = (self.schema.columns if self.schema is not None else {}).get(
-            "tweet_id"
-        )
-        return bool(column is not None and column.unique)
+    def _check_unique_across_chunks(self) -> None:
+        """Raise ContractViolation if a column declared unique repeats a value
+        in two chunks (each chunk was checked on its own)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        for name, parts in self._seen.items():
+            if len(parts) < 2:
+                continue
+            values = pa.chunked_array(parts)
+            if pc.count_distinct(values, mode="all").as_py() == len(values):
+                continue
+            column = pd.Series(values.to_pandas())
+            repeated = column[column.duplicated()].unique()[:3].tolist()
+            raise ContractViolation(
+                self.stage,
+                self.contract or "unnamed",
+                pd.DataFrame(
+                    {
+                        "column": name,
+                        "check": "field_uniqueness",
+                        "failure_case": repeated,
+                        "index": None,
+                    }
+                ),
+            )
 
     def close(self) -> ArtifactRef:
-        """Finish the file, check ids across chunks, move it into the store."""
+        """Finish the file, check unique columns across chunks, move it into the
+        store."""
         if self._writer is None:
             raise ValueError(f"{self.stage}: no chunk was written")
         self._writer.close()
-        if len(self._ids) > 1:
-            ids = self._ids[0].append(self._ids[1:])
-            if not ids.is_unique:
-                repeated = ids[ids.duplicated()].unique()[:3].tolist()
-                raise ContractViolation(
-                    self.stage,
-                    self.contract or "unnamed",
-                    pd.DataFrame(
-                        {
-                            "column": "tweet_id",
-                            "check": "field_uniqueness",
-                            "failure_case": repeated,
-                            "index": None,
-                        }
-                    ),
-                )
-        digest = sha256_file(self._path)
+        assert self._file is not None
+        self._file.close()
+        self._check_unique_across_chunks()
+        digest = self._file.hexdigest()
         uri = self.store.uri(f"data/{self.stage}/{digest}.parquet")
         storage.put_file(self._path, uri)
         if not self.store.remote:
@@ -273,6 +385,8 @@ class FrameWriter:
         """Drop what was written."""
         if self._writer is not None:
             self._writer.close()
+        if self._file is not None:
+            self._file.close()
         shutil.rmtree(self._path.parent, ignore_errors=True)
 
     def __enter__(self) -> FrameWriter:
@@ -338,7 +452,15 @@ class ArtifactStore:
         checked twice.
         """
         with self.frame_writer(stage, None if checked else contract) as writer:
-            writer.write(df)
+            if len(df) <= PUT_CHUNK:
+                writer.write(df)
+            else:  # checked and converted on every core, written in order
+                parts = (
+                    df.iloc[start : start + PUT_CHUNK]
+                    for start in range(0, len(df), PUT_CHUNK)
+                )
+                for chunk in map_ordered(writer.check, parts):
+                    writer.write(chunk)
         ref = writer.ref
         return ref.model_copy(update={"contract": contract}) if checked else ref
 
@@ -395,6 +517,13 @@ class ArtifactStore:
             batch_size=rows, columns=columns
         ):
             yield batch.to_pandas()
+
+    def iter_batches(
+        self, ref: ArtifactRef, columns: list[str] | None = None, rows: int = 100_000
+    ) -> Iterator[Any]:
+        """The stored frame ``rows`` at a time as Arrow record batches, in order
+        (for numeric columns read straight into NumPy, no pandas frame)."""
+        yield from self.open_frame(ref).iter_batches(batch_size=rows, columns=columns)
 
     # Small text files (LATEST, run records) --------------------------------
     def write_text(self, relative: str, text: str) -> None:

@@ -300,3 +300,16 @@ def vectors_of(features: pd.DataFrame, prefix: str = "f") -> np.ndarray:
     """The f000.. (or r000..) columns of a features frame as a float32 matrix."""
     columns = [c for c in features.columns if c.startswith(prefix) and c[1:].isdigit()]
     return features[columns].to_numpy(dtype=np.float32)
+
+
+def vectors_of_batch(batch: Any, prefix: str = "f") -> np.ndarray:
+    """The f000.. (or r000..) columns of an Arrow record batch of a features frame
+    as a float32 matrix, column-major: each column is copied once, contiguously
+    (no pandas frame in between, no strided writes)."""
+    columns = [
+        c for c in batch.schema.names if c.startswith(prefix) and c[1:].isdigit()
+    ]
+    by_column = np.empty((len(columns), batch.num_rows), dtype=np.float32)
+    for j, name in enumerate(columns):
+        by_column[j] = batch.column(name).to_numpy(zero_copy_only=False)
+    return by_column.T

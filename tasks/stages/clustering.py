@@ -25,6 +25,7 @@ common form, no handles).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,10 +38,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tasks.infra.caching import stage_task
 from tasks.infra.errors import InsufficientDataError
 from tasks.infra.lazy import np, pd
+from tasks.infra.parallel import map_ordered
 from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.bundle import CENTROIDS_FILE, CLUSTERS_FILE, NO_WORDS_CLUSTER
-from tasks.ml.embedding import doc_term_matrix, stem_words, vectors_of, word_codes
+from tasks.ml.embedding import (
+    doc_term_matrix,
+    stem_words,
+    vectors_of_batch,
+    word_codes,
+)
 
 if TYPE_CHECKING:
     from sklearn.cluster import KMeans
@@ -51,7 +58,6 @@ PROJECTION_FILE = "projection_2d.npz"  # the sample's 2-D points and clusters
 K_SELECTION_PLOT = "k_selection.png"
 CRITERION = "Ward merge-cost ratio"
 MIN_NAME_LIFT = 1.5
-MIX_CHUNK = 100_000  # rows combined with their reply view at a time
 VIEW_CHUNK = 100_000  # tweets read, viewed and assigned at a time
 
 
@@ -437,7 +443,7 @@ def conversation_view(
     of the replies given, see ``reply_sum``).
     """
     with_replies = np.zeros(len(vectors), dtype=bool)
-    has_own = np.linalg.norm(vectors, axis=1) > 0
+    has_own = row_norms(vectors) > 0
     own = has_own[reply_rows]
     rows, reply_vectors = reply_rows[own], reply_vectors[own]
     if mean is None and len(rows):
@@ -448,20 +454,18 @@ def conversation_view(
         reply_vectors = reply_vectors - mean.astype(reply_vectors.dtype)
         mean = np.zeros_like(mean)
     with_replies[rows] = True
-    combined = vectors.copy()
-    imputed = np.flatnonzero(has_own & ~with_replies)
-    for start in range(0, len(imputed), MIX_CHUNK):
-        part = imputed[start : start + MIX_CHUNK]
-        combined[part] = (1.0 - weight) * vectors[part].astype(np.float64) + (
-            weight * mean
-        )
-    combined[rows] = (1.0 - weight) * vectors[rows] + weight * reply_vectors
-    viewed = np.flatnonzero(has_own)
-    for start in range(0, len(viewed), MIX_CHUNK):
-        part = viewed[start : start + MIX_CHUNK]
-        norms = np.linalg.norm(combined[part], axis=1, keepdims=True)
-        combined[part] = combined[part] / np.maximum(norms, 1e-12)
+    # In the vectors' own precision (float32): rows without a word of their own
+    # stay zero, as nothing is added to them and 0 / 1e-12 is 0.
+    combined = vectors * vectors.dtype.type(1.0 - weight)
+    combined[has_own & ~with_replies] += (weight * mean).astype(vectors.dtype)
+    combined[rows] += vectors.dtype.type(weight) * reply_vectors
+    combined /= np.maximum(row_norms(combined), 1e-12)[:, np.newaxis]
     return combined, with_replies
+
+
+def row_norms(vectors: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row (one pass, no squared copy of the matrix)."""
+    return np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
 
 
 def reply_sum(
@@ -469,8 +473,9 @@ def reply_sum(
 ) -> tuple[np.ndarray, int]:
     """Sum and number of the reply views ``conversation_view`` averages into its
     default ``mean`` (tweets with a known word of their own), to add up parts."""
-    own = np.linalg.norm(vectors[reply_rows], axis=1) > 0
-    return reply_vectors[own].sum(axis=0, dtype=np.float64), int(own.sum())
+    own = row_norms(vectors)[reply_rows] > 0
+    summed = reply_vectors.sum(axis=0, dtype=np.float64, where=own[:, np.newaxis])
+    return summed, int(own.sum())
 
 
 def describe_fit(
@@ -571,39 +576,51 @@ def tweet_chunks(
     """The tweets ``VIEW_CHUNK`` at a time with their reply views.
 
     Reply views are stored in the tweets' order with each tweet's row, so the
-    two are read side by side, never whole.
+    two are read side by side, never whole; vectors go from Arrow straight into
+    NumPy.
     """
-    reply_chunks = (
-        store.iter_frames(replies, rows=VIEW_CHUNK) if replies is not None else iter(())
+    reply_batches = (
+        store.iter_batches(replies, rows=VIEW_CHUNK)
+        if replies is not None
+        else iter(())
     )
-    pending = pd.DataFrame({"row": pd.Series([], dtype="int64")})
+    pending_rows = np.zeros(0, dtype=np.int64)
+    pending_vectors = np.zeros((0, 0), dtype=np.float32)
     start = 0
-    for chunk in store.iter_frames(features, rows=VIEW_CHUNK):
-        stop = start + len(chunk)
-        taken = []
+    for batch in store.iter_batches(features, rows=VIEW_CHUNK):
+        stop = start + batch.num_rows
+        own = vectors_of_batch(batch)
+        rows_taken, vectors_taken = [], []
         while True:
-            if pending.empty:
-                pending = next(reply_chunks, pending)
-                if pending.empty:
+            if not len(pending_rows):
+                reply_batch = next(reply_batches, None)
+                if reply_batch is None:
                     break
-            cut = int(np.searchsorted(pending["row"].to_numpy(), stop))
-            taken.append(pending.iloc[:cut])
-            pending = pending.iloc[cut:]
-            if not pending.empty:
+                pending_rows = reply_batch.column("row").to_numpy().astype(np.int64)
+                pending_vectors = vectors_of_batch(reply_batch, "r")
+                continue
+            cut = int(np.searchsorted(pending_rows, stop))
+            rows_taken.append(pending_rows[:cut])
+            vectors_taken.append(pending_vectors[:cut])
+            pending_rows, pending_vectors = pending_rows[cut:], pending_vectors[cut:]
+            if len(pending_rows):
                 break
-        mine = pd.concat(taken) if len(taken) > 1 else (taken or [pending])[0]
-        rows = mine["row"].to_numpy() - start if len(mine) else np.zeros(0, np.int64)
+        rows = (
+            np.concatenate(rows_taken) - start
+            if rows_taken
+            else np.zeros(0, dtype=np.int64)
+        )
         if len(rows) and (rows.min() < 0 or not np.all(np.diff(rows) > 0)):
             raise ValueError("clustering: reply views are not in the tweets' order")
-        own = vectors_of(chunk)
         reply_vectors = (
-            vectors_of(mine, "r") if len(mine) else np.zeros((0, own.shape[1]), "f4")
+            np.concatenate(vectors_taken)
+            if vectors_taken
+            else np.zeros((0, own.shape[1]), dtype=np.float32)
         )
-        yield ViewChunk(
-            start, chunk[["tweet_id", "split", "n_known"]], own, rows, reply_vectors
-        )
+        frame = batch.select(["tweet_id", "split", "n_known"]).to_pandas()
+        yield ViewChunk(start, frame, own, rows, reply_vectors)
         start = stop
-    if not pending.empty or next(reply_chunks, None) is not None:
+    if len(pending_rows) or next(reply_batches, None) is not None:
         raise ValueError("clustering: reply views are not in the tweets' order")
 
 
@@ -619,12 +636,10 @@ def k_selection_plot(
 
     When the previous run's k was kept, the band it had to be in is drawn.
     """
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: safe beside other threads
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    fig = Figure(figsize=(7, 3.6), dpi=100)
+    ax = fig.subplots()
     if ratios:
         ks = sorted(ratios)
         values = [ratios[k] for k in ks]
@@ -660,7 +675,6 @@ def k_selection_plot(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def projection_2d(points: np.ndarray, seed: int) -> np.ndarray:
@@ -702,6 +716,49 @@ def keeps_previous_k(
     )
 
 
+def _assign(
+    store: ArtifactStore,
+    features: ArtifactRef,
+    use_replies: ArtifactRef | None,
+    model: KMeans,
+    mean: np.ndarray | None,
+    n: int,
+    config: ClusteringConfig,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every tweet's nearest category and its distance (``NO_WORDS_CLUSTER`` and
+    NaN without a known word), and how many were viewed with their replies."""
+    labels = np.full(n, NO_WORDS_CLUSTER, dtype=np.int64)
+    distance = np.full(n, np.nan)
+    with_views = 0
+    current().phase("assigning every tweet", n, "rows")
+    from threadpoolctl import threadpool_limits
+
+    def assign(part: ViewChunk) -> tuple[ViewChunk, np.ndarray, np.ndarray, int]:
+        view, with_replies = conversation_view(
+            part.own,
+            part.reply_rows,
+            part.reply_vectors,
+            config.reply_weight,
+            config.center_replies,
+            mean,
+        )
+        words = part.frame["n_known"].to_numpy() > 0
+        return part, words, model.transform(view[words]), int(with_replies.sum())
+
+    # Chunks are read here while earlier ones are viewed and assigned on every
+    # core (NumPy kernels), each with ``config.threads`` BLAS threads.
+    with threadpool_limits(config.threads):
+        for part, words, distances, views in map_ordered(
+            assign, tweet_chunks(store, features, use_replies)
+        ):
+            with_views += views
+            rows = part.start + np.flatnonzero(words)
+            labels[rows] = distances.argmin(axis=1)
+            distance[rows] = distances.min(axis=1)
+            current().advance(len(part.frame))
+    return labels, distance, with_views
+
+
 @stage_task(STAGE)
 def cluster(
     features: ArtifactRef,
@@ -718,7 +775,6 @@ def cluster(
     The KMeans learns from at most ``fit_sample`` discovery tweets; every tweet is
     then assigned, the vectors read ``VIEW_CHUNK`` tweets at a time.
     """
-    logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
     frame = store.get_frame(features, columns=["tweet_id", "split", "n_known"])
@@ -772,31 +828,64 @@ def cluster(
         train, tokens["tokens"].iloc[fit_rows], config, seed, keep_k
     )
     del train
-    # Pass 2: every tweet assigned to its nearest category.
-    k = model.n_clusters
-    labels = np.full(len(frame), NO_WORDS_CLUSTER, dtype=np.int64)
-    distance = np.full(len(frame), np.nan)
-    with_views = 0
-    current().phase("assigning every tweet", len(frame), "rows")
-    from threadpoolctl import threadpool_limits
+    staging = store.staging_dir(STAGE)
+    try:
+        return _assign_and_store(
+            store,
+            staging,
+            features,
+            use_replies,
+            model,
+            description,
+            mean,
+            frame,
+            (has_words, fit_rows, shown, points),
+            config,
+            seed,
+            started,
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
-    with threadpool_limits(config.threads):
-        for part in tweet_chunks(store, features, use_replies):
-            view, with_replies = conversation_view(
-                part.own,
-                part.reply_rows,
-                part.reply_vectors,
-                config.reply_weight,
-                config.center_replies,
-                mean,
-            )
-            with_views += int(with_replies.sum())
-            words = part.frame["n_known"].to_numpy() > 0
-            rows = part.start + np.flatnonzero(words)
-            distances = model.transform(view[words])
-            labels[rows] = distances.argmin(axis=1)
-            distance[rows] = distances.min(axis=1)
-            current().advance(len(part.frame))
+
+def _assign_and_store(
+    store: ArtifactStore,
+    staging: Path,
+    features: ArtifactRef,
+    use_replies: ArtifactRef | None,
+    model: KMeans,
+    description: dict,
+    mean: np.ndarray | None,
+    frame: pd.DataFrame,
+    rows_of: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    config: ClusteringConfig,
+    seed: int,
+    started: float,
+) -> ClusteringOutput:
+    """Pass 2 of ``cluster``: assign every tweet, store the model and assignments.
+
+    The k-selection plot is drawn in a thread meanwhile (the assignment is NumPy
+    work that leaves the interpreter free).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    logger = get_run_logger()
+    has_words, fit_rows, shown, points = rows_of
+    with ThreadPoolExecutor(1, thread_name_prefix="tweetflow-plot") as plotter:
+        plotted = plotter.submit(
+            k_selection_plot,
+            {int(k): v for k, v in description["k_selection"].items()},
+            description["k"],
+            staging / K_SELECTION_PLOT,
+            kept=description["k_kept_from_previous_run"],
+            tolerance=config.keep_k_tolerance,
+        )
+        labels, distance, with_views = _assign(
+            store, features, use_replies, model, mean, len(frame), config
+        )
+        plotted.result()
+    k = model.n_clusters
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     for c, cluster_info in enumerate(description["clusters"]):
         cluster_info["size"] = int(sizes[c])
@@ -806,7 +895,6 @@ def cluster(
         no_known_words=int((~has_words).sum()),
         fitted_on=len(fit_rows),
     )
-    staging = store.staging_dir(STAGE)
     np.save(
         staging / CENTROIDS_FILE,
         model.cluster_centers_.astype(np.float32),
@@ -817,13 +905,6 @@ def cluster(
         staging / PROJECTION_FILE,
         points=projection_2d(points, seed),
         cluster_id=labels[shown],
-    )
-    k_selection_plot(
-        {int(k): v for k, v in description["k_selection"].items()},
-        description["k"],
-        staging / K_SELECTION_PLOT,
-        kept=description["k_kept_from_previous_run"],
-        tolerance=config.keep_k_tolerance,
     )
     model_ref = store.commit_dir(staging, STAGE)
     assignments = pd.DataFrame(

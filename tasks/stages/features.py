@@ -33,7 +33,7 @@ from tasks.infra.errors import InsufficientDataError
 from tasks.infra.lazy import np, pd
 from tasks.infra.parallel import map_ordered
 from tasks.infra.progress import Progress, current
-from tasks.infra.store import ArtifactRef, ArtifactStore
+from tasks.infra.store import ArtifactRef, ArtifactStore, CheckedChunk
 from tasks.ml.embedding import (
     EMBED_CHUNK,
     DocumentEmbedder,
@@ -467,17 +467,27 @@ def build_features(
         store.frame_writer(STAGE, "features") as features_out,
         store.frame_writer(STAGE, "context_features") as replies_out,
     ):
-        starts = range(0, len(frame), EMBED_CHUNK)
-        for features_frame, replies_frame in map_ordered(
-            lambda start: embed_frame(
+
+        def embed_and_check(start: int) -> tuple[CheckedChunk, CheckedChunk, int]:
+            """Embed one chunk and check it against the contracts (in a worker:
+            the writer thread only writes)."""
+            features_frame, replies_frame = embed_frame(
                 embedder, frame.iloc[start : start + EMBED_CHUNK], start
-            ),
-            starts,
+            )
+            return (
+                features_out.check(features_frame),
+                replies_out.check(replies_frame),
+                int(features_frame["n_known"].eq(0).sum()),
+            )
+
+        starts = range(0, len(frame), EMBED_CHUNK)
+        for features_chunk, replies_chunk, unknown in map_ordered(
+            embed_and_check, starts
         ):
-            features_out.write(features_frame)
-            replies_out.write(replies_frame)
-            no_known += int(features_frame["n_known"].eq(0).sum())
-            reply_views += len(replies_frame)
+            features_out.write(features_chunk)
+            replies_out.write(replies_chunk)
+            no_known += unknown
+            reply_views += replies_chunk.table.num_rows
     staging = store.staging_dir(STAGE)
     embedder.save(staging, {"config": config.model_dump(mode="json"), "seed": seed})
     embedder_ref = store.commit_dir(staging, STAGE)
