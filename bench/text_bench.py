@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.ml.cleaning import _clean_text_reference, clean_text
 from tasks.ml.text import _tokenise_reference, tokenise
 from tasks.stages.ingestion import IngestionConfig, ingest_frame
-from tasks.stages.preparation import _clean_text_reference, clean_text
 
 
 def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:
