@@ -730,5 +730,13 @@ def tokenise(
 
 
 def token_counts(tokens: pd.Series) -> pd.Series:
-    """Number of tokens in each space-joined token string."""
-    return tokens.str.count(" ").add(1).where(tokens.str.len().gt(0), 0).astype("int64")
+    """Number of tokens in each space-joined token string (0 when empty or
+    missing), counted in Arrow."""
+    values = pa.array(tokens.astype("str").array, pa.large_string())
+    spaces = pc.add(pc.count_substring(values, " "), 1)
+    counts = pc.if_else(pc.greater(pc.binary_length(values), 0), spaces, 0)
+    return pd.Series(
+        pc.fill_null(counts, 0).to_numpy(zero_copy_only=False).astype(np.int64),
+        index=tokens.index,
+        name=tokens.name,
+    )

@@ -84,6 +84,9 @@ def test_apostrophes_join_contractions() -> None:
 def test_token_counts_handle_empty_strings() -> None:
     counts = token_counts(pd.Series(["a b c", "", "one"]))
     assert counts.tolist() == [3, 0, 1]
+    missing = token_counts(pd.Series(["a b", None, "x"], index=[7, 8, 9]))
+    assert missing.tolist() == [2, 0, 1] and missing.index.tolist() == [7, 8, 9]
+    assert missing.dtype == "int64"
 
 
 @pytest.mark.parametrize(
