@@ -30,11 +30,16 @@ def cores() -> int:
 
 
 def map_ordered(
-    fn: Callable[[T], R], parts: Iterable[T], threads: int | None = None
+    fn: Callable[[T], R],
+    parts: Iterable[T],
+    threads: int | None = None,
+    in_flight: int | None = None,
 ) -> Iterator[R]:
     """``fn`` over ``parts`` on ``threads`` threads (default: every core), the
-    results in input order; at most two parts per thread in flight."""
+    results in input order; at most ``in_flight`` parts taken and not yet
+    yielded (default two per thread; one per thread keeps memory lowest)."""
     threads = cores() if threads is None else max(1, threads)
+    limit = 2 * threads if in_flight is None else max(threads, in_flight)
     if threads == 1:
         yield from map(fn, parts)
         return
@@ -43,7 +48,7 @@ def map_ordered(
         for part in parts:
             context = contextvars.copy_context()
             pending.append(pool.submit(context.run, fn, part))
-            if len(pending) >= 2 * threads:
+            if len(pending) >= limit:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()

@@ -113,3 +113,31 @@ def test_a_large_frame_is_checked_in_chunks_and_stored_whole(
     ).assign(r000=np.float32(0.5))
     with pytest.raises(ContractViolation, match="column 'row' failed field_uniqueness"):
         store.put_frame(rows, "features", "context_features")
+
+
+def test_feature_frames_meet_their_contracts_column_by_column(tmp_path: Path) -> None:
+    from data_contracts import get_contract, validate_frame
+    from tasks.stages.features import context_frame, feature_frame
+
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(50, 6)).astype(np.float32)
+    tweets = pd.DataFrame(
+        {"tweet_id": [f"t{i}" for i in range(50)], "split": "discovery"}
+    )
+    features = feature_frame(tweets, vectors, np.arange(50))
+    replies = context_frame(tweets["tweet_id"][::2], vectors[::2], np.arange(0, 50, 2))
+    validate_frame(features, get_contract("features"), "features")
+    validate_frame(replies, get_contract("context_features"), "features")
+    for frame, prefix, expected in (
+        (features, "f", vectors),
+        (replies, "r", vectors[::2]),
+    ):
+        columns = [c for c in frame.columns if c.startswith(prefix) and c[1:].isdigit()]
+        assert columns == [f"{prefix}{i:03d}" for i in range(6)]
+        for i, name in enumerate(columns):
+            column = frame[name].to_numpy()
+            assert column.dtype == np.float32
+            np.testing.assert_array_equal(column, expected[:, i])
+    store = ArtifactStore(tmp_path)
+    ref = store.put_frame(features, "features", "features")
+    assert store.get_frame(ref).equals(features)
