@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             PreparationConfig(),
         )
         times.append(time.perf_counter() - started)
+    if summary is None:
+        raise SystemExit("no timed run (--repeats must be at least 1)")
     rows = summary["counts"]["rows_read"]
 
     started = time.perf_counter()

@@ -37,9 +37,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from flows.retrain import RetrainResult
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(
@@ -168,7 +172,7 @@ def clusters_of_rows(rows: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
 
 def run_retrain(
     corpus: Corpus, k: int | str, artifacts: Path, seed: int, **settings: dict
-) -> tuple[dict, float]:
+) -> tuple[RetrainResult, float]:
     """The real retrain flow on a corpus; returns its result and wall seconds."""
     from flows.parameters import RetrainParameters
     from flows.retrain import retrain

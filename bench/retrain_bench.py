@@ -25,6 +25,7 @@ from bench.subjects import label_subjects
 
 if TYPE_CHECKING:
     from flows.parameters import RetrainParameters
+    from flows.retrain import RetrainResult
 
 
 def discovery_quality(labels: pd.DataFrame) -> dict[str, float]:
@@ -54,7 +55,7 @@ def start_api() -> float:
     return time.perf_counter() - started
 
 
-def timed_run(params: RetrainParameters) -> tuple[dict, float]:
+def timed_run(params: RetrainParameters) -> tuple[RetrainResult, float]:
     """Run the flow once; return its result and wall time."""
     from flows.retrain import retrain
 
