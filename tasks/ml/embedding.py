@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,19 +297,21 @@ def common_components(docs: np.ndarray, n: int) -> np.ndarray:
     return vt[:n].astype(np.float32)
 
 
+def vector_columns(names: Iterable[str], prefix: str = "f") -> list[str]:
+    """The vector columns (f000.., or r000.. for reply views) among ``names``."""
+    return [c for c in names if c.startswith(prefix) and c[1:].isdigit()]
+
+
 def vectors_of(features: pd.DataFrame, prefix: str = "f") -> np.ndarray:
     """The f000.. (or r000..) columns of a features frame as a float32 matrix."""
-    columns = [c for c in features.columns if c.startswith(prefix) and c[1:].isdigit()]
-    return features[columns].to_numpy(dtype=np.float32)
+    return features[vector_columns(features.columns, prefix)].to_numpy(dtype=np.float32)
 
 
 def vectors_of_batch(batch: Any, prefix: str = "f") -> np.ndarray:
     """The f000.. (or r000..) columns of an Arrow record batch of a features frame
     as a float32 matrix, column-major: each column is copied once, contiguously
     (no pandas frame in between, no strided writes)."""
-    columns = [
-        c for c in batch.schema.names if c.startswith(prefix) and c[1:].isdigit()
-    ]
+    columns = vector_columns(batch.schema.names, prefix)
     by_column = np.empty((len(columns), batch.num_rows), dtype=np.float32)
     for j, name in enumerate(columns):
         by_column[j] = batch.column(name).to_numpy(zero_copy_only=False)

@@ -45,6 +45,7 @@ from tasks.ml.bundle import CENTROIDS_FILE, CLUSTERS_FILE, NO_WORDS_CLUSTER
 from tasks.ml.embedding import (
     doc_term_matrix,
     stem_words,
+    vector_columns,
     vectors_of_batch,
     word_codes,
 )
@@ -781,6 +782,7 @@ def cluster(
     The KMeans learns from at most ``fit_sample`` discovery tweets; every tweet is
     then assigned, the vectors read ``VIEW_CHUNK`` tweets at a time.
     """
+    logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
     frame = store.get_frame(features, columns=["tweet_id", "split", "n_known"])
@@ -792,13 +794,7 @@ def cluster(
     fit_rows = fit_sample_rows(discovery, config.fit_sample, seed)
     shown = projection_rows(has_words, seed)
     use_replies = replies if config.reply_weight > 0 else None
-    dim = len(
-        [
-            c
-            for c in store.open_frame(features).schema_arrow.names
-            if c.startswith("f") and c[1:].isdigit()
-        ]
-    )
+    dim = len(vector_columns(store.open_frame(features).schema_arrow.names))
     # Pass 1: the fitted tweets' vectors and reply views, the mean reply view.
     train = np.zeros((len(fit_rows), dim), dtype=np.float32)
     points = np.zeros((len(shown), dim), dtype=np.float32)
@@ -834,63 +830,29 @@ def cluster(
         train, tokens["tokens"].iloc[fit_rows], config, seed, keep_k
     )
     del train
+    # Pass 2: every tweet assigned to its nearest category, while a thread draws
+    # the k-selection plot (the assignment is NumPy work that leaves the
+    # interpreter free).
+    from concurrent.futures import ThreadPoolExecutor
+
     staging = store.staging_dir(STAGE)
     try:
-        return _assign_and_store(
-            store,
-            staging,
-            features,
-            use_replies,
-            model,
-            description,
-            mean,
-            frame,
-            (has_words, fit_rows, shown, points),
-            config,
-            seed,
-            started,
-        )
+        with ThreadPoolExecutor(1, thread_name_prefix="tweetflow-plot") as plotter:
+            plotted = plotter.submit(
+                k_selection_plot,
+                {int(k): v for k, v in description["k_selection"].items()},
+                description["k"],
+                staging / K_SELECTION_PLOT,
+                kept=description["k_kept_from_previous_run"],
+                tolerance=config.keep_k_tolerance,
+            )
+            labels, distance, with_views = _assign(
+                store, features, use_replies, model, mean, len(frame), config
+            )
+            plotted.result()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def _assign_and_store(
-    store: ArtifactStore,
-    staging: Path,
-    features: ArtifactRef,
-    use_replies: ArtifactRef | None,
-    model: KMeans,
-    description: dict,
-    mean: np.ndarray | None,
-    frame: pd.DataFrame,
-    rows_of: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    config: ClusteringConfig,
-    seed: int,
-    started: float,
-) -> ClusteringOutput:
-    """Pass 2 of ``cluster``: assign every tweet, store the model and assignments.
-
-    The k-selection plot is drawn in a thread meanwhile (the assignment is NumPy
-    work that leaves the interpreter free).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    logger = get_run_logger()
-    has_words, fit_rows, shown, points = rows_of
-    with ThreadPoolExecutor(1, thread_name_prefix="tweetflow-plot") as plotter:
-        plotted = plotter.submit(
-            k_selection_plot,
-            {int(k): v for k, v in description["k_selection"].items()},
-            description["k"],
-            staging / K_SELECTION_PLOT,
-            kept=description["k_kept_from_previous_run"],
-            tolerance=config.keep_k_tolerance,
-        )
-        labels, distance, with_views = _assign(
-            store, features, use_replies, model, mean, len(frame), config
-        )
-        plotted.result()
     k = model.n_clusters
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     for c, cluster_info in enumerate(description["clusters"]):

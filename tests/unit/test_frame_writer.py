@@ -74,7 +74,19 @@ def test_a_chunk_checked_against_another_writers_contract_is_refused(
         unchecked.write(features_chunk(0, 3))
 
 
-def test_hashing_file_hashes_and_syncs_what_it_writes(tmp_path: Path) -> None:
+def test_hashing_file_hashes_and_syncs_what_it_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[int] = []
+    real_sync = os.fdatasync
+
+    def counting_sync(fd: int) -> None:
+        synced.append(fd)
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting_sync)
     HashingFile.SYNC_EVERY, default = 1000, HashingFile.SYNC_EVERY
     try:
         path = tmp_path / "blob"
@@ -89,6 +101,7 @@ def test_hashing_file_hashes_and_syncs_what_it_writes(tmp_path: Path) -> None:
         HashingFile.SYNC_EVERY = default
     assert path.read_bytes() == b"".join(data)
     assert sink.hexdigest() == sha256_file(path)
+    assert len(synced) >= 20  # a sync every second write of 777 bytes (1,000+)
 
 
 def test_a_large_frame_is_checked_in_chunks_and_stored_whole(
