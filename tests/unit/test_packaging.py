@@ -541,7 +541,7 @@ def test_the_type_checker_runs_in_make_lint_ci_and_pre_commit():
     import tomllib
 
     scope = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
-    assert set(scope["files"]) == {"flows", "tasks", "data_contracts"}
+    assert set(scope["files"]) == {"flows", "tasks", "data_contracts", "bench"}
     lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
     assert lint and "bin/mypy" in lint.group(1) and "bin/ruff" in lint.group(1)
     ci = "\n".join(s.get("run", "") for s in steps(workflow("ci.yml")))
