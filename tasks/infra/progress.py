@@ -29,7 +29,8 @@ from typing import Any
 REPORT_EVERY = 5.0  # seconds between two reports of a running step
 
 
-def _logger() -> Any:  # a logging.Logger or Prefect's run logger adapter
+def run_logger() -> Any:  # a logging.Logger or Prefect's run logger adapter
+    """The current Prefect run's logger, else the ``tweetflow`` logger."""
     try:
         from prefect import get_run_logger
 
@@ -69,7 +70,7 @@ class Progress:
         self.every = every
         self.done = 0.0
         self.note = ""
-        self.logger = _logger()
+        self.logger = run_logger()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None

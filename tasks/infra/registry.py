@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.infra import storage
+from tasks.infra import progress, storage
 from tasks.infra.errors import RegistryError
 
 if TYPE_CHECKING:
@@ -124,22 +124,116 @@ def create_embedded_store(registry_root: str | Path, registry_uri: str) -> None:
     Two processes opening a new store at once would both run MLflow's schema
     migrations and one would fail; the ``mlflow-store`` lock lets one create
     it while the other waits, and a ready marker written afterwards lets every
-    later open skip the lock.
+    later open skip the lock. A new store is built under a temporary name and
+    renamed into place once migrated, so a creator killed half-way leaves no
+    ``mlflow.db`` that later opens would trip on.
     """
     from tasks.infra.lease import StoreLock
 
-    ready = embedded_db(registry_root).with_name(READY_MARKER)
+    db = embedded_db(registry_root)
+    ready = db.with_name(READY_MARKER)
     if ready.is_file():
         return
     root = root_of(registry_root)
     with StoreLock(str(root), "mlflow-store", purpose=f"creating {ready.parent}"):
         if ready.is_file():
             return
-        uri = f"sqlite:///{embedded_db(registry_root)}"
-        client = _mlflow().MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
-        client.search_experiments(max_results=1)  # the tracking tables
-        client.search_registered_models(max_results=1)  # the registry tables
+        for stale in db.parent.glob(f".{db.name}.building-*"):
+            stale.unlink()  # a creator killed earlier; we hold the lock
+        if db.is_file() and not _migrate_unmarked(db, registry_uri):
+            aside = db.with_name(
+                f"{db.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}"
+            )
+            os.replace(db, aside)
+            progress.run_logger().warning(
+                "the MLflow store %s was half-created and held no runs or models; "
+                "moved it to %s and created a new one",
+                db,
+                aside.name,
+            )
+        if not db.is_file():
+            _build_store(db, registry_uri)
         storage.write_bytes(str(ready), b"created\n")
+
+
+def _touch_tables(tracking_uri: str, registry_uri: str) -> None:
+    """Open (so create or migrate) the tracking and the registry tables."""
+    client = _mlflow().MlflowClient(
+        tracking_uri=tracking_uri, registry_uri=registry_uri
+    )
+    client.search_experiments(max_results=1)  # the tracking tables
+    client.search_registered_models(max_results=1)  # the registry tables
+
+
+def _forget_engines(uri: str) -> None:
+    """Close MLflow's pooled connections to ``uri`` (it keeps one engine per
+    URI for the process's life); the next client then opens the file anew."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as Models
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as Runs
+
+    for store in (Runs, Models):
+        engine = getattr(store, "_engine_map", {}).pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _build_store(db: Path, registry_uri: str) -> None:
+    """Create and migrate a new store beside ``db``, then rename it into place."""
+    building = db.with_name(f".{db.name}.building-{os.getpid()}")
+    uri = f"sqlite:///{db}"
+    building_uri = f"sqlite:///{building}"
+    try:
+        _touch_tables(
+            building_uri, building_uri if registry_uri == uri else registry_uri
+        )
+        os.replace(building, db)
+        folder = os.open(db.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a crash
+        finally:
+            os.close(folder)
+    finally:
+        building.unlink(missing_ok=True)
+
+
+def _holds_records(db: Path) -> bool:
+    """Whether a SQLite store has any run, experiment of its own or model."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+        counts = {
+            "runs": "SELECT COUNT(*) FROM runs",
+            "registered_models": "SELECT COUNT(*) FROM registered_models",
+            "experiments": "SELECT COUNT(*) FROM experiments WHERE experiment_id != 0",
+        }
+        return any(
+            con.execute(sql).fetchone()[0] for t, sql in counts.items() if t in tables
+        )
+
+
+def _migrate_unmarked(db: Path, registry_uri: str) -> bool:
+    """Open a store that has no ready marker (from before the marker, or left
+    half-migrated by a creator killed under older code); False when it cannot
+    be opened and holds nothing, so it may be set aside and rebuilt."""
+    import sqlalchemy.exc
+
+    uri = f"sqlite:///{db}"
+    try:
+        _touch_tables(uri, registry_uri)
+        return True
+    except (
+        sqlalchemy.exc.SQLAlchemyError,
+        _mlflow().exceptions.MlflowException,
+    ) as exc:
+        _forget_engines(uri)  # its connections would follow the file if set aside
+        if _holds_records(db):
+            raise RegistryError(
+                f"the MLflow store {db} cannot be opened ({str(exc).splitlines()[0]}) "
+                "and holds runs or models: repair it with "
+                f"'mlflow db upgrade {uri}' or restore it from a backup"
+            ) from exc
+        return False
 
 
 class StoreCreation:

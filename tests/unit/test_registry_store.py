@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
+
+from tasks.infra.errors import RegistryError
 from tasks.infra.registry import (
     READY_MARKER,
     Registry,
@@ -35,3 +39,88 @@ def test_no_background_work_for_a_configured_tracking_server(tmp_path: Path) -> 
     config = RegistryConfig(tracking_uri="http://127.0.0.1:5999")
     assert create_store_in_background(tmp_path, config) is None
     assert not embedded_db(tmp_path).exists()
+
+
+def _alembic_upgrade(db: Path, revision: str) -> None:
+    """Migrate a new SQLite file to one of MLflow's schema revisions."""
+    import sqlalchemy
+    from alembic import command
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.dbmodels.initial_models import Base
+
+    url = f"sqlite:///{db}"
+    engine = sqlalchemy.create_engine(url)
+    Base.metadata.create_all(engine)  # MLflow's initial tables, as it does
+    config = _get_alembic_config(url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    engine.dispose()
+
+
+def _half_migrated(db: Path) -> None:
+    """What a creator killed inside MLflow's latest_metrics batch migration
+    leaves: the schema one revision short and alembic's temporary copy."""
+    import sqlite3
+
+    db.parent.mkdir(parents=True)
+    _alembic_upgrade(db, "a8c4a736bde6")
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE _alembic_tmp_latest_metrics (key VARCHAR(250))")
+
+
+def test_a_creator_killed_mid_migration_leaves_nothing_later_opens_trip_on(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    config = RegistryConfig()
+    db = embedded_db(tmp_path)
+    creating = create_store_in_background(tmp_path, config)
+    assert creating is not None
+    deadline = time.monotonic() + 120
+    while not list(db.parent.glob(".mlflow.db.building-*")):  # migrating now
+        assert creating.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    creating.process.kill()
+    creating.process.wait(10)
+    assert not db.exists()  # never a half-migrated store under the real name
+    registry = Registry.open(tmp_path, config)
+    assert registry.client.search_experiments(max_results=5)
+    assert db.with_name(READY_MARKER).is_file()
+    assert not list(db.parent.glob(".mlflow.db.building-*"))
+
+
+def test_an_empty_half_migrated_store_is_set_aside_and_rebuilt(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    db = embedded_db(tmp_path)
+    _half_migrated(db)
+    registry = Registry.open(tmp_path, RegistryConfig())
+    registry.ensure_registered_model()
+    assert registry.client.get_registered_model(registry.name)
+    (aside,) = db.parent.glob("mlflow.db.incomplete-*")  # kept, not deleted
+    assert aside.stat().st_size > 0
+
+
+def test_a_half_migrated_store_holding_runs_is_never_replaced(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import sqlite3
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    db = embedded_db(tmp_path)
+    _half_migrated(db)
+    with sqlite3.connect(db) as con:
+        con.execute(
+            "INSERT INTO experiments (experiment_id, name, lifecycle_stage) "
+            "VALUES (1, 'support', 'active')"
+        )
+    before = db.read_bytes()
+    with pytest.raises(RegistryError, match="holds runs or models: repair it with"):
+        Registry.open(tmp_path, RegistryConfig())
+    assert db.read_bytes() == before
+    assert not list(db.parent.glob("mlflow.db.incomplete-*"))
