@@ -18,7 +18,10 @@ from flows.parameters import RETRAIN_DEFAULTS as D
 from flows.parameters import LogLevel, RetrainParameters
 from tasks.infra.caching import StageRunner, source_version
 from tasks.infra.lease import release_lock, run_purpose
-from tasks.infra.registry import create_store_in_background
+from tasks.infra.registry import (
+    WarmImports,
+    create_store_in_background,
+)
 from tasks.infra.store import ArtifactStore
 from tasks.release.config import load_release_config
 from tasks.release.promotion import (
@@ -162,7 +165,13 @@ def retrain(
         logger.info("removed what a crashed run left behind: %s", leftover)
     curated = load_category_map(p.category_map)
     release = load_release_config(p.promotion_config)  # bad settings fail first
-    run = StageRunner(store.root_uri, p.result_storage, logger)
+    # While the stages run (ingestion and preparation mostly use one core), a
+    # first run's MLflow store is created by a child process, and MLflow is
+    # imported by a thread once a stage has work to do.
+    store_creation = create_store_in_background(store.root, release)
+    run = StageRunner(
+        store.root_uri, p.result_storage, logger, WarmImports(skip=["preflight"])
+    )
     fingerprint = run("preflight", preflight, p.source, p.ingestion)
     ing = run("ingestion", ingest, p.source, p.ingestion, fingerprint)
     prep = run("preparation", prepare, ing.raw, p.preparation)
@@ -170,9 +179,6 @@ def retrain(
     feats = run(
         "features", build_features, pre.preprocessed, p.features, p.seed, ing.addressees
     )
-    # A first run's MLflow store is created by a child process on the core that
-    # clustering (mostly one core) leaves idle.
-    store_creation = create_store_in_background(store.root, release)
     args = (feats.features, pre.preprocessed, p.clustering, p.seed, feats.replies)
     clus = run("clustering", cluster, *args)
     previous = previous_run(store)

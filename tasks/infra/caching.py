@@ -355,14 +355,22 @@ class StageRunner:
     the flow's result storage. Each call logs whether the task was computed or
     reused from cache, how long it took and where its outputs went; a cached
     result that points at deleted artifacts is computed again. ``seconds``
-    collects the time per step.
+    collects the time per step; ``on_compute(name)``, if given, is called after
+    each step that was computed rather than reused.
     """
 
-    def __init__(self, root_uri: str, result_storage: str, logger: Any) -> None:
+    def __init__(
+        self,
+        root_uri: str,
+        result_storage: str,
+        logger: Any,
+        on_compute: Callable[[str], None] | None = None,
+    ) -> None:
         """Run tasks on the store at ``root_uri``, logging to ``logger``."""
         self.root_uri = root_uri
         self.options = {"result_storage": result_storage_for(result_storage, root_uri)}
         self.logger = logger
+        self.on_compute = on_compute
         self.seconds: dict[str, float] = {}
 
     def beside(self, name: str, task: Any, *args: Any, **kwargs: Any) -> Future:
@@ -431,4 +439,6 @@ class StageRunner:
             elapsed,
             f"; {written}" if written else "",
         )
+        if self.on_compute is not None and state.name != "Cached":
+            self.on_compute(name)
         return out

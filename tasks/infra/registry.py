@@ -17,8 +17,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -289,6 +291,51 @@ def create_store_in_background(
         stderr=subprocess.DEVNULL,
     )
     return StoreCreation(process)
+
+
+# What the release imports first, in order: MLflow, its SQL stores (their ORM
+# models take seconds to declare) and the model flavour the release saves.
+WARM_MODULES = (
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "mlflow.pyfunc",
+    "mlflow.models",
+)
+
+
+class WarmImports:
+    """Imports MLflow in a daemon thread once a step has real work to do.
+
+    Importing MLflow and its SQL stores takes several CPU-seconds, most of
+    the release's time on a small corpus. Called (as a ``StageRunner``'s
+    ``on_compute``) after a computed step, it starts a thread that imports
+    them beside the next stages, which mostly run in Arrow, NumPy and gensim
+    with the interpreter lock released. A run served from cache never starts
+    it. Nothing waits for it: an import the release starts meanwhile waits
+    for the module, and a failure is left for the release's own import.
+    """
+
+    def __init__(self, skip: Iterable[str] = ()) -> None:
+        """Start on the first computed step not named in ``skip``."""
+        self.skip = frozenset(skip)
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, step: str) -> None:
+        """Step ``step`` was computed: start importing, once."""
+        if self.thread is None and step not in self.skip:
+            self.thread = threading.Thread(
+                target=self._warm, name="tweetflow-warm-mlflow", daemon=True
+            )
+            self.thread.start()
+
+    @staticmethod
+    def _warm() -> None:
+        import importlib
+
+        with contextlib.suppress(Exception):
+            _mlflow()
+            for name in WARM_MODULES:
+                importlib.import_module(name)
 
 
 def _create_store(argv: list[str]) -> int:

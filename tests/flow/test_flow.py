@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tasks.infra.caching import stage_task
 from tests.conftest import STAGES, small_params
 from tests.conftest import run_retrain as run
 
@@ -617,3 +618,29 @@ def test_a_rerun_after_a_crash_resumes_from_the_cached_stages(
     for name in ["raw", "prepared", "features", "assignments", "pseudo_labels"]:
         assert ours["refs"][name]["sha256"] == theirs["refs"][name]["sha256"], name
     assert ours["model_sha256"] == theirs["model_sha256"]
+
+
+@stage_task("doubling")
+def doubling(x: int) -> int:
+    """A cached step for the runner's test."""
+    return 2 * x
+
+
+def test_the_runner_names_computed_steps_only(prefect_api, tmp_path: Path) -> None:
+    """``on_compute`` hears of the steps that ran, never of one served from
+    cache (a warm run starts no background work)."""
+    from prefect import flow, get_run_logger
+
+    from tasks.infra.caching import StageRunner
+
+    heard: list[str] = []
+
+    @flow(name="runner-under-test")
+    def steps() -> list[int]:
+        run = StageRunner(str(tmp_path), "local", get_run_logger(), heard.append)
+        return [run("first", doubling, 2), run("again", doubling, 2)]
+
+    assert steps() == [4, 4]
+    assert heard == ["first"]
+    assert steps() == [4, 4]
+    assert heard == ["first"]  # the second flow run reused both

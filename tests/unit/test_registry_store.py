@@ -124,3 +124,21 @@ def test_a_half_migrated_store_holding_runs_is_never_replaced(
         Registry.open(tmp_path, RegistryConfig())
     assert db.read_bytes() == before
     assert not list(db.parent.glob("mlflow.db.incomplete-*"))
+
+
+def test_mlflow_is_warmed_once_and_only_after_real_work() -> None:
+    import sys
+
+    from tasks.infra.registry import WARM_MODULES, WarmImports
+
+    warm = WarmImports(skip=["preflight"])
+    warm("preflight")
+    assert warm.thread is None  # an always-run check is no sign of work
+    warm("ingestion")
+    first = warm.thread
+    assert first is not None and first.daemon
+    warm("preparation")
+    assert warm.thread is first  # once
+    first.join(120)
+    assert not first.is_alive()
+    assert all(name in sys.modules for name in WARM_MODULES)
