@@ -9,8 +9,10 @@ the customer tweets they answer and kept as their ``context``.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from data_contracts import get_contract, split_quarantine
@@ -126,53 +128,85 @@ def ingest_incremental(
     Returns the result and the snapshot record: every object with its version,
     rows read and whether it was reused.
     """
-    files, objects = [], []
-    for source in resolve_source(source_uri):
-        index = f"data/ingestion/objects/{_object_key(source, config)}.json"
-        entry, parsed, reused = None, None, False
-        text = store.read_text(index)
-        if text is not None:
-            entry = json.loads(text)
-            try:
-                parsed = NormalisedFile(
-                    store.get_frame(ArtifactRef.model_validate(entry["frame"])),
-                    store.get_frame(ArtifactRef.model_validate(entry["replies"])),
-                    entry["outbound_rows"],
+    files: list[NormalisedFile] = []
+    saved: list[tuple[SourceFile, int, Future[dict], bool]] = []
+    # A new object's parsed frames are stored by a thread while the next object
+    # is read and the snapshot assembled (Parquet writing releases the
+    # interpreter lock); every store has finished before the record is made.
+    with ThreadPoolExecutor(1, thread_name_prefix="tweetflow-objects") as saver:
+        for source in resolve_source(source_uri):
+            index = f"data/ingestion/objects/{_object_key(source, config)}.json"
+            known = _parsed_object(store, index)
+            if known is None:
+                df = read_file(source, config.encoding)
+                parsed = normalise_frame(df, config, source.name)
+                rows_read = len(df)
+                del df  # the file's frame: what follows needs only the normalised one
+                context = contextvars.copy_context()
+                saving = saver.submit(
+                    context.run, _save_object, store, index, source, rows_read, parsed
                 )
-                reused = True
-            except ArtifactMissing:
-                entry = None
-        if entry is None or parsed is None:
-            df = read_file(source, config.encoding)
-            parsed = normalise_frame(df, config, source.name)
-            rows_read = len(df)
-            del df  # the file's frame: what follows needs only the normalised one
-            entry = {
-                "uri": source.uri,
-                "version": source.version,
-                "rows_read": rows_read,
-                "outbound_rows": parsed.outbound,
-                "frame": store.put_frame(
-                    parsed.tweets, "ingestion/objects"
-                ).model_dump(),
-                "replies": store.put_frame(
-                    parsed.replies, "ingestion/objects"
-                ).model_dump(),
-            }
-            store.write_text(index, json.dumps(entry, sort_keys=True))
-        files.append(parsed)
-        objects.append(
-            {
-                "uri": source.uri,
-                "version": source.version,
-                "rows_read": entry["rows_read"],
-                "outbound_rows": entry["outbound_rows"],
-                "frame_sha256": entry["frame"]["sha256"],
-                "replies_sha256": entry["replies"]["sha256"],
-                "reused": reused,
-            }
+            else:
+                parsed, entry = known
+                rows_read = int(entry["rows_read"])
+                saving = Future()
+                saving.set_result(entry)
+            files.append(parsed)
+            saved.append((source, rows_read, saving, known is not None))
+        result = assemble(
+            files, sum(rows for _, rows, _, _ in saved), config, link_replies_to_tweets
         )
-    result = assemble(
-        files, sum(o["rows_read"] for o in objects), config, link_replies_to_tweets
-    )
+        objects = []
+        for source, _, saving, reused in saved:
+            entry = saving.result()
+            objects.append(
+                {
+                    "uri": source.uri,
+                    "version": source.version,
+                    "rows_read": entry["rows_read"],
+                    "outbound_rows": entry["outbound_rows"],
+                    "frame_sha256": entry["frame"]["sha256"],
+                    "replies_sha256": entry["replies"]["sha256"],
+                    "reused": reused,
+                }
+            )
     return result, {"source": source_uri, "objects": objects}
+
+
+def _parsed_object(
+    store: ArtifactStore, index: str
+) -> tuple[NormalisedFile, dict] | None:
+    """An object parsed by an earlier run and its index entry (None: not kept)."""
+    text = store.read_text(index)
+    if text is None:
+        return None
+    entry = json.loads(text)
+    try:
+        parsed = NormalisedFile(
+            store.get_frame(ArtifactRef.model_validate(entry["frame"])),
+            store.get_frame(ArtifactRef.model_validate(entry["replies"])),
+            entry["outbound_rows"],
+        )
+    except ArtifactMissing:
+        return None
+    return parsed, entry
+
+
+def _save_object(
+    store: ArtifactStore,
+    index: str,
+    source: SourceFile,
+    rows_read: int,
+    parsed: NormalisedFile,
+) -> dict:
+    """Store a new object's parsed frames, then its index entry; the entry."""
+    entry = {
+        "uri": source.uri,
+        "version": source.version,
+        "rows_read": rows_read,
+        "outbound_rows": parsed.outbound,
+        "frame": store.put_frame(parsed.tweets, "ingestion/objects").model_dump(),
+        "replies": store.put_frame(parsed.replies, "ingestion/objects").model_dump(),
+    }
+    store.write_text(index, json.dumps(entry, sort_keys=True))
+    return entry
