@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -263,6 +263,29 @@ def _remember_good(path: Path, sha256: str) -> None:
     _VERIFIED[(str(path), stat.st_size, stat.st_mtime_ns)] = sha256
 
 
+def same_values(values: Any, other: Any) -> bool:
+    """Whether two columns (pyarrow arrays or chunked arrays, or pandas Series)
+    hold the same values in the same order, whatever their chunks."""
+    import pyarrow as pa
+
+    def chunked(column: Any) -> Any:
+        if isinstance(column, pa.ChunkedArray):
+            return column
+        if isinstance(column, pa.Array):
+            return pa.chunked_array([column])
+        return pa.chunked_array([pa.array(column, from_pandas=True)])
+
+    a, b = chunked(values), chunked(other)
+    if len(a) != len(b):
+        return False
+    if a.type != b.type:
+        try:
+            b = b.cast(a.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return False
+    return bool(a.equals(b))
+
+
 @dataclass(frozen=True)
 class CheckedChunk:
     """A chunk that met its writer's contract, as an Arrow table."""
@@ -281,9 +304,22 @@ class FrameWriter:
     leaves nothing where a complete frame is expected.
     """
 
-    def __init__(self, store: ArtifactStore, stage: str, contract: str | None) -> None:
-        """Write a frame of ``stage`` meeting ``contract`` (None: unchecked)."""
+    def __init__(
+        self,
+        store: ArtifactStore,
+        stage: str,
+        contract: str | None,
+        unique_as: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write a frame of ``stage`` meeting ``contract`` (None: unchecked).
+
+        ``unique_as`` maps a column the contract declares unique to values
+        already known to be unique (a column of the checked frame this one was
+        made from, row for row): when the written column equals them, it is
+        unique without counting its values again.
+        """
         self.store, self.stage, self.contract = store, stage, contract
+        self._known = dict(unique_as or {})
         self.schema = get_contract(contract) if contract is not None else None
         self.rows = 0
         self._ref: ArtifactRef | None = None
@@ -338,6 +374,8 @@ class FrameWriter:
             if len(parts) < 2:
                 continue
             values = pa.chunked_array(parts)
+            if name in self._known and same_values(values, self._known[name]):
+                continue  # the known-unique values, row for row
             if pc.count_distinct(values, mode="all").as_py() == len(values):
                 continue
             column = pd.Series(values.to_pandas())
@@ -442,6 +480,7 @@ class ArtifactStore:
         stage: str,
         contract: str | None = None,
         checked: bool = False,
+        unique_as: Mapping[str, Any] | None = None,
     ) -> ArtifactRef:
         """Store a frame as ``data/<stage>/<sha256>.parquet`` and return its ref.
 
@@ -449,9 +488,11 @@ class ArtifactStore:
         breaks its contract raises ``ContractViolation`` and stores nothing.
         ``checked`` says the caller has just validated this very frame against
         the contract (``split_quarantine`` keeps only rows that pass): it is not
-        checked twice.
+        checked twice. ``unique_as``: as ``FrameWriter``'s.
         """
-        with self.frame_writer(stage, None if checked else contract) as writer:
+        with self.frame_writer(
+            stage, None if checked else contract, unique_as
+        ) as writer:
             if len(df) <= PUT_CHUNK:
                 writer.write(df)
             else:  # checked and converted on every core, written in order
@@ -464,9 +505,14 @@ class ArtifactStore:
         ref = writer.ref
         return ref.model_copy(update={"contract": contract}) if checked else ref
 
-    def frame_writer(self, stage: str, contract: str | None = None) -> FrameWriter:
+    def frame_writer(
+        self,
+        stage: str,
+        contract: str | None = None,
+        unique_as: Mapping[str, Any] | None = None,
+    ) -> FrameWriter:
         """A writer that stores a frame chunk by chunk (one Parquet row group each)."""
-        return FrameWriter(self, stage, contract)
+        return FrameWriter(self, stage, contract, unique_as)
 
     def _verified_path(self, ref: ArtifactRef) -> Path:
         """A local file holding the referenced frame, checked against its sha256.

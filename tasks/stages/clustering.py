@@ -883,7 +883,12 @@ def cluster(
             "distance": distance,
         }
     ).astype({"tweet_id": "str", "split": "str"})
-    ref = store.put_frame(assignments, STAGE, "cluster_assignments")
+    ref = store.put_frame(
+        assignments,
+        STAGE,
+        "cluster_assignments",
+        unique_as={"tweet_id": frame["tweet_id"]},  # the features', row for row
+    )
     logger.info(
         "clustering: %d tweets in (%d clustered with their replies, weight %.2f), "
         "k=%d (%s; KMeans on %d discovery tweets), silhouette %.3f, stability ARI "

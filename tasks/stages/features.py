@@ -464,7 +464,9 @@ def build_features(
     )
     no_known = reply_views = 0
     with (
-        store.frame_writer(STAGE, "features") as features_out,
+        store.frame_writer(
+            STAGE, "features", unique_as={"tweet_id": frame["tweet_id"]}
+        ) as features_out,
         store.frame_writer(STAGE, "context_features") as replies_out,
     ):
 

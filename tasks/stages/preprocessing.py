@@ -100,9 +100,13 @@ def preprocess(
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
-    frame = tokenise_in_chunks(store.get_frame(prepared), config)
+    rows = store.get_frame(prepared)
+    frame = tokenise_in_chunks(rows, config)
     current().phase("writing", 1)
-    ref = store.put_frame(frame, STAGE, "preprocessed")
+    # Row for row the prepared tweets, whose ids were checked unique.
+    known = {"tweet_id": rows["tweet_id"]}
+    del rows
+    ref = store.put_frame(frame, STAGE, "preprocessed", unique_as=known)
     empty = int(frame["n_tokens"].eq(0).sum())
     mean = float(frame["n_tokens"].mean()) if len(frame) else 0.0
     logger.info(

@@ -61,6 +61,58 @@ def test_an_id_repeated_in_two_chunks_stores_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+def test_ids_equal_to_known_unique_ones_are_not_counted_again(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Written ids equal to a checked frame's, row for row, need no count; any
+    other ids are counted, so a repeat is still refused."""
+    import pyarrow.compute as pc
+
+    counted: list[int] = []
+    count_distinct = pc.count_distinct
+
+    def counting(values, *args, **kwargs):
+        if kwargs.get("mode") == "all":  # the uniqueness count, not a sample's
+            counted.append(len(values))
+        return count_distinct(values, *args, **kwargs)
+
+    monkeypatch.setattr(pc, "count_distinct", counting)
+    store = ArtifactStore(tmp_path)
+    chunks = [features_chunk(start, 500) for start in range(0, 1500, 500)]
+    known = pd.concat(chunks, ignore_index=True)["tweet_id"]
+    with store.frame_writer(
+        "features", "features", unique_as={"tweet_id": known}
+    ) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+    assert writer.ref.rows == 1500 and counted == []
+    # Not the known ids (one row differs): counted, and the repeat refused.
+    repeated = [chunks[0], chunks[1], features_chunk(999, 500)]
+    with (
+        pytest.raises(ContractViolation, match="field_uniqueness.*'999'"),
+        store.frame_writer(
+            "features", "features", unique_as={"tweet_id": known}
+        ) as writer,
+    ):
+        for chunk in repeated:
+            writer.write(chunk)
+    assert counted == [1500]
+
+
+def test_same_values_ignores_chunking_and_string_width() -> None:
+    import pyarrow as pa
+
+    from tasks.infra.store import same_values
+
+    ids = pd.Series(["a", "b", "c"], dtype="str")
+    wide = pa.large_string()
+    split = pa.chunked_array([pa.array(["a"], wide), pa.array(["b", "c"], wide)])
+    assert same_values(split, ids)
+    assert same_values(pa.array(["a", "b", "c"]), split)
+    assert not same_values(split, pd.Series(["a", "c", "b"], dtype="str"))
+    assert not same_values(split, pd.Series(["a", "b"], dtype="str"))
+
+
 def test_a_chunk_checked_against_another_writers_contract_is_refused(
     tmp_path: Path,
 ) -> None:

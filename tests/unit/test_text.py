@@ -136,6 +136,7 @@ TRICKY = [
     # mentions: long, glued, doubled, in words, digits
     "@united @Delta_Assist @a_very_long_handle_over_15 @@double a@b x@@y",
     "ab@cd @9ab @_x1 @ alone @a @ab email@example.com",
+    "x@@@@@y @@@ a@@b@c \u00e9@x @\u00e9@ab _@_a 9@ab@@cd@",
     "RT @thehill: @the @9the 9the _the the@x the@@x",
     # hashtags
     "#DeflateGate #Coachella2015 ##double a#b #_x #1 #",
