@@ -165,12 +165,12 @@ def retrain(
         logger.info("removed what a crashed run left behind: %s", leftover)
     curated = load_category_map(p.category_map)
     release = load_release_config(p.promotion_config)  # bad settings fail first
-    # While the stages run (ingestion and preparation mostly use one core), a
-    # first run's MLflow store is created by a child process, and MLflow is
-    # imported by a thread once a stage has work to do.
+    # While the stages run, a first run's MLflow store is created by a child
+    # process (ingestion and preparation mostly use one core), and MLflow is
+    # imported by a thread beside clustering once features were computed.
     store_creation = create_store_in_background(store.root, release)
     run = StageRunner(
-        store.root_uri, p.result_storage, logger, WarmImports(skip=["preflight"])
+        store.root_uri, p.result_storage, logger, WarmImports(after=["features"])
     )
     fingerprint = run("preflight", preflight, p.source, p.ingestion)
     ing = run("ingestion", ingest, p.source, p.ingestion, fingerprint)

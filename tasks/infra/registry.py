@@ -304,25 +304,27 @@ WARM_MODULES = (
 
 
 class WarmImports:
-    """Imports MLflow in a daemon thread once a step has real work to do.
+    """Imports MLflow in a daemon thread once a given step has been computed.
 
     Importing MLflow and its SQL stores takes several CPU-seconds, most of
     the release's time on a small corpus. Called (as a ``StageRunner``'s
-    ``on_compute``) after a computed step, it starts a thread that imports
-    them beside the next stages, which mostly run in Arrow, NumPy and gensim
-    with the interpreter lock released. A run served from cache never starts
-    it. Nothing waits for it: an import the release starts meanwhile waits
-    for the module, and a failure is left for the release's own import.
+    ``on_compute``) after each computed step, it starts a thread after the
+    first of ``after``: started after features, the imports run beside
+    clustering, which leaves the interpreter lock and a core mostly free
+    (started with preparation, they slowed it by as much as they saved). A
+    run served from cache never starts it. Nothing waits for it: an import
+    the release starts meanwhile waits for the module, and a failure is left
+    for the release's own import.
     """
 
-    def __init__(self, skip: Iterable[str] = ()) -> None:
-        """Start on the first computed step not named in ``skip``."""
-        self.skip = frozenset(skip)
+    def __init__(self, after: Iterable[str]) -> None:
+        """Start once one of the steps ``after`` has been computed."""
+        self.after = frozenset(after)
         self.thread: threading.Thread | None = None
 
     def __call__(self, step: str) -> None:
-        """Step ``step`` was computed: start importing, once."""
-        if self.thread is None and step not in self.skip:
+        """Step ``step`` was computed: start importing after the first of ``after``."""
+        if self.thread is None and step in self.after:
             self.thread = threading.Thread(
                 target=self._warm, name="tweetflow-warm-mlflow", daemon=True
             )

@@ -126,18 +126,20 @@ def test_a_half_migrated_store_holding_runs_is_never_replaced(
     assert not list(db.parent.glob("mlflow.db.incomplete-*"))
 
 
-def test_mlflow_is_warmed_once_and_only_after_real_work() -> None:
+def test_mlflow_is_warmed_once_and_only_after_features() -> None:
     import sys
 
     from tasks.infra.registry import WARM_MODULES, WarmImports
 
-    warm = WarmImports(skip=["preflight"])
+    warm = WarmImports(after=["features"])
     warm("preflight")
-    assert warm.thread is None  # an always-run check is no sign of work
     warm("ingestion")
+    assert warm.thread is None  # not yet: steps before features
+    warm("features")
     first = warm.thread
     assert first is not None and first.daemon
-    warm("preparation")
+    warm("features")  # computed again (a changed setting)
+    warm("clustering")
     assert warm.thread is first  # once
     first.join(120)
     assert not first.is_alive()
