@@ -299,11 +299,11 @@ def test_transient_storage_error_is_retried(
     original = ArtifactStore.put_frame
     failures = {"preprocessing": 1}
 
-    def flaky(self, df, stage, contract=None, checked=False):
+    def flaky(self, df, stage, *args, **kwargs):
         if failures.get(stage):
             failures[stage] -= 1
             raise TransientStorageError(f"simulated 503 writing {stage}")
-        return original(self, df, stage, contract, checked)
+        return original(self, df, stage, *args, **kwargs)
 
     monkeypatch.setattr(ArtifactStore, "put_frame", flaky)
     from flows.retrain import retrain
