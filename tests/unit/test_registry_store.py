@@ -17,11 +17,14 @@ from tasks.infra.registry import (
 )
 
 
-def test_the_store_is_created_in_the_background_once(
-    tmp_path: Path, monkeypatch
-) -> None:
+@pytest.fixture
+def embedded(monkeypatch) -> None:
+    """The registry is the embedded SQLite store (no tracking URI set)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+
+def test_the_store_is_created_in_the_background_once(tmp_path: Path, embedded) -> None:
     config = RegistryConfig()
     creating = create_store_in_background(tmp_path, config)
     assert creating is not None
@@ -58,22 +61,24 @@ def _alembic_upgrade(db: Path, revision: str) -> None:
     engine.dispose()
 
 
-def _half_migrated(db: Path) -> None:
+@pytest.fixture
+def half_migrated(tmp_path: Path, embedded) -> Path:
     """What a creator killed inside MLflow's latest_metrics batch migration
-    leaves: the schema one revision short and alembic's temporary copy."""
+    leaves under the real name: the schema one revision short and alembic's
+    temporary copy. Returns the store's file."""
     import sqlite3
 
+    db = embedded_db(tmp_path)
     db.parent.mkdir(parents=True)
     _alembic_upgrade(db, "a8c4a736bde6")
     with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE _alembic_tmp_latest_metrics (key VARCHAR(250))")
+    return db
 
 
 def test_a_creator_killed_mid_migration_leaves_nothing_later_opens_trip_on(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, embedded
 ) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     config = RegistryConfig()
     db = embedded_db(tmp_path)
     creating = create_store_in_background(tmp_path, config)
@@ -92,12 +97,9 @@ def test_a_creator_killed_mid_migration_leaves_nothing_later_opens_trip_on(
 
 
 def test_an_empty_half_migrated_store_is_set_aside_and_rebuilt(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, half_migrated: Path
 ) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    db = embedded_db(tmp_path)
-    _half_migrated(db)
+    db = half_migrated
     registry = Registry.open(tmp_path, RegistryConfig())
     registry.ensure_registered_model()
     assert registry.client.get_registered_model(registry.name)
@@ -106,14 +108,11 @@ def test_an_empty_half_migrated_store_is_set_aside_and_rebuilt(
 
 
 def test_a_half_migrated_store_holding_runs_is_never_replaced(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, half_migrated: Path
 ) -> None:
     import sqlite3
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    db = embedded_db(tmp_path)
-    _half_migrated(db)
+    db = half_migrated
     with sqlite3.connect(db) as con:
         con.execute(
             "INSERT INTO experiments (experiment_id, name, lifecycle_stage) "
