@@ -185,23 +185,25 @@ class DocumentEmbedder:
         return int(self.vectors.shape[1])
 
     def embed(
-        self, tokens: pd.Series, chunk: int = EMBED_CHUNK
+        self, tokens: pd.Series, chunk: int = EMBED_CHUNK, report: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Embed space-joined token strings. Returns (vectors, known-word counts).
 
-        ``chunk`` rows at a time: memory stays bounded and the running stage's
-        progress moves on (rows are embedded independently, so the result is
-        the same as all at once).
+        ``chunk`` rows at a time: memory stays bounded (rows are embedded
+        independently, so the result is the same as all at once). With
+        ``report``, each chunk advances the running stage's progress by its rows
+        (a caller that counts its own rows leaves it off).
         """
         vectors = np.zeros((len(tokens), self.dim), dtype=np.float32)
         n_known = np.zeros(len(tokens), dtype=np.int64)
-        progress = current()
+        progress = current() if report else None
         for start in range(0, len(tokens), chunk):
             piece = tokens.iloc[start : start + chunk]
             docs, known = self.weighted_means(piece)
             vectors[start : start + len(piece)] = self._finish(docs, known > 0)
             n_known[start : start + len(piece)] = known
-            progress.advance(len(piece))
+            if progress is not None:
+                progress.advance(len(piece))
         return vectors, n_known
 
     def counts(self, tokens: pd.Series) -> sp.csr_matrix:

@@ -398,11 +398,11 @@ def embed_frame(
     in the tweets' order, with the tweet's row in the features frame (``frame``
     starts at row ``start`` of it).
     """
-    vectors, n_known = embedder.embed(frame["tokens"])
+    vectors, n_known = embedder.embed(frame["tokens"], report=True)
     features = feature_frame(frame, vectors, n_known)
     context = frame["context_tokens"]
     has_context = context.str.len().gt(0).to_numpy()
-    reply_vectors, reply_known = embedder.embed(context[has_context])
+    reply_vectors, reply_known = embedder.embed(context[has_context], report=True)
     keep = reply_known > 0
     rows = start + np.flatnonzero(has_context)[keep]
     replies = context_frame(

@@ -270,8 +270,10 @@ def test_classifying_in_chunks_equals_classifying_in_one_piece(
     trained, new_tweets: pd.DataFrame, tmp_path: Path, monkeypatch
 ) -> None:
     """Conflicting ids, exact repeats and empty texts fall in different chunks;
-    the chunked path (bounded memory) gives the one-piece path's every row."""
+    the chunked path (bounded memory) gives the one-piece path's every row, and
+    its progress counts each row once."""
     from data_contracts import empty_quarantine
+    from tasks.infra.progress import Progress
     from tasks.infra.store import ArtifactStore
     from tasks.ml.cleaning import CleaningConfig
     from tasks.serving import inference
@@ -300,17 +302,22 @@ def test_classifying_in_chunks_equals_classifying_in_one_piece(
     monkeypatch.setattr(inference, "CHUNK_ROWS", 7)
     store = ArtifactStore(tmp_path / "store")
     output = tmp_path / "chunked.parquet"
-    summary = inference.classify_raw(
-        store,
-        store.put_frame(raw, "ingestion", "raw"),
-        empty_quarantine(),  # ingestion set nothing aside
-        len(raw),
-        0,
-        str(output),
-        model,
-        "v",
-        CleaningConfig(),
-    )
+    with Progress("classify", "x", 1, every=60) as progress:
+        advanced: list[float] = []
+        progress.advance = advanced.append  # type: ignore[method-assign]
+        summary = inference.classify_raw(
+            store,
+            store.put_frame(raw, "ingestion", "raw"),
+            empty_quarantine(),  # ingestion set nothing aside
+            len(raw),
+            0,
+            str(output),
+            model,
+            "v",
+            CleaningConfig(),
+        )
+    # Every row read is counted once as done: the bar is not full halfway.
+    assert progress.total == len(raw) and sum(advanced) == len(raw)
     chunked = pd.read_parquet(output)
     assert chunked.equals(whole.predictions.reset_index(drop=True))
     quarantine = pd.read_parquet(inference.quarantine_uri(str(output)))
