@@ -267,22 +267,46 @@ class DocumentEmbedder:
     @classmethod
     def load(cls, directory: Path) -> DocumentEmbedder:
         """Load an embedder saved by ``save`` (the caller verifies the manifest)."""
-        from gensim.models import KeyedVectors
-
-        kv = KeyedVectors.load_word2vec_format(
-            str(directory / WORD_VECTORS_FILE), binary=True
-        )
+        words, vectors = read_word2vec_binary(directory / WORD_VECTORS_FILE)
         with np.load(directory / EMBEDDING_ARRAYS_FILE, allow_pickle=False) as arrays:
             weights = arrays["weights"].astype(np.float32)
             components = arrays["components"].astype(np.float32)
         info = json.loads((directory / EMBEDDING_INFO_FILE).read_text())
         return cls(
-            vocab=pd.Index(kv.index_to_key),
-            vectors=np.asarray(kv.vectors, dtype=np.float32),
+            vocab=pd.Index(words),
+            vectors=vectors,
             weights=weights,
             components=components,
             stem=bool(info.get("stem", False)),  # bundles older than stemming
         )
+
+
+def read_word2vec_binary(path: Path) -> tuple[list[str], np.ndarray]:
+    """The words and float32 vectors of a word2vec binary file, as gensim's
+    ``save_word2vec_format(binary=True)`` writes it: a ``"<words> <dims>"``
+    line, then each word, a space and its vector's bytes. Read without gensim,
+    whose import (scipy.stats with it) took longer than loading the model."""
+    data = path.read_bytes()
+    try:
+        end = data.index(b"\n")
+        n_words, dims = (int(x) for x in data[:end].split())
+    except ValueError:
+        raise ValueError(f"{path.name}: no word2vec header") from None
+    size = dims * 4
+    words: list[str] = []
+    vectors = np.empty((n_words, dims), dtype=np.float32)
+    position = end + 1
+    for row in range(n_words):
+        space = data.find(b" ", position)
+        if space < 0 or space + 1 + size > len(data):
+            raise ValueError(f"{path.name}: ends after {row} of {n_words} words")
+        # Some writers put a newline before each word; gensim strips it too.
+        words.append(data[position:space].decode("utf-8").lstrip("\n"))
+        vectors[row] = np.frombuffer(data, "<f4", dims, space + 1)
+        position = space + 1 + size
+    if data[position:].strip():
+        raise ValueError(f"{path.name}: data after its {n_words} words")
+    return words, vectors
 
 
 def sif_weights(counts: np.ndarray, a: float) -> np.ndarray:

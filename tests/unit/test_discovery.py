@@ -95,6 +95,43 @@ def test_an_old_bundle_without_the_stem_flag_loads_unstemmed(
     assert old.stem is False and list(old.vocab) == ["cancelled", "flight"]
 
 
+def test_saved_word_vectors_load_as_gensim_reads_them_without_importing_it(
+    tmp_path,
+) -> None:
+    import subprocess
+    import sys
+
+    from gensim.models import KeyedVectors
+
+    rng = np.random.default_rng(0)
+    words = ["flight", "@delta", "café", "x9_", "refund"]
+    embedder = DocumentEmbedder(
+        vocab=pd.Index(words),
+        vectors=rng.normal(size=(5, 7)).astype(np.float32),
+        weights=np.ones(5, dtype=np.float32),
+        components=np.zeros((0, 7), dtype=np.float32),
+    )
+    embedder.save(tmp_path, {})
+    kv = KeyedVectors.load_word2vec_format(
+        str(tmp_path / "word_vectors.bin"), binary=True
+    )
+    loaded = DocumentEmbedder.load(tmp_path)
+    assert list(loaded.vocab) == kv.index_to_key == words
+    assert np.array_equal(loaded.vectors, kv.vectors)
+    assert np.array_equal(loaded.vectors, embedder.vectors)
+    code = (
+        "import sys; from pathlib import Path; "
+        "from tasks.ml.embedding import DocumentEmbedder; "
+        f"DocumentEmbedder.load(Path({str(tmp_path)!r})); "
+        "assert 'gensim' not in sys.modules, 'gensim was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    vectors = tmp_path / "word_vectors.bin"
+    vectors.write_bytes(vectors.read_bytes()[:-3])
+    with pytest.raises(ValueError, match="ends after 4 of 5 words"):
+        DocumentEmbedder.load(tmp_path)
+
+
 def test_specificity_scores_terms_by_how_unevenly_they_spread() -> None:
     groups = np.repeat([0, 1, 2, 3], 25)
     columns = {
