@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -134,10 +134,12 @@ def predictions_frame(
 ) -> pd.DataFrame:
     """Predictions for prepared (cleaned, checked) tweets."""
     scored = model.predict(prepared["text"])
+    # The text columns move as they are (Arrow strings): a NumPy round trip
+    # would make a Python string of every id and text.
     predictions = pd.DataFrame(
         {
-            "tweet_id": prepared["tweet_id"].to_numpy(),
-            "text": prepared["text"].to_numpy(),
+            "tweet_id": prepared["tweet_id"].astype("str").array,
+            "text": prepared["text"].astype("str").array,
             "category": scored["category"].to_numpy(),
             "cluster_id": scored["cluster_id"].to_numpy(),
             "confidence": scored["confidence"].to_numpy(),
@@ -161,19 +163,24 @@ def write_predictions(
     return written
 
 
-def id_checks(ids: pd.Series, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def id_checks(
+    ids: pd.Series, digests_of: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """``clean_and_check``'s and ``prepare_for_inference``'s id rules on the ids
-    and cleaned-text hashes of the usable rows: which ids come with more than
-    one text (conflicts, all their rows set aside) and which rows are exact
-    repeats of an earlier one (same id, same text)."""
-    pairs = pd.DataFrame({"id": ids.to_numpy(), "hash": hashes})
-    shared = pairs["id"].duplicated(keep=False)
-    conflict = np.zeros(len(pairs), dtype=bool)
+    of the usable rows: which ids come with more than one text (conflicts, all
+    their rows set aside) and which rows are exact repeats of an earlier one
+    (same id, same text). ``digests_of(rows)`` hashes the cleaned texts of the
+    rows at those sorted positions; it is asked only for the rows whose id
+    repeats (rare), so nothing of the other rows' texts needs keeping."""
+    shared = ids.duplicated(keep=False).to_numpy()
+    conflict = np.zeros(len(ids), dtype=bool)
     if shared.any():
-        texts = pairs[shared].groupby("id")["hash"].transform("nunique")
-        conflict[np.flatnonzero(shared.to_numpy())[texts.to_numpy() > 1]] = True
-    repeat = np.zeros(len(pairs), dtype=bool)
-    repeat[~conflict] = pairs["id"][~conflict].duplicated(keep="first").to_numpy()
+        rows = np.flatnonzero(shared)
+        pairs = pd.DataFrame({"id": ids.to_numpy()[rows], "hash": digests_of(rows)})
+        texts = pairs.groupby("id")["hash"].transform("nunique")
+        conflict[rows[texts.to_numpy() > 1]] = True
+    repeat = np.zeros(len(ids), dtype=bool)
+    repeat[~conflict] = ids[~conflict].duplicated(keep="first").to_numpy()
     return conflict, repeat
 
 
@@ -192,10 +199,10 @@ def classify_raw(
 
     The snapshot is read, cleaned, classified (on every core) and written
     ``CHUNK_ROWS`` rows at a time, as ``classify_frame`` would in one piece;
-    only the ids and cleaned-text hashes of every row are kept, for the rules
-    that need the whole set (an id repeated with another text, exact repeats),
-    and the rows they refuse (rare) are taken out of the written file at the
-    end. Memory does not grow with the input's texts. Raises if the row
+    only the ids of every row are kept, for the rules that need the whole set
+    (an id repeated with another text, exact repeats: the texts of repeated ids
+    are read again at the end), and the rows they refuse (rare) are taken out of
+    the written file. Memory does not grow with the input's texts. Raises if the row
     accounting does not add up: nothing is dropped silently.
     """
     progress = current()
@@ -216,11 +223,9 @@ def classify_raw(
         first = ~ids.duplicated(keep="first").to_numpy()
         rows = np.flatnonzero(usable)
         predictions = predictions_frame(cleaned.iloc[rows[first]], model, model_version)
-        hashes = pd.util.hash_array(text[usable].to_numpy(dtype=object))
         return (
             predictions,
             ids,
-            hashes,
             first,
             start + rows,
             cleaned[~usable],
@@ -230,12 +235,11 @@ def classify_raw(
     columns = ["tweet_id", "text", "source", "source_row", "n_replies"]
     chunks = _numbered(store.iter_frames(raw, columns=columns, rows=CHUNK_ROWS))
     quarantined: dict[str, list[pd.DataFrame]] = {}
-    ids, hashes, predicted_rows, positions = [], [], [], []
+    ids, predicted_rows, positions = [], [], []
     with PredictionWriter(output) as writer:
         for (
             predictions,
             usable_ids,
-            digests,
             first,
             rows,
             set_aside,
@@ -243,7 +247,6 @@ def classify_raw(
         ) in map_ordered(classify_chunk, chunks):
             writer.write(predictions[PREDICTION_COLUMNS])
             ids.append(usable_ids)
-            hashes.append(digests)
             predicted_rows.append(first)
             positions.append(rows)
             for why in dict.fromkeys(reasons):
@@ -252,20 +255,27 @@ def classify_raw(
                 )
             progress.advance(len(reasons) + len(usable_ids))
         if not ids:
-            ids = [pd.Series([], dtype="str")]
-        conflict, repeat = id_checks(
-            pd.concat(ids, ignore_index=True),
-            np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
-        )
+            ids, positions = [pd.Series([], dtype="str")], [np.zeros(0, np.int64)]
+        where = np.concatenate(positions)
+
+        def digests_of(rows: np.ndarray) -> np.ndarray:
+            return np.concatenate(
+                [
+                    pd.util.hash_array(part["text"].to_numpy(dtype=object))
+                    for part in _rows_of(store, raw, where[rows], columns, config)
+                ]
+            )
+
+        conflict, repeat = id_checks(pd.concat(ids, ignore_index=True), digests_of)
         in_file = (
             np.concatenate(predicted_rows) if predicted_rows else np.zeros(0, bool)
         )
         writer.drop((conflict | repeat)[in_file])
         if conflict.any():
-            rows = np.concatenate(positions)[conflict]
+            parts = _rows_of(store, raw, where[conflict], columns, config)
             quarantined[CONFLICT_REASON] = [
                 make_quarantine(
-                    _rows_of(store, raw, rows, columns, config),
+                    pd.concat(list(parts), ignore_index=True),
                     CLEANING_STAGE,
                     CONFLICT_REASON,
                 )
@@ -309,15 +319,16 @@ def _rows_of(
     rows: np.ndarray,
     columns: list[str],
     config: CleaningConfig,
-) -> pd.DataFrame:
-    """The raw rows at sorted positions ``rows``, their texts cleaned."""
-    parts, start = [], 0
+) -> Iterator[pd.DataFrame]:
+    """The raw rows at sorted positions ``rows``, their texts cleaned, one frame
+    per chunk read (never more than a chunk in memory; empty frames skipped)."""
+    start = 0
     for chunk in store.iter_frames(raw, columns=columns, rows=CHUNK_ROWS):
         inside = rows[(rows >= start) & (rows < start + len(chunk))] - start
-        parts.append(chunk.iloc[inside])
         start += len(chunk)
-    picked = pd.concat(parts, ignore_index=True)
-    return picked.assign(text=clean_text(picked["text"], config.fix_mojibake))
+        if len(inside):
+            picked = chunk.iloc[inside]
+            yield picked.assign(text=clean_text(picked["text"], config.fix_mojibake))
 
 
 def _numbered(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame]]:
