@@ -125,6 +125,32 @@ def test_batch_inference_ingestion_still_skips_replies(tmp_path: Path) -> None:
     assert result.raw["n_replies"].eq(0).all()
 
 
+def test_a_stored_object_read_without_replies_needs_only_its_tweets(
+    tmp_path: Path,
+) -> None:
+    """Batch inference reuses an object a retrain parsed without reading its
+    brand replies; a retrain that finds them gone parses the object again."""
+    import json
+
+    from tasks.infra.store import ArtifactStore
+    from tasks.stages.ingestion.snapshot import ingest_incremental
+
+    source, config = str(support_file(tmp_path)), IngestionConfig()
+    store = ArtifactStore(tmp_path / "store")
+    linked, _ = ingest_incremental(source, config, store, True)
+    (index,) = (tmp_path / "store/data/ingestion/objects").glob("*.json")
+    replies = json.loads(index.read_text())["replies"]["uri"].removeprefix("file://")
+    Path(replies).unlink()
+    skipped, record = ingest_incremental(source, config, store, False)
+    assert [o["reused"] for o in record["objects"]] == [True]
+    fresh = ingest_frame(source, config)
+    assert skipped.raw.equals(fresh.raw)
+    assert (skipped.outbound_skipped, skipped.rows_read) == (3, 6)
+    again, record = ingest_incremental(source, config, store, True)
+    assert [o["reused"] for o in record["objects"]] == [False]
+    assert again.raw.equals(linked.raw) and again.replies_linked == 2
+
+
 def test_preparation_gives_a_kept_duplicate_every_reply(tmp_path: Path) -> None:
     raw = ingest_frame(
         str(support_file(tmp_path)), IngestionConfig(), link_replies_to_tweets=True

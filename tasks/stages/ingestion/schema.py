@@ -76,7 +76,8 @@ class NormalisedFile:
     outbound: int
 
 
-def _no_replies() -> pd.DataFrame:
+def no_replies() -> pd.DataFrame:
+    """An empty frame of brand replies."""
     return pd.DataFrame(
         {c: pd.Series([], dtype="str") for c in REPLY_COLUMNS}
         | {"source": pd.Series([], dtype="str")}
@@ -89,7 +90,7 @@ def normalise_frame(
 ) -> NormalisedFile:
     """Map a source frame onto the raw schema, setting brand replies apart."""
     columns = set(df.columns)
-    replies = _no_replies()
+    replies = no_replies()
     outbound = 0
     text_col: str | None
     id_col: str | None

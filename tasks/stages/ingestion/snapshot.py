@@ -21,7 +21,7 @@ from tasks.infra.lazy import np, pd
 from tasks.infra.store import ArtifactMissing, ArtifactRef, ArtifactStore
 from tasks.stages.ingestion.config import IngestionConfig
 from tasks.stages.ingestion.readers import read_file
-from tasks.stages.ingestion.schema import NormalisedFile, normalise_frame
+from tasks.stages.ingestion.schema import NormalisedFile, no_replies, normalise_frame
 from tasks.stages.ingestion.sources import SourceFile, resolve_source
 from tasks.stages.ingestion.threads import link_replies
 
@@ -136,7 +136,7 @@ def ingest_incremental(
     with ThreadPoolExecutor(1, thread_name_prefix="tweetflow-objects") as saver:
         for source in resolve_source(source_uri):
             index = f"data/ingestion/objects/{_object_key(source, config)}.json"
-            known = _parsed_object(store, index)
+            known = _parsed_object(store, index, link_replies_to_tweets)
             if known is None:
                 df = read_file(source, config.encoding)
                 parsed = normalise_frame(df, config, source.name)
@@ -174,9 +174,13 @@ def ingest_incremental(
 
 
 def _parsed_object(
-    store: ArtifactStore, index: str
+    store: ArtifactStore, index: str, with_replies: bool = True
 ) -> tuple[NormalisedFile, dict] | None:
-    """An object parsed by an earlier run and its index entry (None: not kept)."""
+    """An object parsed by an earlier run and its index entry (None: not kept).
+
+    Without ``with_replies`` (replies skipped, not linked) its brand replies
+    are not read: an empty frame stands for them.
+    """
     text = store.read_text(index)
     if text is None:
         return None
@@ -184,7 +188,11 @@ def _parsed_object(
     try:
         parsed = NormalisedFile(
             store.get_frame(ArtifactRef.model_validate(entry["frame"])),
-            store.get_frame(ArtifactRef.model_validate(entry["replies"])),
+            (
+                store.get_frame(ArtifactRef.model_validate(entry["replies"]))
+                if with_replies
+                else no_replies()
+            ),
             entry["outbound_rows"],
         )
     except ArtifactMissing:
