@@ -22,7 +22,14 @@ from tasks.infra.lazy import np, pa, pc, pd
 from tasks.infra.progress import current
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import pandas
+    import pyarrow
     import scipy.sparse as sp
+
+    # Tokens of each tweet: space-joined strings, or Arrow lists (``token_lists``).
+    Tokens: TypeAlias = pandas.Series | pyarrow.LargeListArray
 
 WORD_VECTORS_FILE = "word_vectors.bin"
 EMBEDDING_ARRAYS_FILE = "embedding.npz"
@@ -121,6 +128,24 @@ def word_codes(tokens: pd.Series) -> WordCodes:
     )
 
 
+def list_codes(lists: pa.LargeListArray) -> WordCodes:
+    """``word_codes`` of tokens already split into lists (an empty row holds
+    no word)."""
+    offsets = lists.offsets.to_numpy()
+    encoded = pc.dictionary_encode(lists.flatten())
+    return WordCodes(
+        codes=encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+        distinct=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
+        offsets=offsets - offsets[0],
+    )
+
+
+def _rows(tokens: Tokens, start: int, size: int) -> Tokens:
+    if isinstance(tokens, pa.Array):
+        return tokens.slice(start, size)
+    return tokens.iloc[start : start + size]
+
+
 def _term_columns(words: np.ndarray, vocab: pd.Index, stem: bool) -> np.ndarray:
     """Vocabulary column of each distinct word (-1 when unknown)."""
     return vocab.get_indexer(stem_words(words) if stem else words)
@@ -141,7 +166,7 @@ def term_lists(tokens: pd.Series, stem: bool) -> list[list[str]]:
 
 
 def doc_term_matrix(
-    tokens: pd.Series, vocab: pd.Index, stem: bool = False, chunk: int = 200_000
+    tokens: Tokens, vocab: pd.Index, stem: bool = False, chunk: int = 200_000
 ) -> sp.csr_matrix:
     """Counts of known vocabulary terms per tweet, as a sparse matrix.
 
@@ -152,11 +177,11 @@ def doc_term_matrix(
 
     parts = []
     for start in range(0, max(len(tokens), 1), chunk):
-        piece = tokens.iloc[start : start + chunk]
+        piece = _rows(tokens, start, chunk)
         if not len(piece):
             parts.append(sp.csr_matrix((0, len(vocab)), dtype=np.float32))
             continue
-        split = word_codes(piece)
+        split = list_codes(piece) if isinstance(piece, pa.Array) else word_codes(piece)
         columns = _term_columns(split.distinct, vocab, stem)[split.codes]
         known = columns >= 0
         indptr = np.r_[0, np.cumsum(known)][split.offsets]
@@ -185,9 +210,10 @@ class DocumentEmbedder:
         return int(self.vectors.shape[1])
 
     def embed(
-        self, tokens: pd.Series, chunk: int = EMBED_CHUNK, report: bool = False
+        self, tokens: Tokens, chunk: int = EMBED_CHUNK, report: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Embed space-joined token strings. Returns (vectors, known-word counts).
+        """Embed each tweet's tokens (space-joined strings or Arrow lists).
+        Returns (vectors, known-word counts).
 
         ``chunk`` rows at a time: memory stays bounded (rows are embedded
         independently, so the result is the same as all at once). With
@@ -198,7 +224,7 @@ class DocumentEmbedder:
         n_known = np.zeros(len(tokens), dtype=np.int64)
         progress = current() if report else None
         for start in range(0, len(tokens), chunk):
-            piece = tokens.iloc[start : start + chunk]
+            piece = _rows(tokens, start, chunk)
             docs, known = self.weighted_means(piece)
             vectors[start : start + len(piece)] = self._finish(docs, known > 0)
             n_known[start : start + len(piece)] = known
@@ -206,11 +232,11 @@ class DocumentEmbedder:
                 progress.advance(len(piece))
         return vectors, n_known
 
-    def counts(self, tokens: pd.Series) -> sp.csr_matrix:
+    def counts(self, tokens: Tokens) -> sp.csr_matrix:
         """Counts of the embedder's vocabulary terms per tweet."""
         return doc_term_matrix(tokens, self.vocab, self.stem)
 
-    def weighted_means(self, tokens: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    def weighted_means(self, tokens: Tokens) -> tuple[np.ndarray, np.ndarray]:
         """Weighted mean word vector per tweet (zeros where no word is known)."""
         return self.means_of_counts(self.counts(tokens))
 

@@ -689,6 +689,17 @@ def _tokenise_fast(
     keep_special_tokens: bool,
 ) -> pa.Array:
     """``_tokenise_reference`` over Arrow strings without nulls."""
+    lists = _token_lists(values, keep_mentions, remove_stop_words, keep_special_tokens)
+    return pc.binary_join(lists, pa.scalar(" ", pa.large_string()))
+
+
+def _token_lists(
+    values: pa.Array,
+    keep_mentions: bool,
+    remove_stop_words: bool,
+    keep_special_tokens: bool,
+) -> pa.LargeListArray:
+    """The tokens of each of ``values`` (Arrow strings without nulls), as lists."""
     normalised = _normalise_fast(values, keep_mentions)
     text = "\n".join(normalised.to_pylist()).translate(_RUNS_TABLE)
     text = _LONE_AT.sub("", _INNER_AT.sub(" @", text))
@@ -701,8 +712,7 @@ def _tokenise_fast(
     if len(counts) != len(values):
         raise AssertionError("tokenise: a row break inside a row")
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int64())
-    lists = pa.LargeListArray.from_arrays(offsets, token.filter(keep))
-    return pc.binary_join(lists, pa.scalar(" ", pa.large_string()))
+    return pa.LargeListArray.from_arrays(offsets, token.filter(keep))
 
 
 def tokenise(
@@ -727,6 +737,23 @@ def tokenise(
     if values.null_count:
         tokens = pc.if_else(pc.is_valid(values), tokens, pa.scalar(None, tokens.type))
     return pd.Series(tokens, index=s.index, name=s.name, dtype="str")
+
+
+def token_lists(
+    text: pd.Series,
+    keep_mentions: bool = True,
+    remove_stop_words: bool = True,
+    keep_special_tokens: bool = False,
+) -> pa.LargeListArray:
+    """The tokens ``tokenise`` joins with spaces, as an Arrow list per text (a
+    missing text has none): what embedding needs, without joining the tokens
+    and splitting them again."""
+    values = pa.array(text.astype("str").array, pa.large_string())
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return _token_lists(
+        pc.fill_null(values, ""), keep_mentions, remove_stop_words, keep_special_tokens
+    )
 
 
 def token_counts(tokens: pd.Series) -> pd.Series:

@@ -22,7 +22,7 @@ from tasks.ml.bundle import (
     read_json,
 )
 from tasks.ml.embedding import DocumentEmbedder
-from tasks.ml.text import tokenise
+from tasks.ml.text import token_lists
 
 
 @dataclass
@@ -59,7 +59,7 @@ class TweetClassifier:
 
     def vectors(self, texts: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Tweet vectors and known-word counts, tokenised as the model was trained."""
-        tokens = tokenise(
+        tokens = token_lists(
             texts,
             keep_mentions=self.preprocessing.get("keep_mentions", True),
             remove_stop_words=self.preprocessing.get("remove_stop_words", True),

@@ -177,6 +177,40 @@ def test_fast_tokenise_matches_reference_on_real_tweets(corpus: pd.DataFrame) ->
     assert_tokenise_matches_reference(clean_text(raw))
 
 
+def test_token_lists_are_the_tokens_tokenise_joins_and_embed_alike(
+    corpus: pd.DataFrame,
+) -> None:
+    """The serving path embeds token lists; they hold exactly the tokens of
+    ``tokenise`` (none for an empty or missing text) and give the same vectors."""
+    from tasks.ml.embedding import DocumentEmbedder
+
+    texts = pd.concat(
+        [
+            clean_text(corpus["text"].sample(400, random_state=5)),
+            pd.Series(["", "the and of", None, "@delta  my bag"], dtype="str"),
+        ],
+        ignore_index=True,
+    )
+    joined = tokenise(texts)
+    lists = text_module.token_lists(texts)
+    assert lists.to_pylist() == [
+        t.split() if isinstance(t, str) else [] for t in joined
+    ]
+    words = pd.Index(sorted({w for t in joined.dropna() for w in t.split()}))
+    rng = np.random.default_rng(1)
+    embedder = DocumentEmbedder(
+        vocab=words,
+        vectors=rng.normal(size=(len(words), 8)).astype(np.float32),
+        weights=rng.uniform(0.1, 1, len(words)).astype(np.float32),
+        components=np.zeros((0, 8), dtype=np.float32),
+    )
+    by_strings = embedder.embed(joined.fillna(""), chunk=97)
+    by_lists = embedder.embed(lists, chunk=97)  # slices that start mid-array
+    assert np.array_equal(by_strings[0], by_lists[0])
+    assert np.array_equal(by_strings[1], by_lists[1])
+    assert by_lists[1][-4:].tolist()[:3] == [0, 0, 0]
+
+
 def test_fast_tokenise_matches_reference_on_tricky_cases() -> None:
     texts = pd.Series(TRICKY, index=range(100, 100 + len(TRICKY)), name="text")
     assert_tokenise_matches_reference(texts)
