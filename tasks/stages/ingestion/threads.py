@@ -127,7 +127,8 @@ def link_replies(
     reason[pending] = too_deep(max_depth)
     found = target >= 0
     linked = unique.loc[found, ["reply_id", "text"]].assign(
-        tweet_id=pd.Series(np.asarray(ids)[target[found]], dtype="str").to_numpy(),
+        # Taken from the codes' own (Arrow) strings: no Python string per id.
+        tweet_id=ids.take(target[found]).astype("str").array,
         depth=depth[found],
         row=first_row[target[found]],
     )
