@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,11 +12,11 @@ from tasks.infra.caching import stage_task
 from tasks.infra.lazy import pd
 from tasks.infra.parallel import map_ordered
 from tasks.infra.progress import current
-from tasks.infra.store import ArtifactRef, ArtifactStore
+from tasks.infra.store import ArtifactRef, ArtifactStore, CheckedChunk
 from tasks.ml.text import token_counts, tokenise
 
 STAGE = "preprocessing"
-CHUNK_ROWS = 100_000  # rows tokenised between two progress updates
+CHUNK_ROWS = 100_000  # rows read, tokenised and written at a time
 
 
 class PreprocessingConfig(BaseModel):
@@ -63,23 +64,64 @@ def preprocess_frame(
     )
 
 
-def tokenise_in_chunks(
-    prepared: pd.DataFrame, config: PreprocessingConfig, chunk: int = CHUNK_ROWS
-) -> pd.DataFrame:
-    """``preprocess_frame`` a chunk of rows at a time on every core (the work is
-    Arrow kernels, which release the interpreter lock), reporting rows done."""
+@dataclass(frozen=True)
+class TokenCounts:
+    """What the stored tokens hold: rows, tokens, rows without any token, and
+    rows whose replies were tokenised as context."""
+
+    rows: int = 0
+    tokens: int = 0
+    empty: int = 0
+    with_context: int = 0
+
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        """Both chunks' counts."""
+        return TokenCounts(
+            self.rows + other.rows,
+            self.tokens + other.tokens,
+            self.empty + other.empty,
+            self.with_context + other.with_context,
+        )
+
+
+def tokenise_to_store(
+    store: ArtifactStore,
+    prepared: ArtifactRef,
+    config: PreprocessingConfig,
+    chunk: int = CHUNK_ROWS,
+) -> tuple[ArtifactRef, TokenCounts]:
+    """``preprocess_frame`` over the stored prepared tweets, ``chunk`` rows at a
+    time on every core (the work is Arrow kernels, which release the interpreter
+    lock), each chunk checked and written as it is done: reading, tokenising and
+    writing overlap, and no whole frame is held. Reports rows done."""
     progress = current()
-    progress.phase("tokenising", len(prepared), "rows")
-    parts = []
-    chunks = (
-        prepared.iloc[start : start + chunk] for start in range(0, len(prepared), chunk)
-    )
-    for part in map_ordered(lambda rows: preprocess_frame(rows, config), chunks):
-        parts.append(part)
-        progress.advance(len(part))
-    if len(parts) == 1:
-        return parts[0]
-    return pd.concat(parts) if parts else preprocess_frame(prepared, config)
+    progress.phase("tokenising", prepared.rows, "rows")
+    # Row for row the prepared tweets, whose ids were checked unique.
+    known = {"tweet_id": store.get_frame(prepared, columns=["tweet_id"])["tweet_id"]}
+    with store.frame_writer(STAGE, "preprocessed", unique_as=known) as writer:
+
+        def tokenise_and_check(rows: pd.DataFrame) -> tuple[CheckedChunk, TokenCounts]:
+            frame = preprocess_frame(rows, config)
+            counts = TokenCounts(
+                len(frame),
+                int(frame["n_tokens"].sum()),
+                int(frame["n_tokens"].eq(0).sum()),
+                int(frame["context_tokens"].str.len().gt(0).sum()),
+            )
+            return writer.check(frame), counts
+
+        total = TokenCounts()
+        for part, counts in map_ordered(
+            tokenise_and_check, store.iter_frames(prepared, rows=chunk)
+        ):
+            writer.write(part)
+            total += counts
+            progress.advance(counts.rows)
+        if not total.rows:  # no row group to read: an empty frame of the contract
+            empty = store.get_frame(prepared)
+            writer.write(preprocess_frame(empty, config))
+        current().phase("writing", 1)
+    return writer.ref, total
 
 
 class PreprocessingOutput(BaseModel):
@@ -100,23 +142,17 @@ def preprocess(
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
-    rows = store.get_frame(prepared)
-    frame = tokenise_in_chunks(rows, config)
-    current().phase("writing", 1)
-    # Row for row the prepared tweets, whose ids were checked unique.
-    known = {"tweet_id": rows["tweet_id"]}
-    del rows
-    ref = store.put_frame(frame, STAGE, "preprocessed", unique_as=known)
-    empty = int(frame["n_tokens"].eq(0).sum())
-    mean = float(frame["n_tokens"].mean()) if len(frame) else 0.0
+    ref, counts = tokenise_to_store(store, prepared, config)
+    empty = counts.empty
+    mean = counts.tokens / counts.rows if counts.rows else 0.0
     logger.info(
         "preprocessing: %d rows in, %d rows out, %.1f tokens per tweet, "
         "%d tweets with no tokens, %d with replies tokenised as context (%.2fs)",
         prepared.rows,
-        len(frame),
+        counts.rows,
         mean,
         empty,
-        int(frame["context_tokens"].str.len().gt(0).sum()),
+        counts.with_context,
         time.perf_counter() - started,
     )
     return PreprocessingOutput(

@@ -313,11 +313,14 @@ def test_re2_url_stops_at_python_whitespace_on_every_code_point() -> None:
     assert re2[0].as_py() == URL.sub(" xxurl ", text)
 
 
-def test_tokenising_in_chunks_gives_the_frame_tokenising_at_once_gives() -> None:
+def test_tokenising_in_chunks_stores_the_frame_tokenising_at_once_gives(
+    tmp_path,
+) -> None:
+    from tasks.infra.store import ArtifactStore
     from tasks.stages.preprocessing import (
         PreprocessingConfig,
         preprocess_frame,
-        tokenise_in_chunks,
+        tokenise_to_store,
     )
 
     prepared = pd.DataFrame(
@@ -328,11 +331,19 @@ def test_tokenising_in_chunks_gives_the_frame_tokenising_at_once_gives() -> None
             "context": ["" if i % 3 else "@c sorry about that" for i in range(25)],
             "n_replies": [0 if i % 3 else 1 for i in range(25)],
         }
-    )
+    ).astype({"tweet_id": "str", "split": "str", "text": "str", "context": "str"})
     config = PreprocessingConfig()
     whole = preprocess_frame(prepared, config)
-    pd.testing.assert_frame_equal(tokenise_in_chunks(prepared, config, chunk=7), whole)
-    pd.testing.assert_frame_equal(tokenise_in_chunks(prepared, config), whole)
+    store = ArtifactStore(tmp_path)
+    ref = store.put_frame(prepared, "preparation")
+    for chunk in (7, 100):
+        stored, counts = tokenise_to_store(store, ref, config, chunk=chunk)
+        assert store.open_frame(stored).num_row_groups == -(-25 // chunk)
+        pd.testing.assert_frame_equal(store.get_frame(stored), whole)
+        assert counts.rows == 25 and counts.tokens == whole["n_tokens"].sum()
+        assert counts.with_context == 9 and counts.empty == 0
+    none, counts = tokenise_to_store(store, store.put_frame(prepared[:0], "x"), config)
+    assert store.get_frame(none).empty and counts.rows == 0
 
 
 def test_the_copied_stop_words_are_scikit_learns() -> None:
