@@ -294,18 +294,18 @@ def test_transient_storage_error_is_retried(
     prefect_api, small_csv: Path, tmp_path: Path, monkeypatch
 ) -> None:
     from tasks.infra.caching import TransientStorageError
-    from tasks.infra.store import ArtifactStore
+    from tasks.infra.store import FrameWriter
 
-    original = ArtifactStore.put_frame
+    original = FrameWriter.close  # every stored frame is committed here
     failures = {"preprocessing": 1}
 
-    def flaky(self, df, stage, *args, **kwargs):
-        if failures.get(stage):
-            failures[stage] -= 1
-            raise TransientStorageError(f"simulated 503 writing {stage}")
-        return original(self, df, stage, *args, **kwargs)
+    def flaky(self, *args, **kwargs):
+        if failures.get(self.stage):
+            failures[self.stage] -= 1
+            raise TransientStorageError(f"simulated 503 writing {self.stage}")
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ArtifactStore, "put_frame", flaky)
+    monkeypatch.setattr(FrameWriter, "close", flaky)
     from flows.retrain import retrain
 
     state = retrain(

@@ -136,13 +136,15 @@ def test_s3_leases_are_conditional_puts(monkeypatch: pytest.MonkeyPatch) -> None
         with pytest.raises(s3.exceptions.ClientError, match="PreconditionFailed"):
             s3.put_object(Bucket="store", Key="x", Body=b"1", IfNoneMatch="*")
             s3.put_object(Bucket="store", Key="x", Body=b"2", IfNoneMatch="*")
-        with StoreLock("s3://store/prefix", "release", lease_seconds=0.6) as lock:
+        # A lease long enough that a busy machine cannot let it lapse before
+        # the second acquire; renewed every second.
+        with StoreLock("s3://store/prefix", "release", lease_seconds=3.0) as lock:
             etag = s3.head_object(Bucket="store", Key=key)["ETag"]
             body = json.loads(s3.get_object(Bucket="store", Key=key)["Body"].read())
             assert body["holder"] == lock.holder
             with pytest.raises(LockTimeout):
                 StoreLock("s3://store/prefix", "release", wait_seconds=0.0).acquire()
-            time.sleep(1.0)
+            time.sleep(1.5)
             assert s3.head_object(Bucket="store", Key=key)["ETag"] != etag  # renewed
         assert "Contents" not in s3.list_objects_v2(Bucket="store", Prefix=key)
         stale = {**body, "holder": "gone", "host": "elsewhere", "expires": 0.0}
