@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.infra.lazy import np, pa, pc, pd
 from tasks.infra.progress import current
+from tasks.ml.text import arrow_strings
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -115,22 +116,12 @@ class WordCodes:
 def word_codes(tokens: pd.Series) -> WordCodes:
     """Split every row on spaces in Arrow: no Python string per word, only per
     distinct word."""
-    values = pa.array(tokens.astype("str").array, pa.large_string())
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    lists = pc.split_pattern(pc.fill_null(values, ""), " ")
-    offsets = lists.offsets.to_numpy()
-    encoded = pc.dictionary_encode(lists.values)
-    return WordCodes(
-        codes=encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-        distinct=np.asarray(encoded.dictionary.to_pylist(), dtype=object),
-        offsets=offsets - offsets[0],
-    )
+    return list_codes(pc.split_pattern(pc.fill_null(arrow_strings(tokens), ""), " "))
 
 
 def list_codes(lists: pa.LargeListArray) -> WordCodes:
-    """``word_codes`` of tokens already split into lists (an empty row holds
-    no word)."""
+    """``word_codes`` of tokens already split into lists (an empty list holds
+    no word; ``word_codes`` gives an empty row one empty word)."""
     offsets = lists.offsets.to_numpy()
     encoded = pc.dictionary_encode(lists.flatten())
     return WordCodes(

@@ -728,9 +728,7 @@ def tokenise(
     tweet's subject. Missing texts stay missing.
     """
     s = text.astype("str")
-    values = pa.array(s.array, pa.large_string())
-    if isinstance(values, pa.ChunkedArray):  # e.g. after pd.concat
-        values = values.combine_chunks()
+    values = arrow_strings(s)
     tokens = _tokenise_fast(
         pc.fill_null(values, ""), keep_mentions, remove_stop_words, keep_special_tokens
     )
@@ -748,18 +746,26 @@ def token_lists(
     """The tokens ``tokenise`` joins with spaces, as an Arrow list per text (a
     missing text has none): what embedding needs, without joining the tokens
     and splitting them again."""
-    values = pa.array(text.astype("str").array, pa.large_string())
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
     return _token_lists(
-        pc.fill_null(values, ""), keep_mentions, remove_stop_words, keep_special_tokens
+        pc.fill_null(arrow_strings(text), ""),
+        keep_mentions,
+        remove_stop_words,
+        keep_special_tokens,
     )
+
+
+def arrow_strings(text: pd.Series) -> pa.LargeStringArray:
+    """A text column as one Arrow array of large strings (missing values null)."""
+    values = pa.array(text.astype("str").array, pa.large_string())
+    if isinstance(values, pa.ChunkedArray):  # e.g. after pd.concat
+        values = values.combine_chunks()
+    return values
 
 
 def token_counts(tokens: pd.Series) -> pd.Series:
     """Number of tokens in each space-joined token string (0 when empty or
     missing), counted in Arrow."""
-    values = pa.array(tokens.astype("str").array, pa.large_string())
+    values = arrow_strings(tokens)
     spaces = pc.add(pc.count_substring(values, " "), 1)
     counts = pc.if_else(pc.greater(pc.binary_length(values), 0), spaces, 0)
     return pd.Series(
