@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.infra.lazy import np, pa, pc, pd
 from tasks.infra.progress import current
-from tasks.ml.text import arrow_strings
+from tasks.ml.arrow import arrow_strings
 
 if TYPE_CHECKING:
     from typing import TypeAlias

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from tasks.infra.lazy import np, pa, pc, pd
+from tasks.ml.arrow import arrow_strings
 
 # scikit-learn's English stop words (sklearn.feature_extraction.text), copied so
 # that tokenising does not import scikit-learn (about 1 s); a test keeps the
@@ -752,14 +753,6 @@ def token_lists(
         remove_stop_words,
         keep_special_tokens,
     )
-
-
-def arrow_strings(text: pd.Series) -> pa.LargeStringArray:
-    """A text column as one Arrow array of large strings (missing values null)."""
-    values = pa.array(text.astype("str").array, pa.large_string())
-    if isinstance(values, pa.ChunkedArray):  # e.g. after pd.concat
-        values = values.combine_chunks()
-    return values
 
 
 def token_counts(tokens: pd.Series) -> pd.Series:
