@@ -11,15 +11,24 @@ from __future__ import annotations
 from concurrent.futures import wait
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from pydantic import BaseModel
 
 from flows.cli import apply_log_level, batch_main, exit_now
 from flows.parameters import BatchInferenceParameters, LogLevel
 from tasks.infra.caching import StageRunner
+from tasks.infra.cluster import choose_cluster, task_runner
 from tasks.infra.store import ArtifactStore
 from tasks.release.config import load_release_config
 from tasks.serving.inference import check_output, classify, report_batch
+from tasks.serving.partitions import (
+    Partition,
+    PartitionOutput,
+    classify_partition,
+    combine,
+    plan_partitions,
+    ship_model_task,
+)
 from tasks.serving.resolve import load_model
 from tasks.stages.ingestion import IngestionConfig, ingest, preflight
 from tasks.stages.preparation import PreparationConfig
@@ -38,6 +47,33 @@ class BatchInferenceResult(BaseModel):
     model_version: str
     output: str
     no_known_share: float
+    partitions: int = 0  # on a Dask cluster: how many, and the workers that ran them
+    workers: list[str] = []
+
+
+@flow(name="classify-partitions", log_prints=False)
+def classify_partitions(
+    partitions: list[Partition], artifacts_dir: str
+) -> list[PartitionOutput]:
+    """Classify every partition as a task on this flow's task runner (a Dask
+    cluster's workers); log each as it completes."""
+    from prefect.futures import as_completed
+
+    logger = get_run_logger()
+    futures = classify_partition.map(partitions, artifacts_dir=unmapped(artifacts_dir))
+    done: list[PartitionOutput] = []
+    for future in as_completed(futures):
+        out = future.result()
+        done.append(out)
+        logger.info(
+            "classify: %d/%d partitions done (rows %d..%d on %s)",
+            len(done),
+            len(partitions),
+            out.start,
+            out.stop,
+            out.worker,
+        )
+    return sorted(done, key=lambda out: out.number)
 
 
 @flow(name="batch-inference", log_prints=False)
@@ -50,6 +86,9 @@ def batch_inference(
     promotion_config: str = D["promotion_config"].default,
     ingestion: IngestionConfig = IngestionConfig(),  # noqa: B008 - immutable in use
     preparation: PreparationConfig = PreparationConfig(),  # noqa: B008
+    dask_address: str = D["dask_address"].default,
+    dask_workers: int = D["dask_workers"].default,
+    partition_rows: int = D["partition_rows"].default,
 ) -> BatchInferenceResult:
     """Classify new tweets and write predictions as Parquet.
 
@@ -64,10 +103,17 @@ def batch_inference(
         promotion_config: Registry settings (YAML): MLflow URI and model name.
         ingestion: How the source is read (same options as retrain).
         preparation: Text cleaning (same code and settings as retrain).
+        dask_address: An existing Dask scheduler (tcp://HOST:PORT) to classify on,
+            in partitions; empty: TWEETFLOW_DASK_ADDRESS, if set. Needs an s3://
+            artifacts_dir.
+        dask_workers: Start a local Dask cluster of this many worker processes for
+            the run; 0: none.
+        partition_rows: Rows per partition on a Dask cluster.
     """
     p = BatchInferenceParameters.model_validate(locals())
     apply_log_level(p.log_level)
     check_output(p.output)
+    cluster = choose_cluster(p.dask_address, p.dask_workers, p.artifacts_dir)
     store = ArtifactStore(p.artifacts_dir)
     run = StageRunner(store.root_uri, "local", get_run_logger())
     release = load_release_config(p.promotion_config)
@@ -80,17 +126,25 @@ def batch_inference(
     finally:
         wait([loading])
     loaded = loading.result()
-    summary = run(
-        "classify",
-        classify,
-        read.raw,
-        read.quarantine,
-        read.rows_read,
-        read.outbound_skipped,
-        p.output,
-        loaded,
-        p.preparation,
-    )
+    args = (read.raw, read.quarantine, read.rows_read, read.outbound_skipped, p.output)
+    if not cluster.distributed:
+        summary = run("classify", classify, *args, loaded, p.preparation)
+    else:
+        bundle = run("ship-model", ship_model_task, loaded)
+        partitions = plan_partitions(
+            read.raw, bundle, loaded.version, p.preparation, p.partition_rows
+        )
+        get_run_logger().info(
+            "classify: %d rows in %d partitions on %s",
+            read.raw.rows,
+            len(partitions),
+            cluster.describe(),
+        )
+        runner = task_runner(cluster, api_url())
+        done = classify_partitions.with_options(task_runner=runner)(
+            partitions, store.root_uri
+        )
+        summary = run("combine", combine, done, *args, p.preparation)
     run("report", report_batch, summary, loaded.version, p.source)
     counts = summary["counts"]
     return BatchInferenceResult(
@@ -99,6 +153,14 @@ def batch_inference(
         output=p.output,
         no_known_share=counts["no_known_words"] / max(counts["predicted"], 1),
     )
+
+
+def api_url() -> str | None:
+    """This run's Prefect API, for the workers of a cluster the run starts."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url) or None
 
 
 if __name__ == "__main__":

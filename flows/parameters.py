@@ -131,6 +131,21 @@ class BatchInferenceParameters(FlowParameters):
         default_factory=PreparationConfig,
         description="Text cleaning (same code and settings as retrain).",
     )
+    dask_address: str = Field(
+        "",
+        description="An existing Dask scheduler (tcp://HOST:PORT) to classify on, in "
+        "partitions; empty: TWEETFLOW_DASK_ADDRESS if set. Needs an s3:// "
+        "artifacts_dir.",
+    )
+    dask_workers: int = Field(
+        0,
+        ge=0,
+        description="Start a local Dask cluster of this many worker processes for "
+        "the run; 0: none.",
+    )
+    partition_rows: int = Field(
+        200_000, ge=1, description="Rows per partition on a Dask cluster."
+    )
 
 
 RETRAIN_DEFAULTS = RetrainParameters()

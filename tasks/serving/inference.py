@@ -184,6 +184,72 @@ def id_checks(
     return conflict, repeat
 
 
+RAW_COLUMNS = ["tweet_id", "text", "source", "source_row", "n_replies"]
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One chunk of raw rows classified: the predictions of the usable rows whose
+    id is new in the chunk, every usable row's id and position, and the rows set
+    aside with their reasons. The id rules across chunks are decided later."""
+
+    predictions: pd.DataFrame
+    ids: pd.Series  # of the usable rows
+    first: np.ndarray  # per usable row: its id is new in the chunk (predicted)
+    rows: np.ndarray  # per usable row: its position in the whole input
+    text_hashes: np.ndarray  # per usable row: the cleaned text's hash (or empty)
+    set_aside: pd.DataFrame
+    reasons: np.ndarray
+
+    def quarantine_by_reason(self) -> dict[str, pd.DataFrame]:
+        """The set-aside rows as quarantine records, one frame per reason."""
+        return {
+            why: make_quarantine(
+                self.set_aside[self.reasons == why], CLEANING_STAGE, why
+            )
+            for why in dict.fromkeys(self.reasons)
+        }
+
+
+def classify_chunk(
+    start: int,
+    chunk: pd.DataFrame,
+    model: TweetClassifier,
+    model_version: str,
+    config: CleaningConfig,
+    hash_texts: bool = False,
+) -> ChunkResult:
+    """Clean one chunk of raw rows (starting at input position ``start``), set
+    aside the empty and too-long texts, and predict the usable rows whose id is
+    new in the chunk (an id seen earlier is a repeat or a conflict, decided once
+    every chunk is in: it is never predicted twice). With ``hash_texts`` the
+    cleaned texts of the usable rows are hashed, for id rules decided elsewhere."""
+    text = clean_text(chunk["text"], config.fix_mojibake)
+    reason = np.full(len(chunk), None, dtype=object)
+    reason[text.eq("").to_numpy()] = EMPTY_REASON
+    reason[text.str.len().gt(config.max_chars).to_numpy()] = too_long_reason(config)
+    usable = pd.isna(reason)
+    cleaned = chunk.assign(text=text)
+    ids = chunk["tweet_id"][usable]
+    first = ~ids.duplicated(keep="first").to_numpy()
+    rows = np.flatnonzero(usable)
+    predictions = predictions_frame(cleaned.iloc[rows[first]], model, model_version)
+    hashes = (
+        pd.util.hash_array(text.to_numpy(dtype=object)[rows])
+        if hash_texts
+        else np.zeros(0, dtype=np.uint64)
+    )
+    return ChunkResult(
+        predictions,
+        ids,
+        first,
+        start + rows,
+        hashes,
+        cleaned[~usable],
+        reason[~usable],
+    )
+
+
 def classify_raw(
     store: ArtifactStore,
     raw: ArtifactRef,
@@ -207,53 +273,23 @@ def classify_raw(
     """
     progress = current()
     progress.phase("classifying", raw.rows, "rows")
-    max_chars = too_long_reason(config)
 
-    def classify_chunk(item: tuple[int, pd.DataFrame]) -> tuple:
-        start, chunk = item
-        text = clean_text(chunk["text"], config.fix_mojibake)
-        reason = np.full(len(chunk), None, dtype=object)
-        reason[text.eq("").to_numpy()] = EMPTY_REASON
-        reason[text.str.len().gt(config.max_chars).to_numpy()] = max_chars
-        usable = pd.isna(reason)
-        cleaned = chunk.assign(text=text)
-        ids = chunk["tweet_id"][usable]
-        # An id seen earlier in this chunk is a repeat or a conflict: decided once
-        # every chunk is in, it is never predicted twice.
-        first = ~ids.duplicated(keep="first").to_numpy()
-        rows = np.flatnonzero(usable)
-        predictions = predictions_frame(cleaned.iloc[rows[first]], model, model_version)
-        return (
-            predictions,
-            ids,
-            first,
-            start + rows,
-            cleaned[~usable],
-            reason[~usable],
-        )
+    def classify_one(item: tuple[int, pd.DataFrame]) -> ChunkResult:
+        return classify_chunk(item[0], item[1], model, model_version, config)
 
-    columns = ["tweet_id", "text", "source", "source_row", "n_replies"]
+    columns = RAW_COLUMNS
     chunks = _numbered(store.iter_frames(raw, columns=columns, rows=CHUNK_ROWS))
     quarantined: dict[str, list[pd.DataFrame]] = {}
     ids, predicted_rows, positions = [], [], []
     with PredictionWriter(output) as writer:
-        for (
-            predictions,
-            usable_ids,
-            first,
-            rows,
-            set_aside,
-            reasons,
-        ) in map_ordered(classify_chunk, chunks):
-            writer.write(predictions[PREDICTION_COLUMNS])
-            ids.append(usable_ids)
-            predicted_rows.append(first)
-            positions.append(rows)
-            for why in dict.fromkeys(reasons):
-                quarantined.setdefault(why, []).append(
-                    make_quarantine(set_aside[reasons == why], CLEANING_STAGE, why)
-                )
-            progress.advance(len(reasons) + len(usable_ids))
+        for done in map_ordered(classify_one, chunks):
+            writer.write(done.predictions[PREDICTION_COLUMNS])
+            ids.append(done.ids)
+            predicted_rows.append(done.first)
+            positions.append(done.rows)
+            for why, frame in done.quarantine_by_reason().items():
+                quarantined.setdefault(why, []).append(frame)
+            progress.advance(len(done.reasons) + len(done.ids))
         if not ids:
             ids, positions = [pd.Series([], dtype="str")], [np.zeros(0, np.int64)]
         where = np.concatenate(positions)
@@ -262,7 +298,7 @@ def classify_raw(
             return np.concatenate(
                 [
                     pd.util.hash_array(part["text"].to_numpy(dtype=object))
-                    for part in _rows_of(store, raw, where[rows], columns, config)
+                    for part in rows_of(store, raw, where[rows], columns, config)
                 ]
             )
 
@@ -272,15 +308,49 @@ def classify_raw(
         )
         writer.drop((conflict | repeat)[in_file])
         if conflict.any():
-            parts = _rows_of(store, raw, where[conflict], columns, config)
             quarantined[CONFLICT_REASON] = [
-                make_quarantine(
-                    pd.concat(list(parts), ignore_index=True),
-                    CLEANING_STAGE,
-                    CONFLICT_REASON,
-                )
+                conflict_quarantine(store, raw, where[conflict], config)
             ]
-    order = [EMPTY_REASON, max_chars, CONFLICT_REASON]
+    return batch_summary(
+        writer,
+        ingestion_quarantine,
+        quarantined,
+        config,
+        int(repeat.sum()),
+        rows_read,
+        outbound_skipped,
+        output,
+    )
+
+
+def conflict_quarantine(
+    store: ArtifactStore,
+    raw: ArtifactRef,
+    positions: np.ndarray,
+    config: CleaningConfig,
+) -> pd.DataFrame:
+    """The raw rows at sorted ``positions`` (ids that came with more than one
+    text), cleaned, as quarantine records."""
+    parts = rows_of(store, raw, positions, RAW_COLUMNS, config)
+    return make_quarantine(
+        pd.concat(list(parts), ignore_index=True), CLEANING_STAGE, CONFLICT_REASON
+    )
+
+
+def batch_summary(
+    writer: PredictionWriter,
+    ingestion_quarantine: pd.DataFrame,
+    quarantined: dict[str, list[pd.DataFrame]],
+    config: CleaningConfig,
+    repeats: int,
+    rows_read: int,
+    outbound_skipped: int,
+    output: str,
+) -> dict[str, Any]:
+    """A finished batch's quarantine (ingestion's, then by reason: empty, too
+    long, conflicting ids) written beside the predictions, its row accounting
+    checked (raises if rows are unaccounted for), and its summary."""
+    order = [EMPTY_REASON, too_long_reason(config), CONFLICT_REASON]
     quarantine = pd.concat(
         [ingestion_quarantine]
         + [frame for why in order for frame in quarantined.get(why, [])],
@@ -291,7 +361,7 @@ def classify_raw(
         "outbound_skipped": outbound_skipped,
         "predicted": writer.rows,
         "quarantined": len(quarantine),
-        "duplicates_removed": int(repeat.sum()),
+        "duplicates_removed": repeats,
         "no_known_words": writer.no_known,
     }
     check_row_accounting(counts, "predicted")
@@ -313,7 +383,7 @@ def classify_raw(
     }
 
 
-def _rows_of(
+def rows_of(
     store: ArtifactStore,
     raw: ArtifactRef,
     rows: np.ndarray,

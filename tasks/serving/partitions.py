@@ -1,0 +1,406 @@
+"""Batch inference in partitions: one Prefect task per range of the raw snapshot,
+run wherever the flow's task runner sends them (a Dask cluster's workers).
+
+Each partition is classified as ``classify_raw`` classifies a chunk, and its
+predictions, its rows' ids and text hashes, and its quarantine are stored as
+content-addressed Parquet parts, with an index written last: a partition that
+was complete (same rows, model, settings and code) is never computed again, so
+a task re-run after a lost worker, or a rerun of the flow, only reads it back.
+The id rules that need every row (an id repeated with another text, exact
+repeats) are decided once every part is in (``combine_partitions``), and the
+output is assembled from the parts: the same rows, in the same order, as the
+in-process path writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from data_contracts import make_quarantine
+from tasks.infra.caching import source_version, uncached_task
+from tasks.infra.lazy import np, pd
+from tasks.infra.parallel import map_ordered
+from tasks.infra.store import ArtifactMissing, ArtifactRef, ArtifactStore
+from tasks.ml.cleaning import CONFLICT_REASON, CleaningConfig
+from tasks.ml.cleaning import STAGE as CLEANING_STAGE
+from tasks.serving.inference import (
+    CHUNK_ROWS,
+    PREDICTION_COLUMNS,
+    RAW_COLUMNS,
+    STAGE,
+    ChunkResult,
+    PredictionWriter,
+    batch_summary,
+    classify_chunk,
+    conflict_quarantine,
+    id_checks,
+)
+from tasks.serving.model import TweetClassifier
+from tasks.serving.resolve import LoadedModel
+
+PARTS = f"{STAGE}/parts"  # data/batch_inference/parts/<sha256>.parquet
+INDEX = f"data/{PARTS}/index"  # one JSON record per complete partition
+MODELS = "serving"  # models/serving/<digest>: the bundle the workers load
+_LOADED: dict[str, TweetClassifier] = {}  # per worker process, by bundle digest
+
+
+class Partition(BaseModel):
+    """Rows ``start``..``stop`` of a raw snapshot, to classify with one model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    raw: ArtifactRef
+    start: int
+    stop: int
+    number: int
+    of: int
+    model: ArtifactRef
+    model_version: str
+    config: CleaningConfig
+
+    def key(self) -> str:
+        """What decides the partition's output: its rows, model, settings, code."""
+        basis = [
+            self.raw.sha256,
+            self.start,
+            self.stop,
+            self.model.sha256,
+            self.model_version,
+            self.config.model_dump(mode="json"),
+            source_version(__name__),
+        ]
+        return hashlib.sha256(json.dumps(basis).encode()).hexdigest()
+
+
+class PartitionOutput(BaseModel):
+    """A classified partition: its parts in the store and its counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: int
+    start: int
+    stop: int
+    predictions: ArtifactRef  # the usable rows whose id is new in the partition
+    ids: ArtifactRef  # every usable row: tweet_id, text hash, position, predicted
+    quarantine: ArtifactRef  # rows set aside (empty, too long), in row order
+    usable: int
+    predicted: int
+    quarantined: int
+    worker: str = ""  # where it was computed (host:pid)
+    reused: bool = False
+
+
+def plan_partitions(
+    raw: ArtifactRef,
+    model: ArtifactRef,
+    model_version: str,
+    config: CleaningConfig,
+    rows: int,
+) -> list[Partition]:
+    """The raw snapshot cut into ranges of ``rows`` rows (the last may be shorter)."""
+    total = int(raw.rows or 0)
+    starts = list(range(0, total, max(1, rows)))
+    return [
+        Partition(
+            raw=raw,
+            start=start,
+            stop=min(start + rows, total),
+            number=i,
+            of=len(starts),
+            model=model,
+            model_version=model_version,
+            config=config,
+        )
+        for i, start in enumerate(starts)
+    ]
+
+
+def ship_model(store: ArtifactStore, loaded: LoadedModel) -> ArtifactRef:
+    """The verified model bundle, stored content-addressed where every worker
+    can read it (``models/serving/<digest>``, manifest written last)."""
+    staging = store.staging_dir(MODELS)
+    try:
+        shutil.copytree(loaded.path, staging, dirs_exist_ok=True)
+        return store.commit_dir(staging, MODELS)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _model(store: ArtifactStore, ref: ArtifactRef) -> TweetClassifier:
+    """The bundle loaded once per worker process (files verified on first use)."""
+    if ref.sha256 not in _LOADED:
+        _LOADED[ref.sha256] = TweetClassifier.load(store.get_dir(ref))
+    return _LOADED[ref.sha256]
+
+
+def iter_rows(
+    store: ArtifactStore,
+    ref: ArtifactRef,
+    start: int,
+    stop: int,
+    columns: list[str],
+    rows: int = CHUNK_ROWS,
+) -> Iterator[tuple[int, pd.DataFrame]]:
+    """Rows ``start``..``stop`` of a stored frame, at most ``rows`` at a time,
+    each with its position; only the row groups that hold them are read."""
+    parquet = store.open_frame(ref)
+    offset = 0
+    for group in range(parquet.metadata.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        lo, hi = max(start, offset), min(stop, offset + size)
+        if lo < hi:
+            table = parquet.read_row_group(group, columns=columns)
+            for at in range(lo, hi, rows):
+                part = table.slice(at - offset, min(rows, hi - at)).to_pandas()
+                yield at, part
+        offset += size
+        if offset >= stop:
+            break
+
+
+def _worker() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _known(store: ArtifactStore, index: str) -> PartitionOutput | None:
+    """A partition completed earlier whose parts are all still there."""
+    text = store.read_text(index)
+    if text is None:
+        return None
+    done = PartitionOutput.model_validate_json(text)
+    try:
+        for ref in (done.predictions, done.ids, done.quarantine):
+            store.open_frame(ref)
+    except ArtifactMissing:
+        return None
+    return done.model_copy(update={"reused": True, "worker": _worker()})
+
+
+def classify_partition_here(store: ArtifactStore, part: Partition) -> PartitionOutput:
+    """Classify one partition and store its parts (or read back a complete one)."""
+    index = f"{INDEX}/{part.key()}.json"
+    known = _known(store, index)
+    if known is not None:
+        return known
+    model = _model(store, part.model)
+
+    def one(item: tuple[int, pd.DataFrame]) -> ChunkResult:
+        return classify_chunk(
+            item[0], item[1], model, part.model_version, part.config, hash_texts=True
+        )
+
+    chunks = iter_rows(store, part.raw, part.start, part.stop, RAW_COLUMNS)
+    predicted, keys, quarantined = [], [], []
+    read = 0
+    for done in map_ordered(one, chunks):
+        read += len(done.reasons) + len(done.ids)
+        predicted.append(done.predictions[PREDICTION_COLUMNS])
+        keys.append(
+            pd.DataFrame(
+                {
+                    "tweet_id": done.ids.astype("str").array,
+                    "text_hash": done.text_hashes,
+                    "position": done.rows.astype(np.int64),
+                    "predicted": done.first,
+                }
+            )
+        )
+        if len(done.reasons):
+            quarantined.append(
+                make_quarantine(done.set_aside, CLEANING_STAGE, done.reasons)
+            )
+    if read != part.stop - part.start:
+        raise RuntimeError(
+            f"partition {part.number}: read {read} rows of "
+            f"{part.stop - part.start} (rows {part.start}..{part.stop})"
+        )
+    frames = {
+        "predictions": _concat(predicted, PREDICTION_COLUMNS),
+        "ids": _concat(keys, ["tweet_id", "text_hash", "position", "predicted"]),
+        "quarantine": _concat(quarantined, None),
+    }
+    refs = {name: store.put_frame(frame, PARTS) for name, frame in frames.items()}
+    usable = len(frames["ids"])
+    out = PartitionOutput(
+        number=part.number,
+        start=part.start,
+        stop=part.stop,
+        **refs,
+        usable=usable,
+        predicted=len(frames["predictions"]),
+        quarantined=len(frames["quarantine"]),
+        worker=_worker(),
+    )
+    if usable + out.quarantined != part.stop - part.start:
+        raise RuntimeError(f"partition {part.number}: rows unaccounted for")
+    store.write_text(index, out.model_dump_json())  # last: the partition is complete
+    return out
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str] | None) -> pd.DataFrame:
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    if columns is None:
+        return make_quarantine(pd.DataFrame(), CLEANING_STAGE, None)
+    from tasks.serving.inference import empty_predictions
+
+    if columns == PREDICTION_COLUMNS:
+        return empty_predictions()
+    return pd.DataFrame(
+        {
+            "tweet_id": pd.Series([], dtype="str"),
+            "text_hash": np.zeros(0, np.uint64),
+            "position": np.zeros(0, np.int64),
+            "predicted": np.zeros(0, bool),
+        }
+    )
+
+
+@uncached_task("classify-partition")
+def classify_partition(part: Partition, artifacts_dir: str) -> PartitionOutput:
+    """Classify one partition of the raw snapshot (on whichever worker runs it)."""
+    from prefect import get_run_logger
+
+    started = time.perf_counter()
+    out = classify_partition_here(ArtifactStore(artifacts_dir), part)
+    get_run_logger().info(
+        "classify-partition %d/%d: rows %d..%d, %d predicted, %d set aside%s on %s "
+        "(%.2fs)",
+        part.number + 1,
+        part.of,
+        part.start,
+        part.stop,
+        out.predicted,
+        out.quarantined,
+        ", read back (complete earlier)" if out.reused else "",
+        out.worker,
+        time.perf_counter() - started,
+    )
+    return out
+
+
+def combine_partitions(
+    store: ArtifactStore,
+    parts: list[PartitionOutput],
+    raw: ArtifactRef,
+    ingestion_quarantine: pd.DataFrame,
+    rows_read: int,
+    outbound_skipped: int,
+    output: str,
+    config: CleaningConfig,
+) -> dict[str, Any]:
+    """The id rules over every partition's rows, then the output assembled from
+    the parts (refused rows taken out); the same summary as ``classify_raw``.
+    Raises if the row accounting does not add up, per partition or in total."""
+    parts = sorted(parts, key=lambda p: p.number)
+    expected = 0
+    for part in parts:
+        if part.start != expected:
+            raise RuntimeError(f"partition {part.number} starts at {part.start}")
+        expected = part.stop
+    if expected != (raw.rows or 0):
+        raise RuntimeError(f"partitions cover {expected} of {raw.rows} rows")
+    keys = [store.get_frame(part.ids) for part in parts]
+    every = (
+        pd.concat(keys, ignore_index=True)
+        if keys
+        else pd.DataFrame({"tweet_id": pd.Series([], dtype="str")})
+    )
+    hashes = every["text_hash"].to_numpy() if len(every) else np.zeros(0, np.uint64)
+    conflict, repeat = id_checks(every["tweet_id"], lambda rows: hashes[rows])
+    refused = conflict | repeat
+    quarantined: dict[str, list[pd.DataFrame]] = {}
+    at = 0
+    with PredictionWriter(output) as writer:
+        for part, part_keys in zip(parts, keys, strict=True):
+            mine = refused[at : at + len(part_keys)]
+            at += len(part_keys)
+            drop = mine[part_keys["predicted"].to_numpy(dtype=bool)]
+            predictions = store.get_frame(part.predictions)
+            if len(predictions):
+                writer.write(predictions[~drop].reset_index(drop=True))
+            set_aside = store.get_frame(part.quarantine)
+            for why in dict.fromkeys(set_aside["reason"]):
+                quarantined.setdefault(why, []).append(
+                    set_aside[set_aside["reason"] == why]
+                )
+        if conflict.any():
+            where = every["position"].to_numpy()[conflict]
+            quarantined[CONFLICT_REASON] = [
+                conflict_quarantine(store, raw, where, config)
+            ]
+    summary = batch_summary(
+        writer,
+        ingestion_quarantine,
+        quarantined,
+        config,
+        int(repeat.sum()),
+        rows_read,
+        outbound_skipped,
+        output,
+    )
+    return {
+        **summary,
+        "partitions": len(parts),
+        "workers": sorted({part.worker for part in parts if part.worker}),
+    }
+
+
+@uncached_task("ship-model")
+def ship_model_task(loaded: LoadedModel, artifacts_dir: str) -> ArtifactRef:
+    """Put the verified model where the partitions' workers can load it."""
+    return ship_model(ArtifactStore(artifacts_dir), loaded)
+
+
+@uncached_task("combine")
+def combine(
+    parts: list[PartitionOutput],
+    raw: ArtifactRef,
+    ingestion_quarantine: ArtifactRef,
+    rows_read: int,
+    outbound_skipped: int,
+    output: str,
+    config: CleaningConfig,
+    artifacts_dir: str,
+) -> dict[str, Any]:
+    """Decide the id rules over every partition and write the predictions."""
+    from prefect import get_run_logger
+
+    started = time.perf_counter()
+    store = ArtifactStore(artifacts_dir)
+    summary = combine_partitions(
+        store,
+        parts,
+        raw,
+        store.get_frame(ingestion_quarantine),
+        rows_read,
+        outbound_skipped,
+        output,
+        config,
+    )
+    counts = summary["counts"]
+    seconds = time.perf_counter() - started
+    get_run_logger().info(
+        "combine: %d partitions computed on %s (%d read back); %d rows read, "
+        "%d predicted, %d quarantined, %d exact repeats -> %s (%.2fs)",
+        len(parts),
+        ", ".join(summary["workers"]) or "-",
+        sum(part.reused for part in parts),
+        counts["rows_read"],
+        counts["predicted"],
+        counts["quarantined"],
+        counts["duplicates_removed"],
+        output,
+        seconds,
+    )
+    return {**summary, "seconds": round(seconds, 3)}
