@@ -2,7 +2,10 @@
 # The flow-run image: what the tweetflow-ecs work pool starts on ECS for every
 # run of the retrain/weekly-ecs deployment. The ECS worker overrides CMD with
 # Prefect's own flow-run command; the deployment's pull step then changes into
-# /opt/tweetflow, so the code must live exactly there.
+# /opt/tweetflow, so the code must live exactly there. The same image is a Dask
+# worker for batch inference in partitions:
+#         docker run tweetflow dask worker tcp://SCHEDULER:8786
+# (the project is on PYTHONPATH, so a worker imports the tasks it is sent).
 #
 # Build:  docker build -t tweetflow .
 # With a champion model baked in (a published model/ bundle staged inside the
@@ -15,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    PYTHONPATH=/opt/tweetflow \
     TWEETFLOW_CHAMPION_DIR=/opt/tweetflow/champion
 
 # An unprivileged user with a fixed uid (ECS task definitions and volume

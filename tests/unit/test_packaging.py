@@ -292,6 +292,17 @@ def test_image_installs_the_runtime_lock_with_hashes():
     assert "requirements.txt" not in image_sources()
 
 
+def test_image_is_a_dask_worker_that_imports_the_project_from_anywhere():
+    envs = " ".join(
+        args for keyword, args in dockerfile_instructions() if keyword == "ENV"
+    )
+    assert "PYTHONPATH=/opt/tweetflow" in envs.split()
+    assert dockerfile_workdir() == "/opt/tweetflow"
+    locked = (ROOT / "requirements.lock").read_text()
+    for package in ("distributed==", "prefect-dask=="):
+        assert f"\n{package}" in locked, package
+
+
 def test_image_runs_as_an_unprivileged_user():
     users = [args for keyword, args in dockerfile_instructions() if keyword == "USER"]
     assert users, "the Dockerfile never leaves root"
@@ -699,6 +710,8 @@ def test_the_smoke_test_checks_the_image(
             "python -m pip check",
             "python -c import flows.retrain, flows.batch_inference",
             "python -m flows.retrain --help",
+            "dask worker --help",
+            'sh -c cd / && python -c "import tasks.serving.partitions, prefect_dask"',
             "pwd",
             "id -u",
         ]

@@ -111,6 +111,19 @@ def test_the_ecs_image_and_role_come_from_the_environment() -> None:
     }
 
 
+def test_the_ecs_deployments_take_the_dask_scheduler_from_the_environment() -> None:
+    from tasks.infra.cluster import ADDRESS_ENV, choose_cluster
+
+    for name, deployment in deployments().items():
+        env = deployment["work_pool"]["job_variables"].get("env", {})
+        if name.endswith("-ecs"):
+            assert env[ADDRESS_ENV] == "{{ $" + ADDRESS_ENV + " }}", name
+        else:
+            assert ADDRESS_ENV not in env, name
+    # Deployed without one (embedded.sh sets it empty): the run stays in-process.
+    assert not choose_cluster("", 0, "s3://b/p", environ={ADDRESS_ENV: ""}).distributed
+
+
 def test_the_ecs_task_definition_has_container_cpu_and_memory() -> None:
     template = json.loads((REPO / "deployments/ecs-base-job-template.json").read_text())
     [container] = template["job_configuration"]["task_definition"][
