@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install lock node-tools run test test-reliability lint format bench bench-scale quality clean up down deploy mlflow-ui
+.PHONY: install lock node-tools run test test-reliability lint format bench bench-scale bench-dask quality clean up down deploy mlflow-ui
 
 install: $(STAMP)
 
@@ -83,6 +83,12 @@ N ?= 1000000
 REPEAT ?= 1
 bench-scale: install
 	$(PY) -m bench.scale_bench $(N) --repeat $(REPEAT)
+
+# Batch inference in partitions on a local Dask cluster of 1 and 2 workers
+# (bench/dask_bench.py): tweets/s, the scaling ratio, peak RSS per worker.
+# make bench-dask N="1000000 5000000".
+bench-dask: install
+	$(PY) -m bench.dask_bench $(N)
 
 # Category quality on every labelled corpus (bench/quality.py): the real retrain
 # flow with k automatic and given; the support threads' classifier scored on the

@@ -95,7 +95,8 @@ def batch_inference(
     Args:
         source: New tweets: a local path / file:// URI to a .csv, .jsonl or .parquet
             file or a directory of them, or an s3:// object or prefix.
-        output: Parquet file URI (local or s3://) for the predictions.
+        output: Parquet file URI (local or s3://) for the predictions, or a folder
+            ending with / for a partitioned dataset (_manifest.json written last).
         model: 'champion' (the registry alias), a registered version number, or the
             path of a model bundle folder (runs/<id>/model).
         artifacts_dir: Artifact store root whose registry holds the models.

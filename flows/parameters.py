@@ -105,7 +105,9 @@ class BatchInferenceParameters(FlowParameters):
         ".parquet file or a directory of them, or an s3:// object or prefix."
     )
     output: str = Field(
-        description="Parquet file URI (local or s3://) for the predictions."
+        description="Parquet file URI (local or s3://) for the predictions, or a "
+        "folder ending with / for a partitioned dataset (its _manifest.json "
+        "written last)."
     )
     model: str = Field(
         "champion",

@@ -35,6 +35,7 @@ from tasks.infra.store import (
     ArtifactStore,
     frame_to_parquet_bytes,
     parquet_options,
+    sha256_file,
 )
 from tasks.ml.bundle import NO_WORDS_CLUSTER
 from tasks.ml.cleaning import (
@@ -57,14 +58,25 @@ class OutputError(InputError):
     """The output URI cannot take the predictions."""
 
 
+def is_dataset(output: str) -> bool:
+    """Whether the output names a folder (ending with /): a partitioned dataset."""
+    return output.endswith("/")
+
+
 def check_output(output: str) -> None:
-    """The output must be a .parquet file URI whose parent can be written."""
-    if not output.endswith(".parquet"):
-        raise OutputError(f"output {output!r} must name a .parquet file")
+    """The output must be a .parquet file URI, or a folder URI ending with / (a
+    partitioned dataset), whose parent can be written."""
+    if not output.endswith(".parquet") and not is_dataset(output):
+        raise OutputError(
+            f"output {output!r} must name a .parquet file or a folder ending with /"
+        )
     if not storage.is_remote(output):
-        parent = storage.local_path(output).parent
+        target = storage.local_path(output.rstrip("/"))
+        parent = target.parent
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"output folder {parent} is a file")
+        if is_dataset(output) and target.exists() and not target.is_dir():
+            raise OutputError(f"output folder {target} is a file")
 
 
 PREDICTION_COLUMNS = [
@@ -281,7 +293,7 @@ def classify_raw(
     chunks = _numbered(store.iter_frames(raw, columns=columns, rows=CHUNK_ROWS))
     quarantined: dict[str, list[pd.DataFrame]] = {}
     ids, predicted_rows, positions = [], [], []
-    with PredictionWriter(output) as writer:
+    with prediction_writer(output) as writer:
         for done in map_ordered(classify_one, chunks):
             writer.write(done.predictions[PREDICTION_COLUMNS])
             ids.append(done.ids)
@@ -428,21 +440,29 @@ class PredictionWriter:
         self._schema: Any = None
         self._options: dict[str, Any] = {}
 
-    def write(self, predictions: pd.DataFrame) -> None:
-        """Check one chunk against the predictions contract and append it."""
+    def _checked_table(self, predictions: pd.DataFrame) -> Any:  # pyarrow.Table
+        """One chunk checked against the predictions contract and counted, as
+        an Arrow table (the first chunk fixes the schema and Parquet options)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         validate_frame(predictions, get_contract("predictions"), STAGE)
         table = pa.Table.from_pandas(
             predictions.reset_index(drop=True), preserve_index=False
         )
-        if self._writer is None:
+        if self._schema is None:
             self._schema = table.schema
             self._options = parquet_options(table.schema, table)
-            self._writer = pq.ParquetWriter(self._path, table.schema, **self._options)
-        self._writer.write_table(table)
         self._count(predictions, 1)
+        return table.cast(self._schema)
+
+    def write(self, predictions: pd.DataFrame) -> None:
+        """Check one chunk against the predictions contract and append it."""
+        import pyarrow.parquet as pq
+
+        table = self._checked_table(predictions)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._path, self._schema, **self._options)
+        self._writer.write_table(table)
 
     def _count(self, predictions: pd.DataFrame, sign: int) -> None:
         self.rows += sign * len(predictions)
@@ -492,6 +512,89 @@ class PredictionWriter:
                 storage.replace_with_file(self._path, self.output)
         finally:
             shutil.rmtree(self._folder, ignore_errors=True)
+
+
+class DatasetWriter(PredictionWriter):
+    """Writes predictions as a partitioned Parquet dataset at a folder URI: one
+    part per chunk written (``part-00000.parquet``, ...), each written whole, and
+    ``_manifest.json`` (every part with its rows and sha256) written last.
+
+    A dataset without its manifest is incomplete: a run replacing an earlier
+    dataset removes the old manifest first, then the old parts. Parts are
+    staged locally and moved (or uploaded) only once every chunk is in.
+    """
+
+    MANIFEST = "_manifest.json"
+
+    def __init__(self, output: str) -> None:
+        """Write the dataset to the folder ``output`` (local, file:// or s3://)."""
+        super().__init__(output)
+        self._parts: list[Path] = []
+
+    def write(self, predictions: pd.DataFrame) -> None:
+        """Check one chunk against the predictions contract; stage it as a part."""
+        import pyarrow.parquet as pq
+
+        table = self._checked_table(predictions)
+        path = self._folder / f"part-{len(self._parts):05d}.parquet"
+        pq.write_table(table, path, **self._options)
+        self._parts.append(path)
+
+    def drop(self, refused: np.ndarray) -> None:
+        """Take the written rows marked in ``refused`` (in writing order) out."""
+        if not refused.any():
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        start = 0
+        for path in self._parts:
+            table = pq.read_table(path)
+            mask = refused[start : start + table.num_rows]
+            start += table.num_rows
+            if mask.any():
+                self._count(table.filter(pa.array(mask)).to_pandas(), -1)
+                pq.write_table(table.filter(pa.array(~mask)), path, **self._options)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Move every part into place, then the manifest; or drop them after an error."""
+        import json
+
+        try:
+            if exc_type is None and self._schema is None:  # nothing was written
+                self.write(empty_predictions())
+            if exc_type is None:
+                folder = self.output.rstrip("/")
+                if storage.exists(folder):
+                    storage.remove(folder)  # its manifest first
+                parts = []
+                for path in self._parts:
+                    parts.append(
+                        {
+                            "path": path.name,
+                            "rows": _parquet_rows(path),
+                            "sha256": sha256_file(path),
+                        }
+                    )
+                    storage.replace_with_file(path, f"{folder}/{path.name}")
+                manifest = {"rows": self.rows, "parts": parts}
+                storage.write_bytes(
+                    f"{folder}/{self.MANIFEST}",
+                    (json.dumps(manifest, indent=2) + "\n").encode(),
+                )
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows)
 
 
 def empty_predictions() -> pd.DataFrame:
@@ -561,8 +664,14 @@ def classify(
 
 
 def quarantine_uri(output: str) -> str:
-    """Where the rows that could not be classified go, beside the predictions."""
-    return output.removesuffix(".parquet") + ".quarantine.parquet"
+    """Where the rows that could not be classified go, beside the predictions
+    (beside the folder, for a dataset)."""
+    return output.rstrip("/").removesuffix(".parquet") + ".quarantine.parquet"
+
+
+def prediction_writer(output: str) -> PredictionWriter:
+    """The writer for an output: one Parquet file, or a dataset of parts."""
+    return DatasetWriter(output) if is_dataset(output) else PredictionWriter(output)
 
 
 def summary_table(predictions: pd.DataFrame) -> list[dict]:

@@ -36,11 +36,11 @@ from tasks.serving.inference import (
     RAW_COLUMNS,
     STAGE,
     ChunkResult,
-    PredictionWriter,
     batch_summary,
     classify_chunk,
     conflict_quarantine,
     id_checks,
+    prediction_writer,
 )
 from tasks.serving.model import TweetClassifier
 from tasks.serving.resolve import LoadedModel
@@ -321,7 +321,7 @@ def combine_partitions(
     refused = conflict | repeat
     quarantined: dict[str, list[pd.DataFrame]] = {}
     at = 0
-    with PredictionWriter(output) as writer:
+    with prediction_writer(output) as writer:
         for part, part_keys in zip(parts, keys, strict=True):
             mine = refused[at : at + len(part_keys)]
             at += len(part_keys)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -93,7 +94,8 @@ def in_process(prefect_api, tweets: Path, model: str, tmp_path_factory):
 
 
 def assert_same_output(out: Path, reference: SimpleNamespace) -> None:
-    """Same rows, same order and values as the in-process path; quarantine too."""
+    """Same rows, same order and values as the in-process path; quarantine too.
+    ``out`` is a Parquet file or a dataset folder (read in part order)."""
     predictions = pd.read_parquet(out)
     assert predictions["tweet_id"].is_unique
     assert table_sha(predictions) == table_sha(reference.predictions)
@@ -108,10 +110,10 @@ def test_a_local_cluster_of_two_workers_writes_what_the_process_writes(
     from flows.batch_inference import batch_inference
 
     monkeypatch.setenv("DASK_TEMPORARY_DIRECTORY", str(tmp_path / "dask"))
-    out = tmp_path / "predictions.parquet"
+    out = tmp_path / "predictions"  # a partitioned dataset: one part per partition
     result = batch_inference(
         source=str(tweets),
-        output=str(out),
+        output=f"{out}/",
         model=model,
         artifacts_dir=str(tmp_path / "artifacts"),
         dask_workers=2,
@@ -121,6 +123,9 @@ def test_a_local_cluster_of_two_workers_writes_what_the_process_writes(
     assert len(result.workers) == 2, result.workers  # two processes ran partitions
     assert result.counts == in_process.result.counts
     assert result.categories == in_process.result.categories
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert len(manifest["parts"]) == 9
+    assert manifest["rows"] == result.counts["predicted"]
     assert_same_output(out, in_process)
 
 
