@@ -66,11 +66,19 @@ def dataset(n: int, file_rows: int) -> Path:
 
 
 def _children(pid: int) -> list[int]:
+    """A process's children, whichever of its threads started them."""
+    out: list[int] = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
+        threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return []
+        return out
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return out
 
 
 def _tree(pid: int) -> list[int]:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from data_contracts import make_quarantine
 from tasks.infra.caching import source_version, uncached_task
 from tasks.infra.lazy import np, pd
-from tasks.infra.parallel import map_ordered
+from tasks.infra.parallel import cores, map_ordered
 from tasks.infra.store import ArtifactMissing, ArtifactRef, ArtifactStore
 from tasks.ml.cleaning import CONFLICT_REASON, CleaningConfig
 from tasks.ml.cleaning import STAGE as CLEANING_STAGE
@@ -165,6 +165,24 @@ def iter_rows(
             break
 
 
+def worker_threads() -> int:
+    """Threads a partition may use: the Dask worker's own (its share of the
+    machine, as the cluster was sized), or every core outside a worker. On a
+    worker, Arrow's own thread pool is held to that share too (Dask already
+    holds the BLAS libraries to it)."""
+    try:
+        from distributed import get_worker
+
+        threads = max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError):
+        return cores()
+    import pyarrow as pa
+
+    if pa.cpu_count() != threads:
+        pa.set_cpu_count(threads)
+    return threads
+
+
 def _worker() -> str:
     import os
     import socket
@@ -202,7 +220,7 @@ def classify_partition_here(store: ArtifactStore, part: Partition) -> PartitionO
     chunks = iter_rows(store, part.raw, part.start, part.stop, RAW_COLUMNS)
     predicted, keys, quarantined = [], [], []
     read = 0
-    for done in map_ordered(one, chunks):
+    for done in map_ordered(one, chunks, threads=worker_threads()):
         read += len(done.reasons) + len(done.ids)
         predicted.append(done.predictions[PREDICTION_COLUMNS])
         keys.append(

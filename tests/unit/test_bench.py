@@ -92,3 +92,32 @@ def test_best_of_takes_the_fastest_retrain_and_the_fastest_batch_and_lists_all()
     assert best["retrain_process_seconds"] == 84.0 and best["k"] == 7
     assert best["batch_process_seconds"] == 25.0 and best["batch_peak_rss_mb"] == 1300
     assert best["retrain_runs"] == "90 84" and best["batch_runs"] == "25 31"
+
+
+def test_the_dask_bench_times_the_partitions_from_the_flows_log(tmp_path: Path) -> None:
+    from bench.dask_bench import partition_seconds
+
+    log = tmp_path / "batch.log"
+    log.write_text(
+        "23:59:58.500 | INFO    | Flow run 'a' - classify: 1000 rows in 4 partitions "
+        "on a local Dask cluster of 2 worker processes\n"
+        "23:59:59.000 | INFO    | Flow run 'b' - classify: 1/4 partitions done (x)\n"
+        "00:00:01.250 | INFO    | Flow run 'b' - classify: 4/4 partitions done (x)\n"
+        "00:00:02.000 | INFO    | Task run 'c' - combine: ...\n"
+    )
+    assert partition_seconds(log) == (2.75, 1000, 4)  # across midnight
+
+
+def test_the_dask_bench_finds_worker_processes_in_the_process_tree() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bench.dask_bench import _tree
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert {os.getpid(), child.pid} <= set(_tree(os.getpid()))
+    finally:
+        child.kill()
+        child.wait()
