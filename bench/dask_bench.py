@@ -38,7 +38,8 @@ from bench.scale_bench import _rss_mb, _stamped
 
 RESULTS = Path(__file__).parent / "results"
 SAMPLE_EVERY = 0.2  # seconds between two samples of the process tree
-PLANNED = re.compile(r"classify: (\d+) rows in (\d+) partitions")
+PLANNED = re.compile(r"classify: (\d+) partitions")
+ROWS_READ = re.compile(r"combine: .*?; (\d+) rows read")
 PART_DONE = re.compile(r"classify: (\d+)/(\d+) partitions done")
 
 
@@ -149,9 +150,11 @@ def partition_seconds(log: Path) -> tuple[float, int, int]:
     rows = parts = 0
     for t, line in _stamped(log):
         if (m := PLANNED.search(line)) and begin is None:
-            begin, rows, parts = t, int(m.group(1)), int(m.group(2))
+            begin, parts = t, int(m.group(1))
         if PART_DONE.search(line):
             end = t
+        if m := ROWS_READ.search(line):
+            rows = int(m.group(1))
     if begin is None or end is None:
         return 0.0, rows, parts
     return (end - begin) % 86400, rows, parts

@@ -26,11 +26,19 @@ from tasks.serving.partitions import (
     PartitionOutput,
     classify_partition,
     combine,
+    plan_object_partitions,
     plan_partitions,
     ship_model_task,
 )
 from tasks.serving.resolve import load_model
-from tasks.stages.ingestion import IngestionConfig, ingest, preflight
+from tasks.stages.ingestion import (
+    IngestionConfig,
+    ingest,
+    list_objects,
+    parse_object,
+    preflight,
+)
+from tasks.stages.ingestion.sources import SourceFile
 from tasks.stages.preparation import PreparationConfig
 
 D = BatchInferenceParameters.model_fields
@@ -47,30 +55,41 @@ class BatchInferenceResult(BaseModel):
     model_version: str
     output: str
     no_known_share: float
-    partitions: int = 0  # on a Dask cluster: how many, and the workers that ran them
+    # On a Dask cluster: the partitions, how many were complete already (read
+    # back, not computed), and the workers that ran them.
+    partitions: int = 0
+    partitions_reused: int = 0
     workers: list[str] = []
 
 
 @flow(name="classify-partitions", log_prints=False)
 def classify_partitions(
-    partitions: list[Partition], artifacts_dir: str
+    partitions: list[Partition],
+    artifacts_dir: str,
+    objects: list[SourceFile] | None = None,
+    ingestion: IngestionConfig | None = None,
 ) -> list[PartitionOutput]:
     """Classify every partition as a task on this flow's task runner (a Dask
-    cluster's workers); log each as it completes."""
+    cluster's workers); with ``objects``, each partition's rows come from
+    ingestion's task for its object, on the workers too. Logs each partition
+    as it completes."""
     from prefect.futures import as_completed
 
     logger = get_run_logger()
-    futures = classify_partition.map(partitions, artifacts_dir=unmapped(artifacts_dir))
+    store = unmapped(artifacts_dir)
+    ingested: Any = unmapped(None)
+    if objects:
+        ingested = parse_object.map(objects, unmapped(ingestion), artifacts_dir=store)
+    futures = classify_partition.map(partitions, artifacts_dir=store, ingested=ingested)
     done: list[PartitionOutput] = []
     for future in as_completed(futures):
         out = future.result()
         done.append(out)
         logger.info(
-            "classify: %d/%d partitions done (rows %d..%d on %s)",
+            "classify: %d/%d partitions done (%s on %s)",
             len(done),
             len(partitions),
-            out.start,
-            out.stop,
+            out.what,
             out.worker,
         )
     return sorted(done, key=lambda out: out.number)
@@ -123,29 +142,56 @@ def batch_inference(
     loading = run.beside("load-model", load_model, p.model, str(store.root), release)
     try:
         fingerprint = run("preflight", preflight, p.source, p.ingestion)
-        read = run("ingestion", ingest, p.source, p.ingestion, fingerprint, False)
+        # On a cluster, a source of several objects is read by the partitions
+        # themselves (one per object): the flow never holds it.
+        objects = (
+            run("list-objects", list_objects, p.source) if cluster.distributed else []
+        )
+        read = None
+        if len(objects) < 2:
+            read = run("ingestion", ingest, p.source, p.ingestion, fingerprint, False)
     finally:
         wait([loading])
     loaded = loading.result()
-    args = (read.raw, read.quarantine, read.rows_read, read.outbound_skipped, p.output)
     if not cluster.distributed:
-        summary = run("classify", classify, *args, loaded, p.preparation)
+        assert read is not None
+        summary = run(
+            "classify",
+            classify,
+            read.raw,
+            read.quarantine,
+            read.rows_read,
+            read.outbound_skipped,
+            p.output,
+            loaded,
+            p.preparation,
+        )
     else:
         bundle = run("ship-model", ship_model_task, loaded)
-        partitions = plan_partitions(
-            read.raw, bundle, loaded.version, p.preparation, p.partition_rows
-        )
+        if read is None:
+            partitions = plan_object_partitions(
+                [o.name for o in objects], bundle, loaded.version, p.preparation
+            )
+            what = "one per source object"
+        else:
+            partitions = plan_partitions(
+                read.raw, bundle, loaded.version, p.preparation, p.partition_rows
+            )
+            what = f"{p.partition_rows} rows of the raw snapshot each"
         get_run_logger().info(
-            "classify: %d rows in %d partitions on %s",
-            read.raw.rows,
+            "classify: %d partitions (%s) on %s",
             len(partitions),
+            what,
             cluster.describe(),
         )
         runner = task_runner(cluster, api_url())
         done = classify_partitions.with_options(task_runner=runner)(
-            partitions, store.root_uri
+            partitions,
+            store.root_uri,
+            objects if read is None else None,
+            p.ingestion,
         )
-        summary = run("combine", combine, done, *args, p.preparation)
+        summary = run("combine", combine, done, read, p.output, p.preparation)
     run("report", report_batch, summary, loaded.version, p.source)
     counts = summary["counts"]
     return BatchInferenceResult(

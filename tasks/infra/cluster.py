@@ -38,6 +38,15 @@ class ClusterChoice:
         """Whether the partitioned tasks run on Dask at all."""
         return bool(self.address or self.workers)
 
+    def reads(self, source: str) -> bool:
+        """Whether the workers can read ``source`` themselves: an existing
+        cluster's workers (other machines) only an s3:// or bundled one."""
+        return self.distributed and (
+            not self.address
+            or storage.is_remote(source)
+            or source.startswith("sample://")
+        )
+
     def describe(self) -> str:
         """One phrase for the logs."""
         if self.address:

@@ -1,5 +1,8 @@
-"""Batch inference in partitions: one Prefect task per range of the raw snapshot,
-run wherever the flow's task runner sends them (a Dask cluster's workers).
+"""Batch inference in partitions: one Prefect task per source object (parsed
+by ingestion's own task on the same workers: the flow never holds the
+source), or, for a source of one object, per range of rows of its raw
+snapshot; run wherever the flow's task runner sends them (a Dask cluster's
+workers).
 
 Each partition is classified as ``classify_raw`` classifies a chunk, and its
 predictions, its rows' ids and text hashes, and its quarantine are stored as
@@ -19,7 +22,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,6 +48,17 @@ from tasks.serving.inference import (
 from tasks.serving.model import TweetClassifier
 from tasks.serving.resolve import LoadedModel
 
+
+class IngestedPart(Protocol):
+    """What ingestion hands a partition (its output models have these fields):
+    the accepted raw rows, the rows the raw contract refused, and the counts."""
+
+    raw: ArtifactRef
+    quarantine: ArtifactRef
+    rows_read: int
+    outbound_skipped: int
+
+
 PARTS = f"{STAGE}/parts"  # data/batch_inference/parts/<sha256>.parquet
 INDEX = f"data/{PARTS}/index"  # one JSON record per complete partition
 MODELS = "serving"  # models/serving/<digest>: the bundle the workers load
@@ -52,31 +66,39 @@ _LOADED: dict[str, TweetClassifier] = {}  # per worker process, by bundle digest
 
 
 class Partition(BaseModel):
-    """Rows ``start``..``stop`` of a raw snapshot, to classify with one model."""
+    """What one task classifies with one model: rows ``start``..``stop`` of a
+    raw snapshot, or (``name``: a source object's) every row ingestion hands
+    the task."""
 
     model_config = ConfigDict(frozen=True)
 
-    raw: ArtifactRef
-    start: int
-    stop: int
     number: int
     of: int
     model: ArtifactRef
     model_version: str
     config: CleaningConfig
+    raw: ArtifactRef | None = None
+    start: int = 0
+    stop: int = 0
+    name: str = ""  # the source object, when ingestion hands the rows
 
-    def key(self) -> str:
-        """What decides the partition's output: its rows, model, settings, code."""
+    def key(self, raw: ArtifactRef, start: int, stop: int) -> str:
+        """What decides the partition's output: its rows (a content-addressed
+        raw frame and a range of it), the model, the cleaning settings, the code."""
         basis = [
-            self.raw.sha256,
-            self.start,
-            self.stop,
+            raw.sha256,
+            start,
+            stop,
             self.model.sha256,
             self.model_version,
             self.config.model_dump(mode="json"),
             source_version(__name__),
         ]
         return hashlib.sha256(json.dumps(basis).encode()).hexdigest()
+
+    def describe(self) -> str:
+        """Which rows, for the logs."""
+        return self.name or f"rows {self.start}..{self.stop}"
 
 
 class PartitionOutput(BaseModel):
@@ -85,14 +107,21 @@ class PartitionOutput(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     number: int
-    start: int
+    what: str  # the object's name or the row range, for the logs
+    start: int  # a snapshot's row range (0, 0 for an object)
     stop: int
+    raw: ArtifactRef  # the raw rows that ``ids``' positions refer to
     predictions: ArtifactRef  # the usable rows whose id is new in the partition
     ids: ArtifactRef  # every usable row: tweet_id, text hash, position, predicted
     quarantine: ArtifactRef  # rows set aside (empty, too long), in row order
     usable: int
     predicted: int
     quarantined: int
+    # An object read by the partition: its rows read, its brand replies skipped
+    # and the rows the raw contract refused (None: a snapshot's range).
+    rows_read: int = 0
+    outbound_skipped: int = 0
+    ingestion_quarantine: ArtifactRef | None = None
     worker: str = ""  # where it was computed (host:pid)
     reused: bool = False
 
@@ -119,6 +148,24 @@ def plan_partitions(
             config=config,
         )
         for i, start in enumerate(starts)
+    ]
+
+
+def plan_object_partitions(
+    names: list[str], model: ArtifactRef, model_version: str, config: CleaningConfig
+) -> list[Partition]:
+    """One partition per source object (by name), in the order ingestion reads
+    them; each is given its rows by ingestion's task for that object."""
+    return [
+        Partition(
+            name=name,
+            number=i,
+            of=len(names),
+            model=model,
+            model_version=model_version,
+            config=config,
+        )
+        for i, name in enumerate(names)
     ]
 
 
@@ -197,16 +244,31 @@ def _known(store: ArtifactStore, index: str) -> PartitionOutput | None:
         return None
     done = PartitionOutput.model_validate_json(text)
     try:
-        for ref in (done.predictions, done.ids, done.quarantine):
+        for ref in (done.raw, done.predictions, done.ids, done.quarantine):
             store.open_frame(ref)
+        if done.ingestion_quarantine is not None:
+            store.open_frame(done.ingestion_quarantine)
     except ArtifactMissing:
         return None
     return done.model_copy(update={"reused": True, "worker": _worker()})
 
 
-def classify_partition_here(store: ArtifactStore, part: Partition) -> PartitionOutput:
-    """Classify one partition and store its parts (or read back a complete one)."""
-    index = f"{INDEX}/{part.key()}.json"
+def classify_partition_here(
+    store: ArtifactStore, part: Partition, ingested: IngestedPart | None = None
+) -> PartitionOutput:
+    """Classify one partition and store its parts (or read back a complete one);
+    ``ingested``: the rows of an object partition, as ingestion stored them."""
+    if ingested is not None:
+        raw, start, stop = ingested.raw, 0, int(ingested.raw.rows or 0)
+        extra: dict[str, Any] = {
+            "rows_read": ingested.rows_read,
+            "outbound_skipped": ingested.outbound_skipped,
+            "ingestion_quarantine": ingested.quarantine,
+        }
+    else:
+        assert part.raw is not None
+        raw, start, stop, extra = part.raw, part.start, part.stop, {}
+    index = f"{INDEX}/{part.key(raw, start, stop)}.json"
     known = _known(store, index)
     if known is not None:
         return known
@@ -217,10 +279,12 @@ def classify_partition_here(store: ArtifactStore, part: Partition) -> PartitionO
             item[0], item[1], model, part.model_version, part.config, hash_texts=True
         )
 
-    chunks = iter_rows(store, part.raw, part.start, part.stop, RAW_COLUMNS)
+    threads = worker_threads()
+    expected = stop - start
+    chunks = iter_rows(store, raw, start, stop, RAW_COLUMNS)
     predicted, keys, quarantined = [], [], []
     read = 0
-    for done in map_ordered(one, chunks, threads=worker_threads()):
+    for done in map_ordered(one, chunks, threads=threads):
         read += len(done.reasons) + len(done.ids)
         predicted.append(done.predictions[PREDICTION_COLUMNS])
         keys.append(
@@ -237,10 +301,10 @@ def classify_partition_here(store: ArtifactStore, part: Partition) -> PartitionO
             quarantined.append(
                 make_quarantine(done.set_aside, CLEANING_STAGE, done.reasons)
             )
-    if read != part.stop - part.start:
+    if read != expected:
         raise RuntimeError(
-            f"partition {part.number}: read {read} rows of "
-            f"{part.stop - part.start} (rows {part.start}..{part.stop})"
+            f"partition {part.number}: read {read} rows of {expected} "
+            f"({part.describe()})"
         )
     frames = {
         "predictions": _concat(predicted, PREDICTION_COLUMNS),
@@ -251,15 +315,18 @@ def classify_partition_here(store: ArtifactStore, part: Partition) -> PartitionO
     usable = len(frames["ids"])
     out = PartitionOutput(
         number=part.number,
-        start=part.start,
-        stop=part.stop,
+        what=part.describe(),
+        start=start,
+        stop=stop,
+        raw=raw,
         **refs,
         usable=usable,
         predicted=len(frames["predictions"]),
         quarantined=len(frames["quarantine"]),
+        **extra,
         worker=_worker(),
     )
-    if usable + out.quarantined != part.stop - part.start:
+    if usable + out.quarantined != expected:
         raise RuntimeError(f"partition {part.number}: rows unaccounted for")
     store.write_text(index, out.model_dump_json())  # last: the partition is complete
     return out
@@ -285,19 +352,21 @@ def _concat(frames: list[pd.DataFrame], columns: list[str] | None) -> pd.DataFra
 
 
 @uncached_task("classify-partition")
-def classify_partition(part: Partition, artifacts_dir: str) -> PartitionOutput:
-    """Classify one partition of the raw snapshot (on whichever worker runs it)."""
+def classify_partition(
+    part: Partition, artifacts_dir: str, ingested: Any = None
+) -> PartitionOutput:
+    """Classify one partition (on whichever worker runs it): a range of the
+    raw snapshot, or the rows ingestion's task handed it (``ingested``, an
+    ``IngestedPart``)."""
     from prefect import get_run_logger
 
     started = time.perf_counter()
-    out = classify_partition_here(ArtifactStore(artifacts_dir), part)
+    out = classify_partition_here(ArtifactStore(artifacts_dir), part, ingested)
     get_run_logger().info(
-        "classify-partition %d/%d: rows %d..%d, %d predicted, %d set aside%s on %s "
-        "(%.2fs)",
+        "classify-partition %d/%d: %s, %d predicted, %d set aside%s on %s (%.2fs)",
         part.number + 1,
         part.of,
-        part.start,
-        part.stop,
+        part.describe(),
         out.predicted,
         out.quarantined,
         ", read back (complete earlier)" if out.reused else "",
@@ -310,24 +379,39 @@ def classify_partition(part: Partition, artifacts_dir: str) -> PartitionOutput:
 def combine_partitions(
     store: ArtifactStore,
     parts: list[PartitionOutput],
-    raw: ArtifactRef,
-    ingestion_quarantine: pd.DataFrame,
-    rows_read: int,
-    outbound_skipped: int,
+    snapshot: tuple[ArtifactRef, pd.DataFrame, int, int] | None,
     output: str,
     config: CleaningConfig,
 ) -> dict[str, Any]:
     """The id rules over every partition's rows, then the output assembled from
     the parts (refused rows taken out); the same summary as ``classify_raw``.
-    Raises if the row accounting does not add up, per partition or in total."""
+
+    ``snapshot``: for partitions of a raw snapshot, (the snapshot, ingestion's
+    quarantine, rows read, brand replies skipped); None for object partitions,
+    which read and counted their objects themselves. Raises if the row
+    accounting does not add up, per partition or in total."""
     parts = sorted(parts, key=lambda p: p.number)
-    expected = 0
-    for part in parts:
-        if part.start != expected:
-            raise RuntimeError(f"partition {part.number} starts at {part.start}")
-        expected = part.stop
-    if expected != (raw.rows or 0):
-        raise RuntimeError(f"partitions cover {expected} of {raw.rows} rows")
+    if snapshot is not None:
+        raw, ingestion_quarantine, rows_read, outbound_skipped = snapshot
+        covered = 0
+        for part in parts:
+            if part.start != covered:
+                raise RuntimeError(f"partition {part.number} starts at {part.start}")
+            covered = part.stop
+        if covered != (raw.rows or 0):
+            raise RuntimeError(f"partitions cover {covered} of {raw.rows} rows")
+    else:
+        ingestion_quarantine = pd.concat(
+            [
+                store.get_frame(p.ingestion_quarantine)
+                for p in parts
+                if p.ingestion_quarantine
+            ]
+            or [make_quarantine(pd.DataFrame(), CLEANING_STAGE, None)],
+            ignore_index=True,
+        )
+        rows_read = sum(part.rows_read for part in parts)
+        outbound_skipped = sum(part.outbound_skipped for part in parts)
     keys = [store.get_frame(part.ids) for part in parts]
     every = (
         pd.concat(keys, ignore_index=True)
@@ -338,11 +422,19 @@ def combine_partitions(
     conflict, repeat = id_checks(every["tweet_id"], lambda rows: hashes[rows])
     refused = conflict | repeat
     quarantined: dict[str, list[pd.DataFrame]] = {}
+    # The raw rows of conflicting ids, read once per raw frame, in input order.
+    conflicting: dict[str, tuple[ArtifactRef, list[np.ndarray]]] = {}
     at = 0
     with prediction_writer(output) as writer:
         for part, part_keys in zip(parts, keys, strict=True):
             mine = refused[at : at + len(part_keys)]
+            clash = conflict[at : at + len(part_keys)]
             at += len(part_keys)
+            if clash.any():
+                positions = part_keys["position"].to_numpy()[clash]
+                conflicting.setdefault(part.raw.uri, (part.raw, []))[1].append(
+                    positions
+                )
             drop = mine[part_keys["predicted"].to_numpy(dtype=bool)]
             predictions = store.get_frame(part.predictions)
             if len(predictions):
@@ -352,10 +444,10 @@ def combine_partitions(
                 quarantined.setdefault(why, []).append(
                     set_aside[set_aside["reason"] == why]
                 )
-        if conflict.any():
-            where = every["position"].to_numpy()[conflict]
+        if conflicting:
             quarantined[CONFLICT_REASON] = [
-                conflict_quarantine(store, raw, where, config)
+                conflict_quarantine(store, raw_ref, np.concatenate(chunks), config)
+                for raw_ref, chunks in conflicting.values()
             ]
     summary = batch_summary(
         writer,
@@ -370,6 +462,7 @@ def combine_partitions(
     return {
         **summary,
         "partitions": len(parts),
+        "partitions_reused": sum(part.reused for part in parts),
         "workers": sorted({part.worker for part in parts if part.worker}),
     }
 
@@ -383,29 +476,28 @@ def ship_model_task(loaded: LoadedModel, artifacts_dir: str) -> ArtifactRef:
 @uncached_task("combine")
 def combine(
     parts: list[PartitionOutput],
-    raw: ArtifactRef,
-    ingestion_quarantine: ArtifactRef,
-    rows_read: int,
-    outbound_skipped: int,
+    ingested: IngestedPart | None,
     output: str,
     config: CleaningConfig,
     artifacts_dir: str,
 ) -> dict[str, Any]:
-    """Decide the id rules over every partition and write the predictions."""
+    """Decide the id rules over every partition and write the predictions;
+    ``ingested``: the snapshot the partitions are ranges of (None: objects)."""
     from prefect import get_run_logger
 
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
-    summary = combine_partitions(
-        store,
-        parts,
-        raw,
-        store.get_frame(ingestion_quarantine),
-        rows_read,
-        outbound_skipped,
-        output,
-        config,
+    snapshot = (
+        None
+        if ingested is None
+        else (
+            ingested.raw,
+            store.get_frame(ingested.quarantine),
+            ingested.rows_read,
+            ingested.outbound_skipped,
+        )
     )
+    summary = combine_partitions(store, parts, snapshot, output, config)
     counts = summary["counts"]
     seconds = time.perf_counter() - started
     get_run_logger().info(
@@ -413,7 +505,7 @@ def combine(
         "%d predicted, %d quarantined, %d exact repeats -> %s (%.2fs)",
         len(parts),
         ", ".join(summary["workers"]) or "-",
-        sum(part.reused for part in parts),
+        summary["partitions_reused"],
         counts["rows_read"],
         counts["predicted"],
         counts["quarantined"],

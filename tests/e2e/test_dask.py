@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,9 +46,10 @@ def table_sha(frame: pd.DataFrame) -> str:
 
 
 @pytest.fixture(scope="module")
-def tweets(tmp_path_factory: pytest.TempPathFactory, corpus: pd.DataFrame) -> Path:
+def tweet_rows(corpus: pd.DataFrame) -> pd.DataFrame:
     """6,000 real tweets with what the id rules act on across partitions: exact
-    repeats, an id given two texts, an empty text."""
+    repeats, an id given two texts, a blank text, and a row without a text (the
+    raw contract refuses it)."""
     sample = corpus.sample(6000, random_state=11)[["tweet_id", "text"]]
     sample = sample.reset_index(drop=True)
     extra = [
@@ -56,11 +58,30 @@ def tweets(tmp_path_factory: pytest.TempPathFactory, corpus: pd.DataFrame) -> Pa
             {"tweet_id": [sample.at[40, "tweet_id"]], "text": ["another text"]}
         ),
         pd.DataFrame({"tweet_id": ["empty-1"], "text": ["   "]}),
+        pd.DataFrame({"tweet_id": ["no-text-1"], "text": [None]}),
     ]
-    frame = pd.concat([sample, *extra], ignore_index=True)
+    return pd.concat([sample, *extra], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def tweets(tmp_path_factory: pytest.TempPathFactory, tweet_rows) -> Path:
+    """The tweets as one CSV file (partitions: ranges of its raw snapshot)."""
     path = tmp_path_factory.mktemp("dask-data") / "tweets.csv"
-    frame.to_csv(path, index=False, quoting=csv.QUOTE_ALL)
+    tweet_rows.to_csv(path, index=False, quoting=csv.QUOTE_ALL)
     return path
+
+
+@pytest.fixture(scope="module")
+def tweets_dir(tmp_path_factory: pytest.TempPathFactory, tweet_rows) -> Path:
+    """The same tweets in 12 files (partitions: one per file); the repeats,
+    the conflict and the refused rows land in other files than their firsts."""
+    folder = tmp_path_factory.mktemp("dask-folder") / "inbox"
+    folder.mkdir()
+    size = -(-len(tweet_rows) // 12)
+    for i, start in enumerate(range(0, len(tweet_rows), size)):
+        part = tweet_rows.iloc[start : start + size]
+        part.to_csv(folder / f"part-{i:02d}.csv", index=False, quoting=csv.QUOTE_ALL)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -70,27 +91,38 @@ def model(first_run) -> str:
     return result.local_run_dir
 
 
-@pytest.fixture(scope="module")
-def in_process(prefect_api, tweets: Path, model: str, tmp_path_factory):
-    """The reference: the same batch inference in this process, no cluster."""
+def reference(source: Path, model: str, work: Path) -> SimpleNamespace:
+    """The same batch inference in this process, no cluster."""
     from flows.batch_inference import batch_inference
 
-    work = tmp_path_factory.mktemp("in-process")
     out = work / "predictions.parquet"
     result = batch_inference(
-        source=str(tweets),
+        source=str(source),
         output=str(out),
         model=model,
         artifacts_dir=str(work / "artifacts"),
     )
     assert result.partitions == 0
-    assert result.counts["quarantined"] >= 3  # empty text, two conflicting rows
+    # The row without a text, the blank one, the two rows of the conflicting id.
+    assert result.counts["quarantined"] >= 4
     assert result.counts["duplicates_removed"] >= 3  # the sample repeats some too
     return SimpleNamespace(
         result=result,
         predictions=pd.read_parquet(out),
         quarantine=pd.read_parquet(work / "predictions.quarantine.parquet"),
     )
+
+
+@pytest.fixture(scope="module")
+def in_process(prefect_api, tweets: Path, model: str, tmp_path_factory):
+    """The reference for the one-file source."""
+    return reference(tweets, model, tmp_path_factory.mktemp("in-process"))
+
+
+@pytest.fixture(scope="module")
+def in_process_dir(prefect_api, tweets_dir: Path, model: str, tmp_path_factory):
+    """The reference for the 12-file source (same rows, other source names)."""
+    return reference(tweets_dir, model, tmp_path_factory.mktemp("in-process-dir"))
 
 
 def assert_same_output(out: Path, reference: SimpleNamespace) -> None:
@@ -127,6 +159,56 @@ def test_a_local_cluster_of_two_workers_writes_what_the_process_writes(
     assert len(manifest["parts"]) == 9
     assert manifest["rows"] == result.counts["predicted"]
     assert_same_output(out, in_process)
+
+
+def test_each_object_is_a_partition_read_on_a_worker_and_only_new_ones_rerun(
+    in_process,
+    in_process_dir,
+    tweets_dir: Path,
+    model: str,
+    tmp_path: Path,
+    monkeypatch,
+) -> None:
+    from flows.batch_inference import batch_inference
+
+    monkeypatch.setenv("DASK_TEMPORARY_DIRECTORY", str(tmp_path / "dask"))
+    store = str(tmp_path / "artifacts")
+    inbox = tmp_path / "inbox"
+    shutil.copytree(tweets_dir, inbox)
+    out = tmp_path / "predictions.parquet"
+    result = batch_inference(
+        source=str(inbox),
+        output=str(out),
+        model=model,
+        artifacts_dir=store,
+        dask_workers=2,
+    )
+    assert result.partitions == 12 and len(result.workers) == 2, result
+    assert result.partitions_reused == 0
+    assert result.counts == in_process_dir.result.counts
+    assert_same_output(out, in_process_dir)
+    # The same tweets from one file or twelve: the same predictions.
+    pd.testing.assert_frame_equal(pd.read_parquet(out), in_process.predictions)
+    # The workers parsed the objects into the store as ingestion does.
+    assert (
+        len(list((tmp_path / "artifacts/data/ingestion/objects").glob("*.json"))) == 12
+    )
+
+    # A new object in the source: only its partition is computed.
+    pd.DataFrame({"tweet_id": ["new-1"], "text": ["my flight was cancelled"]}).to_csv(
+        inbox / "part-99.csv", index=False
+    )
+    again = batch_inference(
+        source=str(inbox),
+        output=str(tmp_path / "again.parquet"),
+        model=model,
+        artifacts_dir=store,
+        dask_workers=2,
+    )
+    assert (again.partitions, again.partitions_reused) == (13, 12)
+    assert again.counts["predicted"] == result.counts["predicted"] + 1
+    computed = pd.read_parquet(tmp_path / "again.parquet")
+    assert computed["tweet_id"].iloc[-1] == "new-1"
 
 
 @contextlib.contextmanager
@@ -225,17 +307,23 @@ def s3_env(tmp_path_factory: pytest.TempPathFactory, prefect_api) -> Iterator[di
 
 
 def test_an_existing_cluster_runs_partitions_on_both_workers_against_s3(
-    in_process, s3_env: dict, tweets: Path, model: str, tmp_path: Path
+    in_process_dir, s3_env: dict, tweets_dir: Path, model: str, tmp_path: Path
 ) -> None:
+    """The source an S3 prefix of 12 objects: each worker reads the objects it
+    is given from S3 and writes its parts to the S3 store."""
     from flows.batch_inference import batch_inference
     from tasks.infra.errors import InputError
 
     store = f"s3://{BUCKET}/cluster"
+    boto = client("s3", {k: v for k, v in s3_env.items() if k.startswith("AWS_")})
+    for path in sorted(tweets_dir.iterdir()):
+        boto.put_object(Bucket=BUCKET, Key=f"inbox/{path.name}", Body=path.read_bytes())
+    source = f"s3://{BUCKET}/inbox/"
     with dask_cluster(tmp_path / "cluster", s3_env) as cluster:
         # Its workers could not see a local store: refused before anything runs.
         with pytest.raises(InputError, match="needs a shared artifact store"):
             batch_inference(
-                source=str(tweets),
+                source=source,
                 output=str(tmp_path / "refused.parquet"),
                 model=model,
                 artifacts_dir=str(tmp_path / "local-store"),
@@ -244,26 +332,27 @@ def test_an_existing_cluster_runs_partitions_on_both_workers_against_s3(
         assert not (tmp_path / "refused.parquet").exists()
         out = tmp_path / "predictions.parquet"
         result = batch_inference(
-            source=str(tweets),
+            source=source,
             output=str(out),
             model=model,
             artifacts_dir=store,
             dask_address=cluster.address,
-            partition_rows=500,
         )
         ran = cluster.client.run_on_scheduler(finished_by_worker)
-    assert result.partitions == 13
+    assert result.partitions == 12
     assert set(ran) == {"w1", "w2"}, ran  # both workers ran partitions
-    assert sum(ran.values()) == 13, ran
-    assert result.counts == in_process.result.counts
-    assert_same_output(out, in_process)
+    assert sum(ran.values()) == 2 * 12, ran  # each object parsed, then classified
+    assert result.counts == in_process_dir.result.counts
+    assert_same_output(out, in_process_dir)
 
 
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
     in_process, s3_env: dict, tweets: Path, model: str, tmp_path: Path
 ) -> None:
     """The command line on an existing cluster named by TWEETFLOW_DASK_ADDRESS;
-    worker w2 gets SIGKILL once partitions are done and it is running one."""
+    worker w2 gets SIGKILL once partitions are done and it is running one. The
+    source is a local file the workers cannot see: the flow reads it into the
+    S3 store and the partitions are ranges of its raw snapshot."""
     out = tmp_path / "predictions.parquet"
     with dask_cluster(tmp_path / "cluster", s3_env) as cluster:
         env = {**s3_env, "TWEETFLOW_DASK_ADDRESS": cluster.address}

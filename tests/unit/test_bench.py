@@ -99,11 +99,12 @@ def test_the_dask_bench_times_the_partitions_from_the_flows_log(tmp_path: Path) 
 
     log = tmp_path / "batch.log"
     log.write_text(
-        "23:59:58.500 | INFO    | Flow run 'a' - classify: 1000 rows in 4 partitions "
-        "on a local Dask cluster of 2 worker processes\n"
+        "23:59:58.500 | INFO    | Flow run 'a' - classify: 4 partitions (one per "
+        "source object) on a local Dask cluster of 2 worker processes\n"
         "23:59:59.000 | INFO    | Flow run 'b' - classify: 1/4 partitions done (x)\n"
         "00:00:01.250 | INFO    | Flow run 'b' - classify: 4/4 partitions done (x)\n"
-        "00:00:02.000 | INFO    | Task run 'c' - combine: ...\n"
+        "00:00:02.000 | INFO    | Task run 'c' - combine: 4 partitions computed on "
+        "vm:1, vm:2 (0 read back); 1000 rows read, 990 predicted\n"
     )
     assert partition_seconds(log) == (2.75, 1000, 4)  # across midnight
 

@@ -34,6 +34,7 @@ from tasks.stages.ingestion.snapshot import (
     IngestionResult,
     ingest_frame,
     ingest_incremental,
+    raw_of_object,
 )
 from tasks.stages.ingestion.sources import (
     SourceFile,
@@ -45,11 +46,14 @@ from tasks.stages.ingestion.sources import (
 __all__ = [
     "IngestionConfig",
     "IngestionOutput",
+    "ObjectOutput",
     "IngestionResult",
     "SourceError",
     "check_source",
     "ingest",
     "ingest_frame",
+    "list_objects",
+    "parse_object",
     "preflight",
     "resolve_source",
     "source_fingerprint",
@@ -223,4 +227,64 @@ def ingest(
         snapshot_uri=store.uri(snapshot_rel),
         objects=len(objects),
         objects_reused=reused,
+    )
+
+
+@uncached_task("list-objects")
+def list_objects(source_uri: str) -> list[SourceFile]:
+    """The source's files or objects with their content versions, in the order
+    ingestion reads them (a task: listing S3 is retried like any call)."""
+    return resolve_source(source_uri)
+
+
+class ObjectOutput(BaseModel):
+    """One source object read as batch inference reads it (brand replies
+    skipped): its accepted raw rows, the rows the raw contract refused, counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    raw: ArtifactRef
+    quarantine: ArtifactRef
+    rows_read: int
+    outbound_skipped: int
+    reused: bool = False  # parsed by an earlier run (same content version)
+
+
+@uncached_task("parse-object", retries=3)
+def parse_object(
+    source: SourceFile, config: IngestionConfig, *, artifacts_dir: str
+) -> ObjectOutput:
+    """Read one object of the source on whichever worker runs the task: parsed
+    once per content version and kept in the store exactly as ``ingest`` keeps
+    it, checked against the raw contract. Raises if its rows do not add up."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    store = ArtifactStore(artifacts_dir)
+    result, reused = raw_of_object(store, source, config)
+    kept = len(result.raw) + len(result.quarantine) + result.outbound_skipped
+    if kept != result.rows_read:
+        raise RuntimeError(
+            f"{source.uri}: {result.rows_read} rows read but {kept} accounted for"
+        )
+    raw = store.put_frame(result.raw, STAGE, "raw", checked=True)
+    quarantine = store.put_frame(result.quarantine, "quarantine/ingestion")
+    logger.info(
+        "parse-object: %s: %d rows read%s; %d customer tweets accepted, "
+        "%d quarantined, %d brand replies skipped (%.2fs)",
+        source.name,
+        result.rows_read,
+        " (parsed earlier)" if reused else "",
+        len(result.raw),
+        len(result.quarantine),
+        result.outbound_skipped,
+        time.perf_counter() - started,
+    )
+    return ObjectOutput(
+        name=source.name,
+        raw=raw,
+        quarantine=quarantine,
+        rows_read=result.rows_read,
+        outbound_skipped=result.outbound_skipped,
+        reused=reused,
     )

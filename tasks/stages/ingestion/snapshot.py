@@ -54,11 +54,9 @@ def assemble(
     link_replies_to_tweets: bool,
 ) -> IngestionResult:
     """Concatenate normalised files, link replies (or skip them), check the contract."""
-    raw = pd.concat([f.tweets for f in files], ignore_index=True)
+    raw = without_context(pd.concat([f.tweets for f in files], ignore_index=True))
     replies = pd.concat([f.replies for f in files], ignore_index=True)
     outbound = sum(f.outbound for f in files)
-    raw["context"] = pd.Series(None, index=raw.index, dtype="str")
-    raw["n_replies"] = np.zeros(len(raw), dtype=np.int64)
     if not link_replies_to_tweets or not len(replies):
         accepted, quarantine = split_quarantine(raw, get_contract("raw"), STAGE)
         return IngestionResult(
@@ -86,6 +84,42 @@ def assemble(
         replies_unlinked=linked.unlinked,
         addressees=tuple(addressees),
     )
+
+
+def without_context(tweets: pd.DataFrame) -> pd.DataFrame:
+    """Normalised tweets in the raw schema with no brand replies linked (the
+    columns are added to ``tweets`` itself: no copy of a large frame)."""
+    tweets["context"] = pd.Series(None, index=tweets.index, dtype="str")
+    tweets["n_replies"] = np.zeros(len(tweets), dtype=np.int64)
+    return tweets
+
+
+def raw_of_object(
+    store: ArtifactStore, source: SourceFile, config: IngestionConfig
+) -> tuple[IngestionResult, bool]:
+    """One object as ingestion reads it when replies are skipped (batch
+    inference): parsed once per content version and kept in ``store`` exactly
+    as ``ingest_incremental`` keeps it (a later snapshot reuses it, and this
+    reuses theirs), then checked against the raw contract. Returns the result
+    and whether the parse was reused."""
+    index = f"data/ingestion/objects/{_object_key(source, config)}.json"
+    known = _parsed_object(store, index, with_replies=False)
+    if known is None:
+        df = read_file(source, config.encoding)
+        parsed = normalise_frame(df, config, source.name)
+        rows_read = len(df)
+        del df
+        _save_object(store, index, source, rows_read, parsed)
+    else:
+        parsed, entry = known
+        rows_read = int(entry["rows_read"])
+    accepted, quarantine = split_quarantine(
+        without_context(parsed.tweets), get_contract("raw"), STAGE
+    )
+    result = IngestionResult(
+        accepted.reset_index(drop=True), quarantine, rows_read, parsed.outbound
+    )
+    return result, known is not None
 
 
 def ingest_frame(
