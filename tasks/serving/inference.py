@@ -208,7 +208,7 @@ class ChunkResult:
     predictions: pd.DataFrame
     ids: pd.Series  # of the usable rows
     first: np.ndarray  # per usable row: its id is new in the chunk (predicted)
-    rows: np.ndarray  # per usable row: its position in the whole input
+    rows: np.ndarray  # per usable row: its position in the raw frame read
     text_hashes: np.ndarray  # per usable row: the cleaned text's hash (or empty)
     set_aside: pd.DataFrame
     reasons: np.ndarray
@@ -289,8 +289,7 @@ def classify_raw(
     def classify_one(item: tuple[int, pd.DataFrame]) -> ChunkResult:
         return classify_chunk(item[0], item[1], model, model_version, config)
 
-    columns = RAW_COLUMNS
-    chunks = _numbered(store.iter_frames(raw, columns=columns, rows=CHUNK_ROWS))
+    chunks = _numbered(store.iter_frames(raw, columns=RAW_COLUMNS, rows=CHUNK_ROWS))
     quarantined: dict[str, list[pd.DataFrame]] = {}
     ids, predicted_rows, positions = [], [], []
     with prediction_writer(output) as writer:
@@ -310,7 +309,7 @@ def classify_raw(
             return np.concatenate(
                 [
                     pd.util.hash_array(part["text"].to_numpy(dtype=object))
-                    for part in rows_of(store, raw, where[rows], columns, config)
+                    for part in rows_of(store, raw, where[rows], RAW_COLUMNS, config)
                 ]
             )
 
