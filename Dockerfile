@@ -29,11 +29,13 @@ RUN groupadd --system --gid 10001 tweetflow \
 
 WORKDIR /opt/tweetflow
 
-# Dependencies first, in their own layer: it is rebuilt only when the lock
-# changes. requirements.lock pins the whole runtime tree with every file's hash
-# (make lock), so every build installs the same files.
-COPY requirements.lock ./
-RUN python -m pip install --no-cache-dir --require-hashes -r requirements.lock \
+# Dependencies first, in their own layer: it is rebuilt only when the locks
+# change. requirements-pip.lock pins the installer (the base image's pip may be
+# too old for hash checking); requirements.lock pins the whole runtime tree
+# with every file's hash (make lock), so every build installs the same files.
+COPY requirements-pip.lock requirements.lock ./
+RUN python -m pip install --no-cache-dir --require-hashes -r requirements-pip.lock \
+    && python -m pip install --no-cache-dir --require-hashes -r requirements.lock \
     && python -m pip check
 
 # Project code, owned by root and read-only to the runtime user.

@@ -16,21 +16,24 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 install: $(STAMP)
 
-# Python only: the whole dependency tree from requirements-dev.lock, every
-# downloaded file checked against its hash; then the tweetflow command, built
+# Python only: first pip itself from requirements-pip.lock (a fresh venv's pip
+# can be too old for hash checking), then the whole dependency tree from
+# requirements-dev.lock, every downloaded file checked against its hash; then the tweetflow command, built
 # with the locked setuptools (nothing unhashed).
-$(STAMP): requirements-dev.lock pyproject.toml
+$(STAMP): requirements-pip.lock requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tweetflow needs Python 3.11+")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes -r requirements-pip.lock 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# The lock files, made from the human-edited requirements.txt and
-# requirements-dev.txt: run `make lock` after changing a pin there and commit
-# all four files. One lock serves Python 3.11 and 3.12 on every platform
+# The lock files, made from the human-edited requirements-pip.txt,
+# requirements.txt and requirements-dev.txt: run `make lock` after changing a
+# pin there and commit all six files. One lock serves Python 3.11 and 3.12 on every platform
 # (--universal, markers where they differ), with every file's hash.
+# requirements-pip.lock is the installer every install upgrades to first;
 # requirements.lock is what the image installs; requirements-dev.lock adds the
 # dev tools at the same versions. Newest versions of everything not pinned:
 # make lock LOCK_ARGS=--upgrade
@@ -38,6 +41,7 @@ LOCK_ARGS ?=
 UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
 	--generate-hashes --custom-compile-command "make lock" $(LOCK_ARGS)
 lock: install
+	$(UV_COMPILE) requirements-pip.txt -o requirements-pip.lock
 	$(UV_COMPILE) requirements.txt -o requirements.lock
 	$(UV_COMPILE) requirements-dev.txt --constraint requirements.lock -o requirements-dev.lock
 

@@ -285,10 +285,11 @@ def test_image_installs_the_runtime_lock_with_hashes():
         if keyword == "RUN" and "pip install" in args
     ]
     assert installs == [
-        "python -m pip install --no-cache-dir --require-hashes -r requirements.lock "
+        "python -m pip install --no-cache-dir --require-hashes -r requirements-pip.lock "
+        "&& python -m pip install --no-cache-dir --require-hashes -r requirements.lock "
         "&& python -m pip check"
     ]
-    assert "requirements.lock" in image_sources()
+    assert {"requirements-pip.lock", "requirements.lock"} <= set(image_sources())
     assert "requirements.txt" not in image_sources()
 
 
@@ -577,6 +578,9 @@ def test_make_install_needs_python_only_and_installs_the_lock_with_hashes():
     commands = make_dry_run("install")
     assert "npm" not in commands and "node" not in commands
     assert "pip install --quiet --require-hashes -r requirements-dev.lock" in commands
+    # The installer is upgraded from its own lock before the tree is installed.
+    pip_first = "pip install --quiet --require-hashes -r requirements-pip.lock"
+    assert 0 <= commands.find(pip_first) < commands.index("-r requirements-dev.lock")
     # make run and make test wait for install only, never for the Node tools.
     makefile = (ROOT / "Makefile").read_text()
     rules = dict(re.findall(r"^([\w-]+):(.*)$", makefile, re.M))
