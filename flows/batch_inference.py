@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from flows.cli import apply_log_level, batch_main, exit_now
 from flows.parameters import BatchInferenceParameters, LogLevel
 from tasks.infra.caching import StageRunner
-from tasks.infra.cluster import choose_cluster, task_runner
+from tasks.infra.cluster import choose_cluster, prefect_api_url, task_runner
 from tasks.infra.store import ArtifactStore
 from tasks.release.config import load_release_config
 from tasks.serving.inference import check_output, classify, report_batch
@@ -184,7 +184,7 @@ def batch_inference(
             what,
             cluster.describe(),
         )
-        runner = task_runner(cluster, api_url())
+        runner = task_runner(cluster, prefect_api_url())
         done = classify_partitions.with_options(task_runner=runner)(
             partitions,
             store.root_uri,
@@ -200,14 +200,6 @@ def batch_inference(
         output=p.output,
         no_known_share=counts["no_known_words"] / max(counts["predicted"], 1),
     )
-
-
-def api_url() -> str | None:
-    """This run's Prefect API, for the workers of a cluster the run starts."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return str(client.api_url) or None
 
 
 if __name__ == "__main__":

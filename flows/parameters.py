@@ -25,6 +25,24 @@ RESULT_STORAGE_PATTERN = r"^(local|[a-z0-9-]+/[a-z0-9][a-z0-9-]*)$"
 PROMOTION_CONFIG = "config/promotion.yaml"
 
 
+# Where a run's partitioned tasks run (both flows take these, last).
+DASK_ADDRESS = Field(
+    "",
+    description="An existing Dask scheduler (tcp://HOST:PORT) to run the per-row "
+    "work on, in partitions; empty: TWEETFLOW_DASK_ADDRESS if set. Needs an s3:// "
+    "artifacts_dir.",
+)
+DASK_WORKERS = Field(
+    0,
+    ge=0,
+    description="Start a local Dask cluster of this many worker processes for the "
+    "run; 0: none.",
+)
+PARTITION_ROWS = Field(
+    200_000, ge=1, description="Rows per partition on a Dask cluster."
+)
+
+
 class FlowParameters(BaseModel):
     """What the three flows' parameter models share: unknown names refused, and
     the values as the flow's keyword arguments."""
@@ -95,6 +113,9 @@ class RetrainParameters(FlowParameters):
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description="Classifier on the pseudo-labels."
     )
+    dask_address: str = DASK_ADDRESS
+    dask_workers: int = DASK_WORKERS
+    partition_rows: int = PARTITION_ROWS
 
 
 class BatchInferenceParameters(FlowParameters):
@@ -133,21 +154,9 @@ class BatchInferenceParameters(FlowParameters):
         default_factory=PreparationConfig,
         description="Text cleaning (same code and settings as retrain).",
     )
-    dask_address: str = Field(
-        "",
-        description="An existing Dask scheduler (tcp://HOST:PORT) to classify on, in "
-        "partitions; empty: TWEETFLOW_DASK_ADDRESS if set. Needs an s3:// "
-        "artifacts_dir.",
-    )
-    dask_workers: int = Field(
-        0,
-        ge=0,
-        description="Start a local Dask cluster of this many worker processes for "
-        "the run; 0: none.",
-    )
-    partition_rows: int = Field(
-        200_000, ge=1, description="Rows per partition on a Dask cluster."
-    )
+    dask_address: str = DASK_ADDRESS
+    dask_workers: int = DASK_WORKERS
+    partition_rows: int = PARTITION_ROWS
 
 
 RETRAIN_DEFAULTS = RetrainParameters()

@@ -17,7 +17,9 @@ from flows.cli import apply_log_level, exit_now, retrain_main
 from flows.parameters import RETRAIN_DEFAULTS as D
 from flows.parameters import LogLevel, RetrainParameters
 from tasks.infra.caching import StageRunner, source_version
+from tasks.infra.cluster import choose_cluster, open_cluster, prefect_api_url
 from tasks.infra.lease import release_lock, run_purpose
+from tasks.infra.partitioned import ClusterSpec
 from tasks.infra.registry import (
     WarmImports,
     create_store_in_background,
@@ -128,6 +130,9 @@ def retrain(
     clustering: ClusteringConfig = D.clustering,
     categories: CategoriesConfig = D.categories,
     training: TrainingConfig = D.training,
+    dask_address: str = D.dask_address,
+    dask_workers: int = D.dask_workers,
+    partition_rows: int = D.partition_rows,
 ) -> RetrainResult:
     """Retrain the tweet classifier from scratch, reusing every unchanged stage.
 
@@ -156,9 +161,32 @@ def retrain(
         clustering: Category discovery.
         categories: Category names.
         training: Classifier on the pseudo-labels.
+        dask_address: An existing Dask scheduler (tcp://HOST:PORT) to run the
+            per-row work of the stages on, in partitions; empty:
+            TWEETFLOW_DASK_ADDRESS, if set. Needs an s3:// artifacts_dir.
+        dask_workers: Start a local Dask cluster of this many worker processes for
+            the run; 0: none.
+        partition_rows: Rows per partition on a Dask cluster.
     """
     p = RetrainParameters.model_validate(locals())
     apply_log_level(p.log_level)
+    choice = choose_cluster(p.dask_address, p.dask_workers, p.artifacts_dir)
+    with open_cluster(choice, prefect_api_url() if choice.workers else None) as at:
+        spec = ClusterSpec(address=at, partition_rows=p.partition_rows) if at else None
+        if spec is not None:
+            get_run_logger().info(
+                "retrain: the per-row work of ingestion, preparation, preprocessing "
+                "and features runs on %s, in partitions of %d rows",
+                choice.describe(),
+                p.partition_rows,
+            )
+        return _retrain(p, spec, choice.reads(p.source))
+
+
+def _retrain(
+    p: RetrainParameters, spec: ClusterSpec | None, cluster_reads_source: bool
+) -> RetrainResult:
+    """The retrain's steps; ``spec``: where the per-row work goes (None: here)."""
     logger = get_run_logger()
     store = ArtifactStore(p.artifacts_dir)
     for leftover in store.sweep_stale():
@@ -172,12 +200,20 @@ def retrain(
     run = StageRunner(
         store.root_uri, p.result_storage, logger, WarmImports(after=["features"])
     )
+    on = {"cluster": spec} if spec is not None else {}
+    reads = on if cluster_reads_source else {}
     fingerprint = run("preflight", preflight, p.source, p.ingestion)
-    ing = run("ingestion", ingest, p.source, p.ingestion, fingerprint)
-    prep = run("preparation", prepare, ing.raw, p.preparation)
-    pre = run("preprocessing", preprocess, prep.prepared, p.preprocessing)
+    ing = run("ingestion", ingest, p.source, p.ingestion, fingerprint, **reads)
+    prep = run("preparation", prepare, ing.raw, p.preparation, **on)
+    pre = run("preprocessing", preprocess, prep.prepared, p.preprocessing, **on)
     feats = run(
-        "features", build_features, pre.preprocessed, p.features, p.seed, ing.addressees
+        "features",
+        build_features,
+        pre.preprocessed,
+        p.features,
+        p.seed,
+        ing.addressees,
+        **on,
     )
     args = (feats.features, pre.preprocessed, p.clustering, p.seed, feats.replies)
     clus = run("clustering", cluster, *args)

@@ -183,7 +183,8 @@ def _stage_code_policy() -> Any:  # a prefect CachePolicy
             fn = task_ctx.task.fn
             return f"{fn.__module__}:{fn.__name__}:{source_version(fn.__module__)}"
 
-    return INPUTS + StageCode()
+    # Where a stage's partitions ran (``cluster``) never changes its output.
+    return (INPUTS - "cluster") + StageCode()
 
 
 # Tasks ---------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,26 @@ def choose_cluster(
     return ClusterChoice(address, workers)
 
 
+def _local_cluster_kwargs(workers: int, api_url: str | None) -> dict[str, Any]:
+    """A LocalCluster of ``workers`` single-threaded processes on 127.0.0.1,
+    reporting their task runs to ``api_url`` (this run's Prefect API)."""
+    # Dask's own start-up and shutdown lines stay out of the run's log; the
+    # worker processes read Dask's logging settings when they start.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+        "env": env,
+    }
+
+
 def task_runner(choice: ClusterChoice, api_url: str | None) -> Any:
     """A Prefect task runner (``DaskTaskRunner``) for the choice; None: the flow's
     own threads. The workers of a cluster the run starts report their task runs
@@ -97,22 +119,33 @@ def task_runner(choice: ClusterChoice, api_url: str | None) -> Any:
         return None
     from prefect_dask import DaskTaskRunner
 
-    # Dask's own start-up and shutdown lines stay out of the run's log.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
     if choice.address:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
         return DaskTaskRunner(address=choice.address)
-    # The worker processes read Dask's logging settings when they start.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": choice.workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "host": "127.0.0.1",
-            "dashboard_address": "127.0.0.1:0",
-            "env": env,
-        }
-    )
+    return DaskTaskRunner(cluster_kwargs=_local_cluster_kwargs(choice.workers, api_url))
+
+
+@contextmanager
+def open_cluster(choice: ClusterChoice, api_url: str | None) -> Iterator[str]:
+    """The scheduler address a run's stages send their partitions to, for as
+    long as the run needs it: the existing cluster's, or that of a LocalCluster
+    started here (and closed, with its workers, on the way out); "" for none."""
+    if not choice.distributed:
+        yield ""
+        return
+    if choice.address:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        yield choice.address
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(**_local_cluster_kwargs(choice.workers, api_url)) as cluster:
+        yield str(cluster.scheduler_address)
+
+
+def prefect_api_url() -> str | None:
+    """This run's Prefect API, for the workers of a cluster the run starts."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url) or None

@@ -36,6 +36,11 @@ class LazyModule:
         """The module's attribute (importing the module the first time)."""
         return getattr(self._load(), attr)
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled as the name it stands for (a Dask worker that unpickles a
+        task's code gets its own stand-in)."""
+        return (LazyModule, (self.__dict__["_lazy_name"],))
+
     def __repr__(self) -> str:
         """Which module this stands for."""
         return f"<lazy module {self.__dict__['_lazy_name']!r}>"

@@ -113,14 +113,19 @@ def too_long_reason(config: CleaningConfig) -> str:
 
 
 def clean_and_check(
-    raw: pd.DataFrame, config: CleaningConfig
+    raw: pd.DataFrame, config: CleaningConfig, cleaned: pd.Series | None = None
 ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """Clean the texts and set aside rows nobody can use; shared with inference.
 
     Returns the usable rows and the quarantine frames (with reasons): texts empty
     after cleaning, texts too long, and ids repeated with different texts.
+    ``cleaned``: the texts already cleaned (``clean_column``), row for row.
     """
-    text = clean_column(raw["text"], config.fix_mojibake)
+    text = (
+        clean_column(raw["text"], config.fix_mojibake)
+        if cleaned is None
+        else cleaned.set_axis(raw.index)
+    )
     empty = text.eq("").to_numpy()
     too_long = text.str.len().gt(config.max_chars).to_numpy()
 

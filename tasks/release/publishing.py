@@ -280,7 +280,9 @@ def unchanged_since(
     names = store.read_text(f"runs/{run_id}/model/{CATEGORIES_FILE}")
     if registry is None or names is None or previous["code_version"] != code_version:
         return None
-    ignored = {"log_level"}
+    # Where the per-row work ran changes no output (the partitions write what
+    # the in-process path writes).
+    ignored = {"log_level", "dask_address", "dask_workers", "partition_rows"}
     if {k: v for k, v in previous["config"].items() if k not in ignored} != {
         k: v for k, v in config.items() if k not in ignored
     }:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -29,7 +28,8 @@ from pydantic import BaseModel, ConfigDict
 from data_contracts import make_quarantine
 from tasks.infra.caching import source_version, uncached_task
 from tasks.infra.lazy import np, pd
-from tasks.infra.parallel import cores, map_ordered
+from tasks.infra.parallel import map_ordered
+from tasks.infra.partitioned import iter_rows, worker_threads
 from tasks.infra.store import ArtifactMissing, ArtifactRef, ArtifactStore
 from tasks.ml.cleaning import CONFLICT_REASON, CleaningConfig
 from tasks.ml.cleaning import STAGE as CLEANING_STAGE
@@ -187,49 +187,6 @@ def _model(store: ArtifactStore, ref: ArtifactRef) -> TweetClassifier:
     return _LOADED[ref.sha256]
 
 
-def iter_rows(
-    store: ArtifactStore,
-    ref: ArtifactRef,
-    start: int,
-    stop: int,
-    columns: list[str],
-    rows: int = CHUNK_ROWS,
-) -> Iterator[tuple[int, pd.DataFrame]]:
-    """Rows ``start``..``stop`` of a stored frame, at most ``rows`` at a time,
-    each with its position; only the row groups that hold them are read."""
-    parquet = store.open_frame(ref)
-    offset = 0
-    for group in range(parquet.metadata.num_row_groups):
-        size = parquet.metadata.row_group(group).num_rows
-        lo, hi = max(start, offset), min(stop, offset + size)
-        if lo < hi:
-            table = parquet.read_row_group(group, columns=columns)
-            for at in range(lo, hi, rows):
-                part = table.slice(at - offset, min(rows, hi - at)).to_pandas()
-                yield at, part
-        offset += size
-        if offset >= stop:
-            break
-
-
-def worker_threads() -> int:
-    """Threads a partition may use: the Dask worker's own (its share of the
-    machine, as the cluster was sized), or every core outside a worker. On a
-    worker, Arrow's own thread pool is held to that share too (Dask already
-    holds the BLAS libraries to it)."""
-    try:
-        from distributed import get_worker
-
-        threads = max(1, int(get_worker().state.nthreads))
-    except (ImportError, ValueError):
-        return cores()
-    import pyarrow as pa
-
-    if pa.cpu_count() != threads:
-        pa.set_cpu_count(threads)
-    return threads
-
-
 def _worker() -> str:
     import os
     import socket
@@ -281,7 +238,7 @@ def classify_partition_here(
 
     threads = worker_threads()
     expected = stop - start
-    chunks = iter_rows(store, raw, start, stop, RAW_COLUMNS)
+    chunks = iter_rows(store, raw, start, stop, RAW_COLUMNS, CHUNK_ROWS)
     predicted, keys, quarantined = [], [], []
     read = 0
     for done in map_ordered(one, chunks, threads=threads):

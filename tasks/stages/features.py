@@ -16,6 +16,11 @@ data) spreads evenly and falls to about zero, while a handle that names a
 subject (``@coachella``) weighs like a specific word. Handles of the
 conversation's participants in a customer-support file are known addressees
 and weigh zero.
+
+Embedding is per row: on a Dask cluster the tweets are embedded in partitions
+(``embed_partition``, each worker loading the stored embedder once) and the
+stage's frames are assembled from their parts, byte for byte what the
+in-process path writes.
 """
 
 from __future__ import annotations
@@ -28,10 +33,25 @@ from typing import TYPE_CHECKING, Any, Literal
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.infra.caching import stage_task
+from tasks.infra.caching import source_version, stage_task, uncached_task
 from tasks.infra.errors import InsufficientDataError
 from tasks.infra.lazy import np, pd
 from tasks.infra.parallel import map_ordered
+from tasks.infra.partitioned import (
+    ClusterSpec,
+    PartOutput,
+    PartStore,
+    RowRange,
+    check_rows,
+    fixed_sizes,
+    iter_rows,
+    map_on_cluster,
+    part_key,
+    part_tables,
+    plan_ranges,
+    rebatch,
+    worker_threads,
+)
 from tasks.infra.progress import Progress, current
 from tasks.infra.store import ArtifactRef, ArtifactStore, CheckedChunk
 from tasks.ml.embedding import (
@@ -411,6 +431,188 @@ def embed_frame(
     return features, replies
 
 
+EMBED_COLUMNS = ["tweet_id", "split", "tokens", "context_tokens"]
+_EMBEDDERS: dict[str, DocumentEmbedder] = {}  # per worker process, by digest
+
+
+def _embedder(store: ArtifactStore, ref: ArtifactRef) -> DocumentEmbedder:
+    """The stored embedder, loaded once per process."""
+    if ref.sha256 not in _EMBEDDERS:
+        _EMBEDDERS.clear()  # one run's embedder at a time
+        _EMBEDDERS[ref.sha256] = DocumentEmbedder.load(store.get_dir(ref))
+    return _EMBEDDERS[ref.sha256]
+
+
+def embed_partition_here(
+    part: RowRange,
+    preprocessed: ArtifactRef,
+    embedder: ArtifactRef,
+    *,
+    artifacts_dir: str,
+) -> PartOutput:
+    """Embed rows ``part`` of the preprocessed tweets with the stored embedder
+    (on whichever worker runs the task): a features part and a reply-view part,
+    checked against their contracts; a part complete earlier is read back."""
+    store = ArtifactStore(artifacts_dir)
+    parts = PartStore(store, STAGE)
+    key = part_key(
+        preprocessed.sha256,
+        embedder.sha256,
+        part.start,
+        part.stop,
+        source_version(__name__),
+    )
+    known = parts.known(key)
+    if known is not None:
+        return known
+    model = _embedder(store, embedder)
+    chunks = iter_rows(
+        store, preprocessed, part.start, part.stop, EMBED_COLUMNS, EMBED_CHUNK
+    )
+    embedded = list(
+        map_ordered(
+            lambda item: embed_frame(model, item[1], item[0]),
+            chunks,
+            threads=worker_threads(),
+        )
+    )
+    if not embedded:  # an empty input: empty frames of both contracts
+        empty = store.get_frame(preprocessed, columns=EMBED_COLUMNS).iloc[:0]
+        embedded = [embed_frame(model, empty, 0)]
+    features = pd.concat([f for f, _ in embedded], ignore_index=True)
+    replies = pd.concat([r for _, r in embedded], ignore_index=True)
+    if len(features) != part.rows:
+        raise RuntimeError(
+            f"{STAGE}: partition {part.number} read {len(features)} of "
+            f"{part.rows} rows"
+        )
+    return parts.save(
+        key,
+        part,
+        {"features": features, "replies": replies},
+        {"features": "features", "replies": "context_features"},
+        no_known=int(features["n_known"].eq(0).sum()),
+        reply_views=len(replies),
+    )
+
+
+@uncached_task("embed-partition", retries=3)
+def embed_partition(
+    part: RowRange,
+    preprocessed: ArtifactRef,
+    embedder: ArtifactRef,
+    *,
+    artifacts_dir: str,
+) -> PartOutput:
+    """Embed rows ``part`` of the preprocessed tweets, as a task of its own (on
+    a cluster's worker): ``embed_partition_here``."""
+    return embed_partition_here(
+        part, preprocessed, embedder, artifacts_dir=artifacts_dir
+    )
+
+
+def embed_on_cluster(
+    store: ArtifactStore,
+    preprocessed: ArtifactRef,
+    embedder: ArtifactRef,
+    cluster: ClusterSpec,
+    logger: Any,
+    known_ids: pd.Series,
+) -> tuple[ArtifactRef, ArtifactRef, int, int]:
+    """Embed every tweet in partitions on the cluster and write the features
+    and reply-view frames from their parts, in the in-process path's row
+    groups (``EMBED_CHUNK`` tweets, with their replies' rows). Returns both
+    refs, the tweets with no known word and the reply views."""
+    import pyarrow as pa
+
+    rows = int(preprocessed.rows or 0)
+    done = map_on_cluster(
+        embed_partition,
+        plan_ranges(rows, cluster.partition_rows),
+        cluster,
+        STAGE,
+        logger,
+        preprocessed=preprocessed,
+        embedder=embedder,
+        artifacts_dir=store.root_uri,
+    )
+    check_rows(STAGE, done, rows)
+    current().phase("writing", 1)
+    replies = pa.concat_tables(part_tables(store, done, "replies"))
+    # Each chunk of tweets is followed by its replies' rows, as embedded.
+    row = replies.column("row").to_numpy()
+    starts = range(0, max(rows, 1), EMBED_CHUNK)
+    cuts = [int(np.searchsorted(row, s)) for s in starts] + [len(row)]
+    with (
+        store.frame_writer(
+            STAGE, "features", unique_as={"tweet_id": known_ids}
+        ) as features_out,
+        store.frame_writer(STAGE, "context_features") as replies_out,
+    ):
+        sizes = fixed_sizes(rows, EMBED_CHUNK)
+        tables = rebatch(part_tables(store, done, "features"), sizes)
+        for i, table in enumerate(tables):
+            features_out.write(CheckedChunk(table, features_out))
+            piece = replies.slice(cuts[i], cuts[i + 1] - cuts[i])
+            replies_out.write(CheckedChunk(piece.combine_chunks(), replies_out))
+        if not rows:
+            empty = store.get_frame(preprocessed, columns=EMBED_COLUMNS).iloc[:0]
+            features_frame, replies_frame = embed_frame(
+                _embedder(store, embedder), empty, 0
+            )
+            features_out.write(features_frame)
+            replies_out.write(replies_frame)
+    no_known = sum(out.counts["no_known"] for out in done)
+    reply_views = sum(out.counts["reply_views"] for out in done)
+    return features_out.ref, replies_out.ref, no_known, reply_views
+
+
+def embed_here(
+    store: ArtifactStore, embedder: DocumentEmbedder, frame: pd.DataFrame
+) -> tuple[ArtifactRef, ArtifactRef, int, int]:
+    """Embed every tweet of ``frame`` in this process, ``EMBED_CHUNK`` at a
+    time on every core, and write the features and reply-view frames. Returns
+    both refs, the tweets with no known word and the reply views."""
+    no_known = reply_views = 0
+    with (
+        store.frame_writer(
+            STAGE, "features", unique_as={"tweet_id": frame["tweet_id"]}
+        ) as features_out,
+        store.frame_writer(STAGE, "context_features") as replies_out,
+    ):
+
+        def embed_and_check(start: int) -> tuple[CheckedChunk, CheckedChunk, int]:
+            """Embed one chunk and check it against the contracts (in a worker:
+            the writer thread only writes)."""
+            features_frame, replies_frame = embed_frame(
+                embedder, frame.iloc[start : start + EMBED_CHUNK], start
+            )
+            return (
+                features_out.check(features_frame),
+                replies_out.check(replies_frame),
+                int(features_frame["n_known"].eq(0).sum()),
+            )
+
+        starts = range(0, len(frame), EMBED_CHUNK)
+        for features_chunk, replies_chunk, unknown in map_ordered(
+            embed_and_check, starts
+        ):
+            features_out.write(features_chunk)
+            replies_out.write(replies_chunk)
+            no_known += unknown
+            reply_views += replies_chunk.table.num_rows
+    return features_out.ref, replies_out.ref, no_known, reply_views
+
+
+def save_embedder(
+    store: ArtifactStore, embedder: DocumentEmbedder, info: dict
+) -> ArtifactRef:
+    """Store the embedder (word vectors, weights, components) as a directory."""
+    staging = store.staging_dir(STAGE)
+    embedder.save(staging, info)
+    return store.commit_dir(staging, STAGE)
+
+
 class FeaturesOutput(BaseModel):
     """References and figures produced by the features stage."""
 
@@ -432,6 +634,7 @@ def build_features(
     addressees: list[str] | None = None,
     *,
     artifacts_dir: str,
+    cluster: ClusterSpec | None = None,
 ) -> FeaturesOutput:
     """Train word vectors and term weights on discovery and embed every tweet.
 
@@ -462,37 +665,17 @@ def build_features(
     current().phase(
         "embedding tweets and replies", len(frame) + int(with_context.sum()), "rows"
     )
-    no_known = reply_views = 0
-    with (
-        store.frame_writer(
-            STAGE, "features", unique_as={"tweet_id": frame["tweet_id"]}
-        ) as features_out,
-        store.frame_writer(STAGE, "context_features") as replies_out,
-    ):
-
-        def embed_and_check(start: int) -> tuple[CheckedChunk, CheckedChunk, int]:
-            """Embed one chunk and check it against the contracts (in a worker:
-            the writer thread only writes)."""
-            features_frame, replies_frame = embed_frame(
-                embedder, frame.iloc[start : start + EMBED_CHUNK], start
-            )
-            return (
-                features_out.check(features_frame),
-                replies_out.check(replies_frame),
-                int(features_frame["n_known"].eq(0).sum()),
-            )
-
-        starts = range(0, len(frame), EMBED_CHUNK)
-        for features_chunk, replies_chunk, unknown in map_ordered(
-            embed_and_check, starts
-        ):
-            features_out.write(features_chunk)
-            replies_out.write(replies_chunk)
-            no_known += unknown
-            reply_views += replies_chunk.table.num_rows
-    staging = store.staging_dir(STAGE)
-    embedder.save(staging, {"config": config.model_dump(mode="json"), "seed": seed})
-    embedder_ref = store.commit_dir(staging, STAGE)
+    info = {"config": config.model_dump(mode="json"), "seed": seed}
+    if cluster is not None:
+        embedder_ref = save_embedder(store, embedder, info)
+        features_ref, replies_ref, no_known, reply_views = embed_on_cluster(
+            store, preprocessed, embedder_ref, cluster, logger, frame["tweet_id"]
+        )
+    else:
+        features_ref, replies_ref, no_known, reply_views = embed_here(
+            store, embedder, frame
+        )
+        embedder_ref = save_embedder(store, embedder, info)
     weights = pd.Series(embedder.weights, index=embedder.vocab)
     logger.info(
         "features: %s on %s discovery tweets%s -> %d terms x %d dims in %.2fs; "
@@ -523,8 +706,8 @@ def build_features(
             len(handles),
         )
     return FeaturesOutput(
-        features=features_out.ref,
-        replies=replies_out.ref,
+        features=features_ref,
+        replies=replies_ref,
         embedder=embedder_ref,
         vocabulary_size=len(embedder.vocab),
         no_known_words=no_known,

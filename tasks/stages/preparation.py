@@ -2,6 +2,11 @@
 
 The split is a pure function of the tweet id (a salted hash), so adding new
 tweets never moves old ones between discovery, validation and evaluation.
+
+Cleaning a text or a reply is per row: on a Dask cluster it runs in partitions
+(``clean_partition`` on the workers); removing duplicates, pooling their
+replies and the id conflicts need every row and run here, on the cleaned
+columns, so both paths prepare the same tweets.
 """
 
 from __future__ import annotations
@@ -9,14 +14,29 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_contracts import get_contract, split_quarantine
-from tasks.infra.caching import stage_task
+from tasks.infra.caching import source_version, stage_task, uncached_task
 from tasks.infra.errors import InsufficientDataError
 from tasks.infra.lazy import np, pa, pc, pd
+from tasks.infra.parallel import map_ordered
+from tasks.infra.partitioned import (
+    ClusterSpec,
+    PartOutput,
+    PartStore,
+    RowRange,
+    check_rows,
+    iter_rows,
+    map_on_cluster,
+    part_key,
+    part_tables,
+    plan_ranges,
+    worker_threads,
+)
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.cleaning import CleaningConfig, clean_and_check, clean_column
 
@@ -129,13 +149,44 @@ def first_of_each(codes: np.ndarray) -> np.ndarray:
     return first
 
 
-def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationResult:
+@dataclass(frozen=True)
+class CleanedColumns:
+    """A raw snapshot's texts and replies already cleaned, row for row (the
+    replies missing where a tweet has none)."""
+
+    text: pd.Series
+    context: pd.Series
+
+
+def clean_columns(raw: pd.DataFrame, fix_mojibake: bool) -> pd.DataFrame:
+    """The cleaned ``text`` and ``context`` of raw rows (context missing where
+    the row has none)."""
+    context = raw["context"]
+    has_context = context.notna()
+    cleaned = pd.Series(None, index=raw.index, dtype="str")
+    if has_context.any():
+        cleaned[has_context] = clean_column(context[has_context], fix_mojibake)
+    return pd.DataFrame(
+        {"text": clean_column(raw["text"], fix_mojibake), "context": cleaned}
+    )
+
+
+def prepare_frame(
+    raw: pd.DataFrame,
+    config: PreparationConfig,
+    cleaned: CleanedColumns | None = None,
+) -> PreparationResult:
     """Clean, deduplicate, quarantine bad rows and split a raw snapshot.
 
     Replies kept as a tweet's ``context`` are cleaned like texts and follow
-    their tweet (pooled onto the surviving copy of a duplicate).
+    their tweet (pooled onto the surviving copy of a duplicate). ``cleaned``:
+    the texts and replies cleaned already (in partitions), row for row.
     """
-    df, quarantined = clean_and_check(raw[PREPARED_COLUMNS[:2] + RAW_KEPT], config)
+    df, quarantined = clean_and_check(
+        raw[PREPARED_COLUMNS[:2] + RAW_KEPT],
+        config,
+        None if cleaned is None else cleaned.text,
+    )
     text_codes = text_codes_of(df["text"])
     pooled = pooled_replies(df, text_codes)
     before = len(df)
@@ -148,9 +199,18 @@ def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationRe
         df.loc[gets, "n_replies"] = df.loc[gets, "text"].map(n_replies).astype("int64")
     has_context = df["context"].notna()
     if has_context.any():
-        cleaned = clean_column(df.loc[has_context, "context"], config.fix_mojibake)
+        if cleaned is None:
+            clean = clean_column(df.loc[has_context, "context"], config.fix_mojibake)
+        else:  # cleaned already, but for the replies pooled just now
+            clean = cleaned.context.set_axis(raw.index).reindex(df.index)
+            if pooled is not None:
+                joined = df.index[gets]
+                clean.loc[joined] = clean_column(
+                    df.loc[joined, "context"], config.fix_mojibake
+                )
+            clean = clean[has_context]
         context = pc.replace_with_mask(
-            _arrow(df["context"]), pa.array(has_context.to_numpy()), _arrow(cleaned)
+            _arrow(df["context"]), pa.array(has_context.to_numpy()), _arrow(clean)
         )
         df = df.assign(context=pd.Series(context, index=df.index, dtype="str"))
 
@@ -172,6 +232,76 @@ def prepare_frame(raw: pd.DataFrame, config: PreparationConfig) -> PreparationRe
     )
 
 
+def clean_partition_here(
+    part: RowRange, raw: ArtifactRef, config: PreparationConfig, *, artifacts_dir: str
+) -> PartOutput:
+    """Clean the texts and replies of rows ``part`` of the raw snapshot (on
+    whichever worker runs the task); a part complete earlier is read back."""
+    store = ArtifactStore(artifacts_dir)
+    parts = PartStore(store, STAGE)
+    key = part_key(
+        raw.sha256,
+        part.start,
+        part.stop,
+        config.fix_mojibake,
+        source_version(__name__),
+    )
+    known = parts.known(key)
+    if known is not None:
+        return known
+    chunks = iter_rows(store, raw, part.start, part.stop, ["text", "context"], 100_000)
+    frames = list(
+        map_ordered(
+            lambda item: clean_columns(item[1], config.fix_mojibake),
+            chunks,
+            threads=worker_threads(),
+        )
+    )
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else clean_columns(store.get_frame(raw, columns=["text", "context"]), False)
+    )
+    if len(frame) != part.rows:
+        raise RuntimeError(
+            f"{STAGE}: partition {part.number} read {len(frame)} of {part.rows} rows"
+        )
+    return parts.save(key, part, {"cleaned": frame}, rows=len(frame))
+
+
+@uncached_task("clean-partition", retries=3)
+def clean_partition(
+    part: RowRange, raw: ArtifactRef, config: PreparationConfig, *, artifacts_dir: str
+) -> PartOutput:
+    """Clean rows ``part`` of the raw snapshot, as a task of its own (on a
+    cluster's worker): ``clean_partition_here``."""
+    return clean_partition_here(part, raw, config, artifacts_dir=artifacts_dir)
+
+
+def clean_on_cluster(
+    store: ArtifactStore,
+    raw: ArtifactRef,
+    config: PreparationConfig,
+    cluster: ClusterSpec,
+    logger: Any,
+) -> CleanedColumns:
+    """Every raw row's text and replies cleaned in partitions on the cluster."""
+    rows = int(raw.rows or 0)
+    done = map_on_cluster(
+        clean_partition,
+        plan_ranges(rows, cluster.partition_rows),
+        cluster,
+        STAGE,
+        logger,
+        raw=raw,
+        config=config,
+        artifacts_dir=store.root_uri,
+    )
+    check_rows(STAGE, done, rows)
+    frame = pa.concat_tables(part_tables(store, done, "cleaned")).to_pandas()
+    return CleanedColumns(frame["text"], frame["context"])
+
+
 class PreparationOutput(BaseModel):
     """References and counts produced by preparation."""
 
@@ -186,14 +316,24 @@ class PreparationOutput(BaseModel):
 
 @stage_task(STAGE)
 def prepare(
-    raw: ArtifactRef, config: PreparationConfig, *, artifacts_dir: str
+    raw: ArtifactRef,
+    config: PreparationConfig,
+    *,
+    artifacts_dir: str,
+    cluster: ClusterSpec | None = None,
 ) -> PreparationOutput:
-    """Clean and split the raw snapshot; quarantine what cannot be used."""
+    """Clean and split the raw snapshot; quarantine what cannot be used. On
+    ``cluster``, the per-row cleaning runs there in partitions."""
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
+    cleaned = (
+        None
+        if cluster is None
+        else clean_on_cluster(store, raw, config, cluster, logger)
+    )
     result = prepare_frame(
-        store.get_frame(raw, columns=PREPARED_COLUMNS[:2] + RAW_KEPT), config
+        store.get_frame(raw, columns=PREPARED_COLUMNS[:2] + RAW_KEPT), config, cleaned
     )
     if result.prepared.empty:
         reasons = result.quarantine["reason"].value_counts()

@@ -1,16 +1,37 @@
-"""Preprocessing: normalise and tokenise the prepared tweets."""
+"""Preprocessing: normalise and tokenise the prepared tweets.
+
+Per row, so on a Dask cluster the prepared tweets are tokenised in partitions
+(``tokenise_partition`` on the workers) and the stage's frame is assembled from
+their parts, byte for byte what the in-process path writes.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.infra.caching import stage_task
+from tasks.infra.caching import source_version, stage_task, uncached_task
 from tasks.infra.lazy import pd
 from tasks.infra.parallel import map_ordered
+from tasks.infra.partitioned import (
+    ClusterSpec,
+    PartOutput,
+    PartStore,
+    RowRange,
+    batch_sizes,
+    check_rows,
+    iter_rows,
+    map_on_cluster,
+    part_key,
+    part_tables,
+    plan_ranges,
+    rebatch,
+    worker_threads,
+)
 from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore, CheckedChunk
 from tasks.ml.text import token_counts, tokenise
@@ -102,13 +123,7 @@ def tokenise_to_store(
 
         def tokenise_and_check(rows: pd.DataFrame) -> tuple[CheckedChunk, TokenCounts]:
             frame = preprocess_frame(rows, config)
-            counts = TokenCounts(
-                len(frame),
-                int(frame["n_tokens"].sum()),
-                int(frame["n_tokens"].eq(0).sum()),
-                int(frame["context_tokens"].str.len().gt(0).sum()),
-            )
-            return writer.check(frame), counts
+            return writer.check(frame), token_counts_of(frame)
 
         total = TokenCounts()
         for part, counts in map_ordered(
@@ -124,6 +139,122 @@ def tokenise_to_store(
     return writer.ref, total
 
 
+def token_counts_of(frame: pd.DataFrame) -> TokenCounts:
+    """What a preprocessed chunk holds."""
+    return TokenCounts(
+        len(frame),
+        int(frame["n_tokens"].sum()),
+        int(frame["n_tokens"].eq(0).sum()),
+        int(frame["context_tokens"].str.len().gt(0).sum()),
+    )
+
+
+def tokenise_partition_here(
+    part: RowRange,
+    prepared: ArtifactRef,
+    config: PreprocessingConfig,
+    *,
+    artifacts_dir: str,
+) -> PartOutput:
+    """Tokenise rows ``part`` of the prepared tweets (on whichever worker runs
+    the task) into a part checked against the preprocessed contract; a part
+    complete earlier (same rows, settings and code) is read back."""
+    store = ArtifactStore(artifacts_dir)
+    parts = PartStore(store, STAGE)
+    key = part_key(
+        prepared.sha256,
+        part.start,
+        part.stop,
+        config.model_dump(mode="json"),
+        source_version(__name__),
+    )
+    known = parts.known(key)
+    if known is not None:
+        return known
+    chunks = iter_rows(store, prepared, part.start, part.stop, None, CHUNK_ROWS)
+    frames = list(
+        map_ordered(
+            lambda item: preprocess_frame(item[1], config),
+            chunks,
+            threads=worker_threads(),
+        )
+    )
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else preprocess_frame(store.get_frame(prepared).iloc[:0], config)
+    )
+    if len(frame) != part.rows:
+        raise RuntimeError(
+            f"{STAGE}: partition {part.number} read {len(frame)} of {part.rows} rows"
+        )
+    counts = token_counts_of(frame)
+    return parts.save(
+        key,
+        part,
+        {"preprocessed": frame},
+        {"preprocessed": "preprocessed"},
+        rows=counts.rows,
+        tokens=counts.tokens,
+        empty=counts.empty,
+        with_context=counts.with_context,
+    )
+
+
+@uncached_task("tokenise-partition", retries=3)
+def tokenise_partition(
+    part: RowRange,
+    prepared: ArtifactRef,
+    config: PreprocessingConfig,
+    *,
+    artifacts_dir: str,
+) -> PartOutput:
+    """Tokenise rows ``part`` of the prepared tweets, as a task of its own (on
+    a cluster's worker): ``tokenise_partition_here``."""
+    return tokenise_partition_here(part, prepared, config, artifacts_dir=artifacts_dir)
+
+
+def tokenise_on_cluster(
+    store: ArtifactStore,
+    prepared: ArtifactRef,
+    config: PreprocessingConfig,
+    cluster: ClusterSpec,
+    logger: Any,
+) -> tuple[ArtifactRef, TokenCounts]:
+    """``tokenise_to_store`` with the tokenising done in partitions on the
+    cluster: the parts are written into one frame, in the row groups the
+    in-process path writes, their counts summed."""
+    ranges = plan_ranges(int(prepared.rows or 0), cluster.partition_rows)
+    done = map_on_cluster(
+        tokenise_partition,
+        ranges,
+        cluster,
+        STAGE,
+        logger,
+        prepared=prepared,
+        config=config,
+        artifacts_dir=store.root_uri,
+    )
+    check_rows(STAGE, done, int(prepared.rows or 0))
+    current().phase("writing", 1)
+    known = {"tweet_id": store.get_frame(prepared, columns=["tweet_id"])["tweet_id"]}
+    sizes = batch_sizes(store, prepared, "tweet_id", CHUNK_ROWS)
+    with store.frame_writer(STAGE, "preprocessed", unique_as=known) as writer:
+        for table in rebatch(part_tables(store, done, "preprocessed"), sizes):
+            writer.write(CheckedChunk(table, writer))  # checked on the worker
+        if not sizes:
+            writer.write(preprocess_frame(store.get_frame(prepared), config))
+    total = TokenCounts()
+    for out in done:
+        total += TokenCounts(
+            out.counts["rows"],
+            out.counts["tokens"],
+            out.counts["empty"],
+            out.counts["with_context"],
+        )
+    return writer.ref, total
+
+
 class PreprocessingOutput(BaseModel):
     """Reference and counts produced by preprocessing."""
 
@@ -136,13 +267,20 @@ class PreprocessingOutput(BaseModel):
 
 @stage_task(STAGE)
 def preprocess(
-    prepared: ArtifactRef, config: PreprocessingConfig, *, artifacts_dir: str
+    prepared: ArtifactRef,
+    config: PreprocessingConfig,
+    *,
+    artifacts_dir: str,
+    cluster: ClusterSpec | None = None,
 ) -> PreprocessingOutput:
-    """Tokenise the prepared tweets."""
+    """Tokenise the prepared tweets (in partitions on ``cluster``, if given)."""
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
-    ref, counts = tokenise_to_store(store, prepared, config)
+    if cluster is not None:
+        ref, counts = tokenise_on_cluster(store, prepared, config, cluster, logger)
+    else:
+        ref, counts = tokenise_to_store(store, prepared, config)
     empty = counts.empty
     mean = counts.tokens / counts.rows if counts.rows else 0.0
     logger.info(

@@ -25,6 +25,7 @@ from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.infra.caching import source_version, stage_task, uncached_task
+from tasks.infra.partitioned import ClusterSpec, PartOutput, map_on_cluster, worker_name
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.stages.ingestion.config import IngestionConfig, SourceError
 from tasks.stages.ingestion.readers import read_file
@@ -34,6 +35,7 @@ from tasks.stages.ingestion.snapshot import (
     IngestionResult,
     ingest_frame,
     ingest_incremental,
+    keep_object,
     raw_of_object,
 )
 from tasks.stages.ingestion.sources import (
@@ -54,6 +56,7 @@ __all__ = [
     "ingest_frame",
     "list_objects",
     "parse_object",
+    "parse_object_with_replies",
     "preflight",
     "resolve_source",
     "source_fingerprint",
@@ -153,6 +156,63 @@ class IngestionOutput(BaseModel):
     objects_reused: int = 0
 
 
+def parse_object_with_replies_here(
+    source: SourceFile, config: IngestionConfig, *, artifacts_dir: str
+) -> PartOutput:
+    """Parse one object of the source as a retrain reads it (on whichever worker
+    runs the task) and keep its tweets and brand replies in the store, where
+    the snapshot reuses them; raises if its rows do not add up."""
+    entry, reused = keep_object(ArtifactStore(artifacts_dir), source, config)
+    tweets = ArtifactRef.model_validate(entry["frame"])
+    replies = ArtifactRef.model_validate(entry["replies"])
+    rows_read, outbound = int(entry["rows_read"]), int(entry["outbound_rows"])
+    if int(tweets.rows or 0) + outbound != rows_read or replies.rows != outbound:
+        raise RuntimeError(
+            f"{source.uri}: {rows_read} rows read but {tweets.rows} tweets and "
+            f"{replies.rows} of {outbound} brand replies kept"
+        )
+    return PartOutput(
+        number=0,
+        start=0,
+        stop=rows_read,
+        parts={"tweets": tweets, "replies": replies},
+        counts={"rows_read": rows_read, "tweets": int(tweets.rows or 0)},
+        worker=worker_name(),
+        reused=reused,
+        name=source.name,
+    )
+
+
+@uncached_task("parse-object-with-replies", retries=3)
+def parse_object_with_replies(
+    source: SourceFile, config: IngestionConfig, *, artifacts_dir: str
+) -> PartOutput:
+    """Parse and keep one object of the source, as a task of its own (on a
+    cluster's worker): ``parse_object_with_replies_here``."""
+    return parse_object_with_replies_here(source, config, artifacts_dir=artifacts_dir)
+
+
+def parse_on_cluster(
+    source: str, config: IngestionConfig, cluster: ClusterSpec, store: ArtifactStore
+) -> int:
+    """Parse every object of a source of several on the cluster's workers, kept
+    for the snapshot to reuse; returns how many were parsed there (0 for a
+    source of one object, which the snapshot reads itself)."""
+    files = resolve_source(source)
+    if len(files) < 2:
+        return 0
+    done = map_on_cluster(
+        parse_object_with_replies,
+        files,
+        cluster,
+        STAGE,
+        get_run_logger(),
+        config=config,
+        artifacts_dir=store.root_uri,
+    )
+    return sum(not out.reused for out in done)
+
+
 @stage_task(STAGE, retries=3)
 def ingest(
     source: str,
@@ -161,17 +221,22 @@ def ingest(
     conversation: bool = True,
     *,
     artifacts_dir: str,
+    cluster: ClusterSpec | None = None,
 ) -> IngestionOutput:
     """Read the source into a raw snapshot in the artifact store.
 
     Only new or changed objects are read; the snapshot record lists exactly which
     objects (and versions) the snapshot holds. With ``conversation`` brand
     replies are linked to the tweets they answer (retrain); without, they are
-    skipped and counted (batch inference).
+    skipped and counted (batch inference). On ``cluster`` (whose workers can
+    read the source), the objects are parsed there first, one task each; the
+    replies are linked here, across objects.
     """
     logger = get_run_logger()
     started = time.perf_counter()
     store = ArtifactStore(artifacts_dir)
+    if cluster is not None and conversation:
+        parse_on_cluster(source, config, cluster, store)
     result, snapshot = ingest_incremental(source, config, store, conversation)
     raw = store.put_frame(result.raw, STAGE, "raw", checked=True)
     quarantine = store.put_frame(result.quarantine, "quarantine/ingestion")

@@ -122,6 +122,30 @@ def raw_of_object(
     return result, known is not None
 
 
+def keep_object(
+    store: ArtifactStore, source: SourceFile, config: IngestionConfig
+) -> tuple[dict, bool]:
+    """One object parsed as a retrain reads it (brand replies kept, to be linked
+    across objects) and kept in ``store`` for ``ingest_incremental`` to reuse:
+    parsed once per content version. Returns its index entry and whether it
+    was kept already."""
+    index = f"data/ingestion/objects/{_object_key(source, config)}.json"
+    known = store.read_text(index)
+    if known is not None:
+        entry = json.loads(known)
+        try:
+            for name in ("frame", "replies"):
+                store.open_frame(ArtifactRef.model_validate(entry[name]))
+            return entry, True
+        except ArtifactMissing:
+            pass
+    df = read_file(source, config.encoding)
+    parsed = normalise_frame(df, config, source.name)
+    rows_read = len(df)
+    del df
+    return _save_object(store, index, source, rows_read, parsed), False
+
+
 def ingest_frame(
     source_uri: str, config: IngestionConfig, link_replies_to_tweets: bool = False
 ) -> IngestionResult:

@@ -1,0 +1,148 @@
+"""The retrain's per-row stages in partitions on real Dask clusters.
+
+Real customer-support threads (tweets and the airline's replies) in six files,
+so that replies sit in other objects than the tweets they answer and exact
+repeats in other partitions than their first copies. A retrain on a cluster
+the run starts, and one on an existing ``dask scheduler`` with two ``dask
+worker`` processes against moto's S3 server, must store exactly what the
+in-process retrain stores: every stage's output has the same sha256, and the
+categories, counts and metrics are the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.quality import SHARED_DATA, THREADS_FILE
+from tests.aws import client
+from tests.conftest import run_retrain, small_params
+from tests.e2e.test_dask import BUCKET, dask_cluster, finished_by_worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.flow]
+
+THREADS = SHARED_DATA / THREADS_FILE
+ROWS = 3000
+OBJECTS = 6
+PARTITION_ROWS = 400
+# Every stage output a run records (run.json), all decided by the stages.
+STAGE_OUTPUTS = [
+    "raw",
+    "prepared",
+    "preprocessed",
+    "features",
+    "embedder",
+    "assignments",
+    "clustering_model",
+    "training_model",
+]
+# The per-row stages and the tasks they map over their partitions.
+PARTITION_TASKS = {
+    "ingestion": "parse-object-with-replies",
+    "preparation": "clean-partition",
+    "preprocessing": "tokenise-partition",
+    "features": "embed-partition",
+}
+
+
+@pytest.fixture(scope="module")
+def threads_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first conversations of the file in six CSV objects, cut by rows (a
+    reply may land in the next object), with exact repeats of a few customer
+    tweets in the last object."""
+    if not THREADS.is_file():
+        pytest.skip(f"{THREADS} is absent")
+    frame = pd.read_csv(THREADS, dtype=str, nrows=ROWS, keep_default_na=False)
+    customers = frame[frame["inbound"].str.lower().eq("true")]
+    repeats = customers.iloc[[5, 50, 500]].assign(
+        tweet_id=lambda f: "repeat-" + f["tweet_id"]
+    )
+    frame = pd.concat([frame, repeats], ignore_index=True)
+    folder = tmp_path_factory.mktemp("threads") / "inbox"
+    folder.mkdir()
+    size = -(-len(frame) // OBJECTS)
+    for i, start in enumerate(range(0, len(frame), size)):
+        frame.iloc[start : start + size].to_csv(
+            folder / f"part-{i:02d}.csv", index=False
+        )
+    return folder
+
+
+def params(source: str, artifacts: str, **changes):
+    """The retrain settings every run of this module shares."""
+    return small_params(
+        source,
+        artifacts,
+        clustering={"k_min": 3, "k_max": 6, "selection_sample": 1000},
+        **changes,
+    )
+
+
+def outputs(result) -> dict[str, str]:
+    """Each stage output's sha256, from the run's record."""
+    info = json.loads((Path(result.local_run_dir) / "run.json").read_text())
+    return {name: info["refs"][name]["sha256"] for name in STAGE_OUTPUTS}
+
+
+@pytest.fixture(scope="module")
+def in_process(prefect_api, threads_dir: Path, tmp_path_factory):
+    """The reference: the same retrain in this process."""
+    store = tmp_path_factory.mktemp("in-process")
+    result, _ = run_retrain(params(threads_dir, store))
+    assert result.counts["replies_linked"] > 0
+    assert result.counts["duplicates_removed"] >= 3
+    return result
+
+
+def assert_same_retrain(result, reference) -> None:
+    """Every stage stored the same bytes; the same categories, counts, metrics."""
+    assert outputs(result) == outputs(reference)
+    assert result.k == reference.k
+    assert result.categories == reference.categories
+    assert result.counts == reference.counts
+    assert result.metrics == reference.metrics
+
+
+def partition_records(store: Path, stage: str) -> list[dict]:
+    """The partition records a stage left in a local store."""
+    index = store / "data" / stage / "parts" / "index"
+    return [json.loads(p.read_text()) for p in sorted(index.glob("*.json"))]
+
+
+def test_a_local_cluster_retrains_what_the_process_retrains(
+    in_process, threads_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("DASK_TEMPORARY_DIRECTORY", str(tmp_path / "dask"))
+    store = tmp_path / "artifacts"
+    result, states = run_retrain(
+        params(threads_dir, store, dask_workers=2, partition_rows=PARTITION_ROWS)
+    )
+    assert_same_retrain(result, in_process)
+    info = json.loads((Path(result.local_run_dir) / "run.json").read_text())
+    # Each stage's partitions cover its input's rows once (the raw snapshot,
+    # the prepared tweets, the preprocessed ones), on both workers.
+    for stage, input_name in (
+        ("preparation", "raw"),
+        ("preprocessing", "prepared"),
+        ("features", "preprocessed"),
+    ):
+        records = sorted(partition_records(store, stage), key=lambda r: r["start"])
+        expected = info["refs"][input_name]["rows"]
+        assert len(records) == -(-expected // PARTITION_ROWS), stage
+        assert [(r["start"], r["stop"]) for r in records] == [
+            (start, min(expected, start + PARTITION_ROWS))
+            for start in range(0, expected, PARTITION_ROWS)
+        ], stage
+        assert len({r["worker"] for r in records}) == 2, (stage, records)
+    # The six objects were parsed by the workers, and the snapshot reused them.
+    objects = list((store / "data/ingestion/objects").glob("*.json"))
+    assert len(objects) == OBJECTS
+
+    # Run again on the cluster, nothing changed: every stage from cache.
+    again, states = run_retrain(
+        params(threads_dir, store, dask_workers=2, partition_rows=PARTITION_ROWS)
+    )
+    assert again.unchanged and again.run_id == result.run_id
