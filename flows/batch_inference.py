@@ -123,9 +123,9 @@ def batch_inference(
         promotion_config: Registry settings (YAML): MLflow URI and model name.
         ingestion: How the source is read (same options as retrain).
         preparation: Text cleaning (same code and settings as retrain).
-        dask_address: An existing Dask scheduler (tcp://HOST:PORT) to classify on,
-            in partitions; empty: TWEETFLOW_DASK_ADDRESS, if set. Needs an s3://
-            artifacts_dir.
+        dask_address: An existing Dask scheduler (tcp://HOST:PORT) to run the
+            per-row work on, in partitions; empty: TWEETFLOW_DASK_ADDRESS if set.
+            Needs an s3:// artifacts_dir.
         dask_workers: Start a local Dask cluster of this many worker processes for
             the run; 0: none.
         partition_rows: Rows per partition on a Dask cluster.

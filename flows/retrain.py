@@ -162,8 +162,8 @@ def retrain(
         categories: Category names.
         training: Classifier on the pseudo-labels.
         dask_address: An existing Dask scheduler (tcp://HOST:PORT) to run the
-            per-row work of the stages on, in partitions; empty:
-            TWEETFLOW_DASK_ADDRESS, if set. Needs an s3:// artifacts_dir.
+            per-row work on, in partitions; empty: TWEETFLOW_DASK_ADDRESS if set.
+            Needs an s3:// artifacts_dir.
         dask_workers: Start a local Dask cluster of this many worker processes for
             the run; 0: none.
         partition_rows: Rows per partition on a Dask cluster.

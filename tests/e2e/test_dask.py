@@ -26,12 +26,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from tests.aws import aws_env, client, moto_server
+from tests.aws import client
+from tests.e2e.conftest import BUCKET
 from tests.servers import BIN, REPO, free_port, spawn, stop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.flow]
 
-BUCKET = "tweetflow"
 STARTUP_TIMEOUT = 60.0
 STREAM = "tweetflow-test-task-stream"
 
@@ -279,31 +279,6 @@ def finished_by_worker(dask_scheduler) -> dict[str, int]:
 def processing_by_worker(dask_scheduler) -> dict[str, int]:
     """(On the scheduler) tasks now running per worker name."""
     return {str(ws.name): len(ws.processing) for ws in dask_scheduler.workers.values()}
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory: pytest.TempPathFactory, prefect_api) -> Iterator[dict]:
-    """moto's S3 server with the store's bucket; this process's AWS settings use it.
-    Yields the environment a worker or a command line needs (AWS, Prefect API)."""
-    import s3fs
-    from prefect.settings import PREFECT_API_URL
-
-    work = tmp_path_factory.mktemp("dask-s3")
-    with moto_server(work) as aws, pytest.MonkeyPatch.context() as env:
-        for key, value in aws.items():
-            env.setenv(key, value)
-        env.setenv("TWEETFLOW_CACHE_DIR", str(work / "cache"))
-        for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
-            env.delenv(key, raising=False)
-        s3fs.S3FileSystem.clear_instance_cache()
-        client("s3", aws).create_bucket(Bucket=BUCKET)
-        child = aws_env(dict(os.environ), aws)
-        child["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
-        child["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-        try:
-            yield child
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_an_existing_cluster_runs_partitions_on_both_workers_against_s3(

@@ -20,7 +20,8 @@ import pytest
 from bench.quality import SHARED_DATA, THREADS_FILE
 from tests.aws import client
 from tests.conftest import run_retrain, small_params
-from tests.e2e.test_dask import BUCKET, dask_cluster, finished_by_worker
+from tests.e2e.conftest import BUCKET
+from tests.e2e.test_dask import dask_cluster, finished_by_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.flow]
 
@@ -146,3 +147,44 @@ def test_a_local_cluster_retrains_what_the_process_retrains(
         params(threads_dir, store, dask_workers=2, partition_rows=PARTITION_ROWS)
     )
     assert again.unchanged and again.run_id == result.run_id
+
+
+def test_an_existing_cluster_retrains_from_s3_what_the_process_retrains(
+    in_process, s3_env: dict, threads_dir: Path, tmp_path: Path
+) -> None:
+    """The source an S3 prefix of six objects and the store on S3: the workers
+    parse the objects and compute every stage's partitions, each with its own
+    local cache of the store, as on other machines."""
+    from flows.retrain import retrain
+    from tasks.infra.errors import InputError
+
+    boto = client("s3", {k: v for k, v in s3_env.items() if k.startswith("AWS_")})
+    for path in sorted(threads_dir.iterdir()):
+        boto.put_object(
+            Bucket=BUCKET, Key=f"threads/{path.name}", Body=path.read_bytes()
+        )
+    source = f"s3://{BUCKET}/threads/"
+    with dask_cluster(tmp_path / "cluster", s3_env) as cluster:
+        # Its workers could not see a local store: refused before any stage.
+        with pytest.raises(InputError, match="needs a shared artifact store"):
+            refused = params(source, tmp_path / "local", dask_address=cluster.address)
+            retrain(**refused.as_flow_kwargs())
+        assert not (tmp_path / "local" / "data").exists()
+        result, _ = run_retrain(
+            params(
+                source,
+                f"s3://{BUCKET}/retrain",
+                dask_address=cluster.address,
+                partition_rows=PARTITION_ROWS,
+            )
+        )
+        ran = cluster.client.run_on_scheduler(finished_by_worker)
+    assert set(ran) == {"w1", "w2"}, ran  # both workers ran partitions
+    info = json.loads((Path(result.local_run_dir) / "run.json").read_text())
+    partitions = sum(
+        -(-info["refs"][name]["rows"] // PARTITION_ROWS)
+        for name in ("raw", "prepared", "preprocessed")
+    )
+    # Each object parsed, then every partition of the three row stages.
+    assert sum(ran.values()) == OBJECTS + partitions, ran
+    assert_same_retrain(result, in_process)
