@@ -18,8 +18,8 @@ install: $(STAMP)
 
 # Python only: first pip itself from requirements-pip.lock (a fresh venv's pip
 # can be too old for hash checking), then the whole dependency tree from
-# requirements-dev.lock, every downloaded file checked against its hash; then the tweetflow command, built
-# with the locked setuptools (nothing unhashed).
+# requirements-dev.lock, every downloaded file checked against its hash; then
+# the tweetflow command, built with the locked setuptools (nothing unhashed).
 $(STAMP): requirements-pip.lock requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tweetflow needs Python 3.11+")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -12,6 +12,7 @@ categories, counts and metrics are the same.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -118,8 +119,10 @@ def test_a_local_cluster_retrains_what_the_process_retrains(
 ) -> None:
     monkeypatch.setenv("DASK_TEMPORARY_DIRECTORY", str(tmp_path / "dask"))
     store = tmp_path / "artifacts"
+    inbox = tmp_path / "inbox"  # the same files, which this test adds to
+    shutil.copytree(threads_dir, inbox)
     result, states = run_retrain(
-        params(threads_dir, store, dask_workers=2, partition_rows=PARTITION_ROWS)
+        params(inbox, store, dask_workers=2, partition_rows=PARTITION_ROWS)
     )
     assert_same_retrain(result, in_process)
     info = json.loads((Path(result.local_run_dir) / "run.json").read_text())
@@ -144,9 +147,32 @@ def test_a_local_cluster_retrains_what_the_process_retrains(
 
     # Run again on the cluster, nothing changed: every stage from cache.
     again, states = run_retrain(
-        params(threads_dir, store, dask_workers=2, partition_rows=PARTITION_ROWS)
+        params(inbox, store, dask_workers=2, partition_rows=PARTITION_ROWS)
     )
     assert again.unchanged and again.run_id == result.run_id
+
+    # A new object in the source: only it is parsed (an object's record is
+    # written when it is parsed), and the new snapshot holds its tweets.
+    kept = {p.name: p.stat().st_mtime_ns for p in objects}
+    pd.DataFrame(
+        {
+            "tweet_id": ["new-1", "new-2"],
+            "author_id": ["c-new", "airline"],
+            "inbound": ["True", "False"],
+            "created_at": ["Tue Oct 31 22:10:47 +0000 2017"] * 2,
+            "text": ["@airline my bag never arrived in Denver", "@c-new Sorry!"],
+            "response_tweet_id": ["new-2", ""],
+            "in_response_to_tweet_id": ["", "new-1"],
+        }
+    ).to_csv(inbox / "part-99.csv", index=False)
+    grown, _ = run_retrain(
+        params(inbox, store, dask_workers=2, partition_rows=PARTITION_ROWS)
+    )
+    records = list((store / "data/ingestion/objects").glob("*.json"))
+    assert len(records) == OBJECTS + 1
+    assert {p.name: p.stat().st_mtime_ns for p in records if p.name in kept} == kept
+    assert grown.counts["rows_read"] == result.counts["rows_read"] + 1
+    assert grown.counts["replies_linked"] == result.counts["replies_linked"] + 1
 
 
 def test_an_existing_cluster_retrains_from_s3_what_the_process_retrains(
