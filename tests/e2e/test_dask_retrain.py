@@ -1,6 +1,7 @@
 """The retrain's per-row stages in partitions on real Dask clusters.
 
-Real customer-support threads (tweets and the airline's replies) in six files,
+Customer-support threads (tweets and the brand's replies: real ones from the
+shared data, else generated) in six files,
 so that replies sit in other objects than the tweets they answer and exact
 repeats in other partitions than their first copies. A retrain on a cluster
 the run starts, and one on an existing ``dask scheduler`` with two ``dask
@@ -52,12 +53,17 @@ PARTITION_TASKS = {
 
 @pytest.fixture(scope="module")
 def threads_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first conversations of the file in six CSV objects, cut by rows (a
-    reply may land in the next object), with exact repeats of a few customer
-    tweets in the last object."""
-    if not THREADS.is_file():
-        pytest.skip(f"{THREADS} is absent")
-    frame = pd.read_csv(THREADS, dtype=str, nrows=ROWS, keep_default_na=False)
+    """The first conversations of the real threads file (or, where the shared
+    data is absent, generated support threads from the bundled corpus: every
+    brand reply after every tweet) in six CSV objects, cut by rows, so replies
+    land in other objects than their tweets; with exact repeats of a few
+    customer tweets in the last object."""
+    if THREADS.is_file():
+        frame = pd.read_csv(THREADS, dtype=str, nrows=ROWS, keep_default_na=False)
+    else:
+        from bench.scale_data import generate
+
+        frame, _ = generate(ROWS // 2, seed=3)
     customers = frame[frame["inbound"].str.lower().eq("true")]
     repeats = customers.iloc[[5, 50, 500]].assign(
         tweet_id=lambda f: "repeat-" + f["tweet_id"]
