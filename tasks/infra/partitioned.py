@@ -106,6 +106,19 @@ def worker_threads() -> int:
     return threads
 
 
+def rows_digest(frames: Iterable[Any]) -> str:
+    """sha256 of the rows of pandas frames, in order (each row's values hashed
+    by pandas, row positions aside): the same rows give the same digest
+    wherever they sit in a larger frame."""
+    import pandas as pd
+
+    digest = hashlib.sha256()
+    for frame in frames:
+        hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        digest.update(hashed.tobytes())
+    return digest.hexdigest()
+
+
 def part_key(*basis: Any) -> str:
     """Content address of a partition's output: sha256 of what decides it."""
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
@@ -123,8 +136,9 @@ class PartStore:
     def _index(self, key: str) -> str:
         return f"data/{self.parts}/index/{key}.json"
 
-    def known(self, key: str) -> PartOutput | None:
-        """A partition completed earlier whose parts are all still there."""
+    def known(self, key: str, part: RowRange | None = None) -> PartOutput | None:
+        """A partition completed earlier whose parts are all still there (as
+        partition ``part`` of this run, when its rows were elsewhere then)."""
         text = self.store.read_text(self._index(key))
         if text is None:
             return None
@@ -134,7 +148,10 @@ class PartStore:
                 self.store.open_frame(ref)
         except ArtifactMissing:
             return None
-        return done.model_copy(update={"reused": True, "worker": worker_name()})
+        update: dict[str, Any] = {"reused": True, "worker": worker_name()}
+        if part is not None:
+            update |= {"number": part.number, "start": part.start, "stop": part.stop}
+        return done.model_copy(update=update)
 
     def save(
         self,

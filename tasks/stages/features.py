@@ -50,6 +50,7 @@ from tasks.infra.partitioned import (
     part_tables,
     plan_ranges,
     rebatch,
+    rows_digest,
     worker_threads,
 )
 from tasks.infra.progress import Progress, current
@@ -455,20 +456,24 @@ def embed_partition_here(
     checked against their contracts; a part complete earlier is read back."""
     store = ArtifactStore(artifacts_dir)
     parts = PartStore(store, STAGE)
+    chunks = list(
+        iter_rows(
+            store, preprocessed, part.start, part.stop, EMBED_COLUMNS, EMBED_CHUNK
+        )
+    )
+    # Keyed by the rows themselves and where they start (the reply views
+    # name their tweet's row): the same embedder keeps the partitions of rows
+    # that did not move.
     key = part_key(
-        preprocessed.sha256,
+        rows_digest(rows for _, rows in chunks),
         embedder.sha256,
         part.start,
-        part.stop,
         source_version(__name__),
     )
-    known = parts.known(key)
+    known = parts.known(key, part)
     if known is not None:
         return known
     model = _embedder(store, embedder)
-    chunks = iter_rows(
-        store, preprocessed, part.start, part.stop, EMBED_COLUMNS, EMBED_CHUNK
-    )
     embedded = list(
         map_ordered(
             lambda item: embed_frame(model, item[1], item[0]),

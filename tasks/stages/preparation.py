@@ -35,6 +35,7 @@ from tasks.infra.partitioned import (
     part_key,
     part_tables,
     plan_ranges,
+    rows_digest,
     worker_threads,
 )
 from tasks.infra.store import ArtifactRef, ArtifactStore
@@ -239,17 +240,18 @@ def clean_partition_here(
     whichever worker runs the task); a part complete earlier is read back."""
     store = ArtifactStore(artifacts_dir)
     parts = PartStore(store, STAGE)
+    columns = ["text", "context"]
+    chunks = list(iter_rows(store, raw, part.start, part.stop, columns, 100_000))
+    # Keyed by the rows themselves: a snapshot that grew by a new object
+    # keeps the partitions of the rows before it.
     key = part_key(
-        raw.sha256,
-        part.start,
-        part.stop,
+        rows_digest(rows for _, rows in chunks),
         config.fix_mojibake,
         source_version(__name__),
     )
-    known = parts.known(key)
+    known = parts.known(key, part)
     if known is not None:
         return known
-    chunks = iter_rows(store, raw, part.start, part.stop, ["text", "context"], 100_000)
     frames = list(
         map_ordered(
             lambda item: clean_columns(item[1], config.fix_mojibake),

@@ -30,6 +30,7 @@ from tasks.infra.partitioned import (
     part_tables,
     plan_ranges,
     rebatch,
+    rows_digest,
     worker_threads,
 )
 from tasks.infra.progress import current
@@ -161,17 +162,17 @@ def tokenise_partition_here(
     complete earlier (same rows, settings and code) is read back."""
     store = ArtifactStore(artifacts_dir)
     parts = PartStore(store, STAGE)
+    chunks = list(iter_rows(store, prepared, part.start, part.stop, None, CHUNK_ROWS))
+    # Keyed by the rows themselves: prepared tweets that grew at the end keep
+    # the partitions of the rows before.
     key = part_key(
-        prepared.sha256,
-        part.start,
-        part.stop,
+        rows_digest(rows for _, rows in chunks),
         config.model_dump(mode="json"),
         source_version(__name__),
     )
-    known = parts.known(key)
+    known = parts.known(key, part)
     if known is not None:
         return known
-    chunks = iter_rows(store, prepared, part.start, part.stop, None, CHUNK_ROWS)
     frames = list(
         map_ordered(
             lambda item: preprocess_frame(item[1], config),

@@ -160,6 +160,10 @@ def test_a_local_cluster_retrains_what_the_process_retrains(
     # A new object in the source: only it is parsed (an object's record is
     # written when it is parsed), and the new snapshot holds its tweets.
     kept = {p.name: p.stat().st_mtime_ns for p in objects}
+    before = {
+        s: len(partition_records(store, s))
+        for s in ("preparation", "preprocessing", "features")
+    }
     pd.DataFrame(
         {
             "tweet_id": ["new-1", "new-2"],
@@ -179,6 +183,16 @@ def test_a_local_cluster_retrains_what_the_process_retrains(
     assert {p.name: p.stat().st_mtime_ns for p in records if p.name in kept} == kept
     assert grown.counts["rows_read"] == result.counts["rows_read"] + 1
     assert grown.counts["replies_linked"] == result.counts["replies_linked"] + 1
+    # Partitions are keyed by their rows: the rows before the new object's
+    # keep theirs, only the last range of each grown input is computed.
+    after = {s: len(partition_records(store, s)) for s in before}
+    assert after["preparation"] == before["preparation"] + 1
+    assert after["preprocessing"] == before["preprocessing"] + 1
+    embedder_kept = outputs(grown)["embedder"] == outputs(result)["embedder"]
+    grown_parts = -(-grown.counts["accepted"] // PARTITION_ROWS)
+    assert after["features"] - before["features"] == (
+        1 if embedder_kept else grown_parts
+    )
 
 
 def test_an_existing_cluster_retrains_from_s3_what_the_process_retrains(
