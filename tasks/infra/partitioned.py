@@ -153,6 +153,23 @@ class PartStore:
             update |= {"number": part.number, "start": part.start, "stop": part.stop}
         return done.model_copy(update=update)
 
+    def rows_of(
+        self,
+        ref: ArtifactRef,
+        part: RowRange,
+        columns: list[str] | None,
+        rows: int,
+        *basis: Any,
+    ) -> tuple[list[tuple[int, Any]], str, PartOutput | None]:
+        """Rows ``part`` of the stored frame ``ref`` (``rows`` at a time, with
+        their positions), the partition's key (a digest of those rows and
+        ``basis``: settings, code) and its complete earlier output, if any.
+        Keyed by the rows, not where they sit: an input that grew at the end
+        keeps the partitions of the rows before."""
+        chunks = list(iter_rows(self.store, ref, part.start, part.stop, columns, rows))
+        key = part_key(rows_digest(frame for _, frame in chunks), *basis)
+        return chunks, key, self.known(key, part)
+
     def save(
         self,
         key: str,
@@ -236,14 +253,6 @@ def fixed_sizes(rows: int, size: int) -> list[int]:
     return [min(size, rows - start) for start in range(0, rows, size)]
 
 
-def batch_sizes(
-    store: ArtifactStore, ref: ArtifactRef, column: str, rows: int
-) -> list[int]:
-    """The sizes of the batches ``ArtifactStore.iter_frames(ref, rows=rows)``
-    yields (read from one column)."""
-    return [b.num_rows for b in store.iter_batches(ref, columns=[column], rows=rows)]
-
-
 def part_tables(
     store: ArtifactStore, done: list[PartOutput], name: str
 ) -> Iterator[Any]:
@@ -302,8 +311,17 @@ def map_on_cluster(
     return done
 
 
-def check_rows(stage: str, done: list[PartOutput], expected: int) -> None:
-    """Raise unless the partitions cover rows 0..``expected`` once each."""
+def on_worker(fn: Any, chunks: Iterable[Any]) -> list[Any]:
+    """``fn`` over a partition's chunks, in order, on the threads the worker
+    may use (``worker_threads``)."""
+    from tasks.infra.parallel import map_ordered
+
+    return list(map_ordered(fn, chunks, threads=worker_threads()))
+
+
+def check_rows(stage: str, done: Iterable[Any], expected: int) -> None:
+    """Raise unless the partitions (anything with ``start`` and ``stop``)
+    cover rows 0..``expected`` once each."""
     at = 0
     for out in sorted(done, key=lambda o: o.start):
         if out.start != at:

@@ -29,7 +29,7 @@ from data_contracts import make_quarantine
 from tasks.infra.caching import source_version, uncached_task
 from tasks.infra.lazy import np, pd
 from tasks.infra.parallel import map_ordered
-from tasks.infra.partitioned import iter_rows, worker_threads
+from tasks.infra.partitioned import check_rows, iter_rows, worker_threads
 from tasks.infra.store import ArtifactMissing, ArtifactRef, ArtifactStore
 from tasks.ml.cleaning import CONFLICT_REASON, CleaningConfig
 from tasks.ml.cleaning import STAGE as CLEANING_STAGE
@@ -350,13 +350,7 @@ def combine_partitions(
     parts = sorted(parts, key=lambda p: p.number)
     if snapshot is not None:
         raw, ingestion_quarantine, rows_read, outbound_skipped = snapshot
-        covered = 0
-        for part in parts:
-            if part.start != covered:
-                raise RuntimeError(f"partition {part.number} starts at {part.start}")
-            covered = part.stop
-        if covered != (raw.rows or 0):
-            raise RuntimeError(f"partitions cover {covered} of {raw.rows} rows")
+        check_rows(STAGE, parts, int(raw.rows or 0))
     else:
         ingestion_quarantine = pd.concat(
             [

@@ -44,14 +44,11 @@ from tasks.infra.partitioned import (
     RowRange,
     check_rows,
     fixed_sizes,
-    iter_rows,
     map_on_cluster,
-    part_key,
+    on_worker,
     part_tables,
     plan_ranges,
     rebatch,
-    rows_digest,
-    worker_threads,
 )
 from tasks.infra.progress import Progress, current
 from tasks.infra.store import ArtifactRef, ArtifactStore, CheckedChunk
@@ -456,31 +453,21 @@ def embed_partition_here(
     checked against their contracts; a part complete earlier is read back."""
     store = ArtifactStore(artifacts_dir)
     parts = PartStore(store, STAGE)
-    chunks = list(
-        iter_rows(
-            store, preprocessed, part.start, part.stop, EMBED_COLUMNS, EMBED_CHUNK
-        )
-    )
-    # Keyed by the rows themselves and where they start (the reply views
-    # name their tweet's row): the same embedder keeps the partitions of rows
-    # that did not move.
-    key = part_key(
-        rows_digest(rows for _, rows in chunks),
+    # The reply views name their tweet's row: where the rows start is part of
+    # the key too.
+    chunks, key, known = parts.rows_of(
+        preprocessed,
+        part,
+        EMBED_COLUMNS,
+        EMBED_CHUNK,
         embedder.sha256,
         part.start,
         source_version(__name__),
     )
-    known = parts.known(key, part)
     if known is not None:
         return known
     model = _embedder(store, embedder)
-    embedded = list(
-        map_ordered(
-            lambda item: embed_frame(model, item[1], item[0]),
-            chunks,
-            threads=worker_threads(),
-        )
-    )
+    embedded = on_worker(lambda item: embed_frame(model, item[1], item[0]), chunks)
     if not embedded:  # an empty input: empty frames of both contracts
         empty = store.get_frame(preprocessed, columns=EMBED_COLUMNS).iloc[:0]
         embedded = [embed_frame(model, empty, 0)]

@@ -23,20 +23,16 @@ from data_contracts import get_contract, split_quarantine
 from tasks.infra.caching import source_version, stage_task, uncached_task
 from tasks.infra.errors import InsufficientDataError
 from tasks.infra.lazy import np, pa, pc, pd
-from tasks.infra.parallel import map_ordered
 from tasks.infra.partitioned import (
     ClusterSpec,
     PartOutput,
     PartStore,
     RowRange,
     check_rows,
-    iter_rows,
     map_on_cluster,
-    part_key,
+    on_worker,
     part_tables,
     plan_ranges,
-    rows_digest,
-    worker_threads,
 )
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.ml.cleaning import CleaningConfig, clean_and_check, clean_column
@@ -241,28 +237,16 @@ def clean_partition_here(
     store = ArtifactStore(artifacts_dir)
     parts = PartStore(store, STAGE)
     columns = ["text", "context"]
-    chunks = list(iter_rows(store, raw, part.start, part.stop, columns, 100_000))
-    # Keyed by the rows themselves: a snapshot that grew by a new object
-    # keeps the partitions of the rows before it.
-    key = part_key(
-        rows_digest(rows for _, rows in chunks),
-        config.fix_mojibake,
-        source_version(__name__),
+    chunks, key, known = parts.rows_of(
+        raw, part, columns, 100_000, config.fix_mojibake, source_version(__name__)
     )
-    known = parts.known(key, part)
     if known is not None:
         return known
-    frames = list(
-        map_ordered(
-            lambda item: clean_columns(item[1], config.fix_mojibake),
-            chunks,
-            threads=worker_threads(),
-        )
-    )
+    frames = on_worker(lambda item: clean_columns(item[1], config.fix_mojibake), chunks)
     frame = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else clean_columns(store.get_frame(raw, columns=["text", "context"]), False)
+        else clean_columns(store.get_frame(raw, columns=columns), config.fix_mojibake)
     )
     if len(frame) != part.rows:
         raise RuntimeError(

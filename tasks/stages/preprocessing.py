@@ -15,23 +15,19 @@ from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.infra.caching import source_version, stage_task, uncached_task
-from tasks.infra.lazy import pd
+from tasks.infra.lazy import pa, pd
 from tasks.infra.parallel import map_ordered
 from tasks.infra.partitioned import (
     ClusterSpec,
     PartOutput,
     PartStore,
     RowRange,
-    batch_sizes,
     check_rows,
-    iter_rows,
     map_on_cluster,
-    part_key,
+    on_worker,
     part_tables,
     plan_ranges,
     rebatch,
-    rows_digest,
-    worker_threads,
 )
 from tasks.infra.progress import current
 from tasks.infra.store import ArtifactRef, ArtifactStore, CheckedChunk
@@ -162,24 +158,17 @@ def tokenise_partition_here(
     complete earlier (same rows, settings and code) is read back."""
     store = ArtifactStore(artifacts_dir)
     parts = PartStore(store, STAGE)
-    chunks = list(iter_rows(store, prepared, part.start, part.stop, None, CHUNK_ROWS))
-    # Keyed by the rows themselves: prepared tweets that grew at the end keep
-    # the partitions of the rows before.
-    key = part_key(
-        rows_digest(rows for _, rows in chunks),
+    chunks, key, known = parts.rows_of(
+        prepared,
+        part,
+        None,
+        CHUNK_ROWS,
         config.model_dump(mode="json"),
         source_version(__name__),
     )
-    known = parts.known(key, part)
     if known is not None:
         return known
-    frames = list(
-        map_ordered(
-            lambda item: preprocess_frame(item[1], config),
-            chunks,
-            threads=worker_threads(),
-        )
-    )
+    frames = on_worker(lambda item: preprocess_frame(item[1], config), chunks)
     frame = (
         pd.concat(frames, ignore_index=True)
         if frames
@@ -238,8 +227,15 @@ def tokenise_on_cluster(
     )
     check_rows(STAGE, done, int(prepared.rows or 0))
     current().phase("writing", 1)
-    known = {"tweet_id": store.get_frame(prepared, columns=["tweet_id"])["tweet_id"]}
-    sizes = batch_sizes(store, prepared, "tweet_id", CHUNK_ROWS)
+    # The prepared ids (checked unique), in the batches the in-process path
+    # tokenises: its row groups.
+    ids = list(store.iter_batches(prepared, columns=["tweet_id"], rows=CHUNK_ROWS))
+    sizes = [batch.num_rows for batch in ids]
+    known = (
+        {"tweet_id": pa.chunked_array([batch.column(0) for batch in ids])}
+        if ids
+        else {}
+    )
     with store.frame_writer(STAGE, "preprocessed", unique_as=known) as writer:
         for table in rebatch(part_tables(store, done, "preprocessed"), sizes):
             writer.write(CheckedChunk(table, writer))  # checked on the worker

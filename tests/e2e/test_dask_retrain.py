@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from bench.quality import SHARED_DATA, THREADS_FILE
+from tasks.release.publishing import STAGE_REFS
 from tests.aws import client
 from tests.conftest import run_retrain, small_params
 from tests.e2e.conftest import BUCKET
@@ -32,23 +33,7 @@ ROWS = 3000
 OBJECTS = 6
 PARTITION_ROWS = 400
 # Every stage output a run records (run.json), all decided by the stages.
-STAGE_OUTPUTS = [
-    "raw",
-    "prepared",
-    "preprocessed",
-    "features",
-    "embedder",
-    "assignments",
-    "clustering_model",
-    "training_model",
-]
-# The per-row stages and the tasks they map over their partitions.
-PARTITION_TASKS = {
-    "ingestion": "parse-object-with-replies",
-    "preparation": "clean-partition",
-    "preprocessing": "tokenise-partition",
-    "features": "embed-partition",
-}
+STAGE_OUTPUTS = list(STAGE_REFS)
 
 
 @pytest.fixture(scope="module")
