@@ -311,6 +311,22 @@ def map_on_cluster(
     return done
 
 
+def logged(stage: str, out: PartOutput, started: float) -> PartOutput:
+    """``out``, once the partition's task has said in its own log (the
+    dashboard's) what it did, where and how long it took."""
+    from prefect import get_run_logger
+
+    get_run_logger().info(
+        "%s partition: %s, %s on %s (%.2fs)",
+        stage,
+        out.describe(),
+        "read back (complete earlier)" if out.reused else "computed",
+        out.worker,
+        time.perf_counter() - started,
+    )
+    return out
+
+
 def on_worker(fn: Any, chunks: Iterable[Any]) -> list[Any]:
     """``fn`` over a partition's chunks, in order, on the threads the worker
     may use (``worker_threads``)."""

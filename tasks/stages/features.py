@@ -44,6 +44,7 @@ from tasks.infra.partitioned import (
     RowRange,
     check_rows,
     fixed_sizes,
+    logged,
     map_on_cluster,
     on_worker,
     part_tables,
@@ -498,9 +499,11 @@ def embed_partition(
 ) -> PartOutput:
     """Embed rows ``part`` of the preprocessed tweets, as a task of its own (on
     a cluster's worker): ``embed_partition_here``."""
-    return embed_partition_here(
+    started = time.perf_counter()
+    out = embed_partition_here(
         part, preprocessed, embedder, artifacts_dir=artifacts_dir
     )
+    return logged(STAGE, out, started)
 
 
 def embed_on_cluster(

@@ -29,6 +29,7 @@ from tasks.infra.partitioned import (
     PartStore,
     RowRange,
     check_rows,
+    logged,
     map_on_cluster,
     on_worker,
     part_tables,
@@ -261,7 +262,9 @@ def clean_partition(
 ) -> PartOutput:
     """Clean rows ``part`` of the raw snapshot, as a task of its own (on a
     cluster's worker): ``clean_partition_here``."""
-    return clean_partition_here(part, raw, config, artifacts_dir=artifacts_dir)
+    started = time.perf_counter()
+    out = clean_partition_here(part, raw, config, artifacts_dir=artifacts_dir)
+    return logged(STAGE, out, started)
 
 
 def clean_on_cluster(

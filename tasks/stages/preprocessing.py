@@ -23,6 +23,7 @@ from tasks.infra.partitioned import (
     PartStore,
     RowRange,
     check_rows,
+    logged,
     map_on_cluster,
     on_worker,
     part_tables,
@@ -201,7 +202,9 @@ def tokenise_partition(
 ) -> PartOutput:
     """Tokenise rows ``part`` of the prepared tweets, as a task of its own (on
     a cluster's worker): ``tokenise_partition_here``."""
-    return tokenise_partition_here(part, prepared, config, artifacts_dir=artifacts_dir)
+    started = time.perf_counter()
+    out = tokenise_partition_here(part, prepared, config, artifacts_dir=artifacts_dir)
+    return logged(STAGE, out, started)
 
 
 def tokenise_on_cluster(

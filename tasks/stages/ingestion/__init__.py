@@ -25,7 +25,13 @@ from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.infra.caching import source_version, stage_task, uncached_task
-from tasks.infra.partitioned import ClusterSpec, PartOutput, map_on_cluster, worker_name
+from tasks.infra.partitioned import (
+    ClusterSpec,
+    PartOutput,
+    logged,
+    map_on_cluster,
+    worker_name,
+)
 from tasks.infra.store import ArtifactRef, ArtifactStore
 from tasks.stages.ingestion.config import IngestionConfig, SourceError
 from tasks.stages.ingestion.readers import read_file
@@ -189,7 +195,9 @@ def parse_object_with_replies(
 ) -> PartOutput:
     """Parse and keep one object of the source, as a task of its own (on a
     cluster's worker): ``parse_object_with_replies_here``."""
-    return parse_object_with_replies_here(source, config, artifacts_dir=artifacts_dir)
+    started = time.perf_counter()
+    out = parse_object_with_replies_here(source, config, artifacts_dir=artifacts_dir)
+    return logged(STAGE, out, started)
 
 
 def parse_on_cluster(
